@@ -1,0 +1,121 @@
+"""`escalate`: the command line of the library (the Prefect flows live in flows/, run with `python -m`).
+
+Each pipeline stage is a subcommand; dvc.yaml calls the same subcommands, so `dvc repro` and the
+`retrain` flow run exactly what a person runs by hand. Bad input exits with status 2 and a message
+that names the file, the key or the rows, and the fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from escalate.telemetry import disable_telemetry
+
+EPILOG = """\
+typical use:
+  escalate config check --profile tiny      validate a profile and print it
+  escalate data build --profile tiny        generate / load questions, validate, write them
+  escalate zoo build --profile tiny         train the embedded SLM and LLM (or record external models)
+  escalate sample --profile tiny            K generations per question per model
+  escalate evaluate --profile tiny          every baseline strategy on the test split, plots, report
+  escalate data validate FILE --table samples   validate any table file
+
+the whole pipeline under Prefect, with MLflow tracking:  python -m flows.retrain --profile tiny
+"""
+
+
+def _profile_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", default="tiny", help="profile name in configs/ or a YAML path (default: tiny)")
+    p.add_argument("--root", default=".", type=Path, help="project root holding configs/ and artifacts/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="escalate", description="Train small language models that know when to hand a query to a large one.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
+
+    config = sub.add_parser("config", help="inspect profiles").add_subparsers(dest="action", required=True)
+    _profile_arg(config.add_parser("check", help="load and validate a profile, print it as JSON"))
+
+    data = sub.add_parser("data", help="questions and table validation").add_subparsers(dest="action", required=True)
+    _profile_arg(data.add_parser("build", help="build and validate the questions table"))
+    v = data.add_parser("validate", help="validate a table file (JSONL, CSV or Parquet) against its contract")
+    v.add_argument("file", type=Path)
+    v.add_argument("--table", required=True, help="table kind: questions, samples, preferences, refusal_sft, ...")
+    v.add_argument("--model-ids", default=None, help="comma-separated allowed model ids (samples)")
+
+    zoo = sub.add_parser("zoo", help="the embedded models").add_subparsers(dest="action", required=True)
+    _profile_arg(zoo.add_parser("build", help="train the tokenizer, SLM and LLM from config (tiny, smoke)"))
+
+    _profile_arg(sub.add_parser("sample", help="K generations per question per model into the samples table"))
+    _profile_arg(sub.add_parser("evaluate", help="evaluate every strategy on the held-out split and write the report"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    disable_telemetry()
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except Exception as exc:  # turn known input errors into one clear line and exit 2
+        if _is_user_error(exc):
+            print(f"escalate: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _is_user_error(exc: Exception) -> bool:
+    from escalate.config import ConfigError
+    from escalate.data.adapters import DataSourceError
+    from escalate.data.validation import ValidationError
+    from escalate.models.backends import BackendError
+
+    return isinstance(exc, (ConfigError, DataSourceError, ValidationError, BackendError, FileNotFoundError))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from escalate import stages
+    from escalate.config import load_profile
+
+    if args.group == "data" and args.action == "validate":
+        return _validate_file(args)
+    profile = load_profile(args.profile, args.root)
+    os.chdir(args.root)
+    if args.group == "config":
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(profile), indent=2))
+    elif args.group == "data":
+        print(f"wrote {stages.build_questions(profile)}")
+    elif args.group == "zoo":
+        print(f"wrote {stages.build_zoo(profile)}")
+    elif args.group == "sample":
+        print(f"wrote {stages.build_samples(profile)}")
+    elif args.group == "evaluate":
+        from escalate.evaluation.report import format_table
+        from escalate.evaluation.run import SUMMARY_COLUMNS
+
+        result = stages.run_evaluation(profile)
+        print(format_table(result["summary"], list(SUMMARY_COLUMNS)))
+        print(f"report: {stages.paths(profile)['eval'] / 'report.md'}")
+    return 0
+
+
+def _validate_file(args: argparse.Namespace) -> int:
+    from escalate.data.adapters.base import read_table
+    from escalate.data.validation import validate
+
+    df = read_table(args.file)
+    ids = args.model_ids.split(",") if args.model_ids else None
+    report = validate(df, args.table, source=str(args.file), model_ids=ids)
+    print(report.to_markdown())
+    return 0 if report.ok else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Generation through any OpenAI-compatible HTTP endpoint: a vLLM server, or an API model as the LLM.
+
+It speaks the legacy `/v1/completions` endpoint because that one takes a raw prompt and returns,
+per emitted token, its log-probability and the top-k alternatives, which P(T) and entropy need;
+vLLM's OpenAI server and most compatible servers support it.
+
+Token ids: OpenAI-style responses carry token strings, not ids. A vLLM server started with
+`--return-tokens-as-token-ids` writes each token as `token_id:<id>`, and those ids are kept;
+otherwise each token gets the placeholder id -1, so `n_output_tokens` is still right.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from escalate.models.backends.base import (
+    BackendError,
+    Generation,
+    GenerationBackend,
+    SamplingParams,
+    entropy_from_logprobs,
+    offsets_from_pieces,
+)
+
+# A server that is still starting refuses connections for a moment; a few short waits ride that out
+# without hiding a server that is really down.
+CONNECT_ATTEMPTS = 3
+BACKOFF_S = 0.2
+TOKEN_ID_PREFIX = "token_id:"
+UNKNOWN_TOKEN_ID = -1
+START_HINT = (
+    "Is the server running? Start one with `python -m vllm.entrypoints.openai.api_server "
+    "--model <path> --port <port> --return-tokens-as-token-ids` (in .venv-serve), or fix base_url."
+)
+
+
+def completions_url(base_url: str) -> str:
+    """Accept both `http://host:8000` and the OpenAI-client style `http://host:8000/v1`."""
+    base = base_url.rstrip("/")
+    return f"{base}/completions" if base.endswith("/v1") else f"{base}/v1/completions"
+
+
+def request_body(model: str, prompt: str, params: SamplingParams, top_logprobs: int) -> dict[str, Any]:
+    """One prompt per request, so each request's latency belongs to exactly one prompt."""
+    body: dict[str, Any] = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": params.max_new_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "n": params.n,
+        "seed": params.seed,
+        "logprobs": top_logprobs,
+    }
+    if params.stop:
+        body["stop"] = list(params.stop)
+    return body
+
+
+def token_id(token: str) -> int:
+    """The id in a `token_id:<id>` token, else the placeholder that still counts as one token."""
+    if token.startswith(TOKEN_ID_PREFIX):
+        return int(token[len(TOKEN_ID_PREFIX) :])
+    return UNKNOWN_TOKEN_ID
+
+
+def top_k_entropy(step_top_logprobs: dict[str, float], k: int) -> float:
+    """Entropy over the k most likely alternatives.
+
+    Servers add the sampled token to the alternatives when it is outside the top k (vLLM does);
+    keeping the k largest makes the entropy mean the same whatever was sampled.
+    """
+    return entropy_from_logprobs(sorted((float(v) for v in step_top_logprobs.values()), reverse=True)[:k])
+
+
+def choice_to_generation(
+    choice: dict[str, Any], n_prompt_tokens: int, top_logprobs: int, latency_s: float
+) -> Generation:
+    """Convert one `choices[i]` of a completion; raises ValueError, KeyError or TypeError when malformed."""
+    logprobs = choice.get("logprobs")
+    if not isinstance(logprobs, dict):
+        raise TypeError("a choice has no `logprobs`; the server must support `logprobs` on /v1/completions")
+    tokens = logprobs["tokens"]
+    token_logprobs = [float(lp) for lp in logprobs["token_logprobs"]]
+    steps = logprobs["top_logprobs"]
+    if not len(tokens) == len(token_logprobs) == len(steps):
+        raise ValueError("`tokens`, `token_logprobs` and `top_logprobs` differ in length")
+    return Generation(
+        text=str(choice["text"]),
+        token_ids=[token_id(t) for t in tokens],
+        token_logprobs=token_logprobs,
+        token_entropies=[top_k_entropy(step, top_logprobs) for step in steps],
+        token_offsets=token_offsets(logprobs, tokens),
+        n_prompt_tokens=n_prompt_tokens,
+        latency_s=latency_s,
+        finish_reason=choice.get("finish_reason") or "stop",
+    )
+
+
+def token_offsets(logprobs: dict[str, Any], tokens: list[str]) -> list[int]:
+    """Token start offsets in the completion text: from `text_offset` (made relative), else token lengths."""
+    offsets = logprobs.get("text_offset")
+    if isinstance(offsets, list) and len(offsets) == len(tokens) and offsets:
+        return [int(o) - int(offsets[0]) for o in offsets]
+    if any(t.startswith("token_id:") for t in tokens):
+        return []
+    return offsets_from_pieces(tokens)
+
+
+def parse_completion(body: Any, n: int, top_logprobs: int, latency_s: float) -> list[Generation]:
+    """The n generations of one completion response, in `index` order."""
+    choices = sorted(body["choices"], key=lambda c: c["index"])
+    if len(choices) != n:
+        raise ValueError(f"expected {n} choices, got {len(choices)}")
+    n_prompt_tokens = int(body["usage"]["prompt_tokens"])
+    return [choice_to_generation(c, n_prompt_tokens, top_logprobs, latency_s) for c in choices]
+
+
+def status_hint(status: int, api_key_env: str | None) -> str:
+    """What to do about an HTTP error status, in words."""
+    if status in (401, 403):
+        if api_key_env:
+            return f"the server refused the credentials; check the key in ${api_key_env}"
+        return "the server wants an API key; set api_key_env to the environment variable that holds it"
+    if status == 404:
+        return "check the model name (GET /v1/models lists what the server serves) and base_url"
+    if status == 429:
+        return "the server is rate-limiting; lower max_concurrency or retry later"
+    if status >= 500:
+        return "the server failed while generating; see its log"
+    return "the server rejected the request; see its message"
+
+
+def read_api_key(api_key_env: str) -> str:
+    """Secrets come only from the environment, never from config."""
+    key = os.environ.get(api_key_env)
+    if not key:
+        raise BackendError(f"environment variable {api_key_env} is not set; export it with the API key")
+    return key
+
+
+class OpenAIBackend(GenerationBackend):
+    """Sends one request per prompt, up to max_concurrency at once, over a shared connection pool.
+
+    latency_s of each generation is the wall time of its prompt's request (the attempt that got an
+    answer), so all n generations of a prompt share it.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        timeout_s: float = 60.0,
+        top_logprobs: int = 5,
+        max_concurrency: int = 8,
+    ) -> None:
+        if top_logprobs < 1:
+            raise ValueError(f"top_logprobs must be >= 1 (entropy needs alternatives), got {top_logprobs}")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.url = completions_url(base_url)
+        self.model = model
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.top_logprobs = top_logprobs
+        self.max_concurrency = max_concurrency
+        headers = {"Authorization": f"Bearer {read_api_key(api_key_env)}"} if api_key_env else {}
+        self._client = httpx.Client(
+            headers=headers,
+            timeout=timeout_s,
+            limits=httpx.Limits(max_connections=max_concurrency),
+        )
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        if not prompts:
+            return []
+        pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts)))
+        try:
+            return list(pool.map(lambda prompt: self._complete(prompt, params), prompts))
+        finally:
+            # On the first failure, drop the prompts not yet sent instead of failing each in turn.
+            pool.shutdown(cancel_futures=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _complete(self, prompt: str, params: SamplingParams) -> list[Generation]:
+        response, latency_s = self._post(request_body(self.model, prompt, params, self.top_logprobs))
+        if response.is_error:
+            raise BackendError(
+                f"{self.url} answered HTTP {response.status_code} for model {self.model!r}: "
+                f"{response.text[:300]!r}. {status_hint(response.status_code, self.api_key_env)}."
+            )
+        try:
+            return parse_completion(response.json(), params.n, self.top_logprobs, latency_s)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+            reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BackendError(
+                f"{self.url} returned a body that is not an OpenAI completion with logprobs for model "
+                f"{self.model!r} ({reason}): {response.text[:300]!r}. "
+                "Check that base_url points at an OpenAI-compatible server."
+            ) from None
+
+    def _post(self, body: dict[str, Any]) -> tuple[httpx.Response, float]:
+        """POST with bounded retries on refused connections; transport failures become BackendErrors."""
+        attempt = 1
+        while True:
+            start = time.perf_counter()
+            try:
+                response = self._client.post(self.url, json=body)
+                return response, time.perf_counter() - start
+            except httpx.ConnectError as exc:
+                if attempt >= CONNECT_ATTEMPTS:
+                    raise BackendError(
+                        f"cannot connect to {self.url} for model {self.model!r} after {attempt} attempts "
+                        f"({exc}). {START_HINT}"
+                    ) from None
+                time.sleep(BACKOFF_S * attempt)
+                attempt += 1
+            except httpx.TimeoutException:
+                raise BackendError(
+                    f"{self.url} did not answer within {self.timeout_s} s for model {self.model!r}; the "
+                    "server may be overloaded or still loading the model. Raise timeout_s or check its log."
+                ) from None
+            except httpx.HTTPError as exc:
+                raise BackendError(
+                    f"request to {self.url} for model {self.model!r} failed: {type(exc).__name__}: {exc}. "
+                    f"{START_HINT}"
+                ) from None

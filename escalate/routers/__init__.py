@@ -1,0 +1,28 @@
+"""Routers by name: adding one is one module and one line here (RouteLLM's ROUTER_CLS shape)."""
+
+from __future__ import annotations
+
+from escalate.routers.base import Router, RouterInputs
+from escalate.routers.entropy import EntropyRouter
+from escalate.routers.logprob import MeanLogprobRouter, MinLogprobRouter
+from escalate.routers.random_router import RandomRouter
+from escalate.routers.self_consistency import SelfConsistencyRouter
+from escalate.routers.token_prob import TokenProbRouter
+
+ROUTERS: dict[str, type[Router]] = {
+    "p_true_token": TokenProbRouter,
+    "mean_logprob": MeanLogprobRouter,
+    "min_logprob": MinLogprobRouter,
+    "entropy": EntropyRouter,
+    "self_consistency": SelfConsistencyRouter,
+    "random": RandomRouter,
+}
+
+
+def make_router(name: str, **kwargs: object) -> Router:
+    if name not in ROUTERS:
+        raise KeyError(f"unknown router {name!r}; known: {', '.join(ROUTERS)}")
+    return ROUTERS[name](**kwargs)
+
+
+__all__ = ["ROUTERS", "Router", "RouterInputs", "make_router"]

@@ -1,0 +1,63 @@
+"""The router interface: a query (and, for a cascade, the SLM's output) becomes a score.
+
+Higher scores mean "the SLM will be right"; the one threshold rule, escalate when score < threshold,
+lives here in the base. A router also says which SLM answer its strategy gives (the greedy one, or a
+vote over all samples) and which samples it paid for, so records and costs follow from it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class RouterInputs:
+    """What a router may look at: the questions, and the SLM's samples for them (all sample_idx)."""
+
+    questions: pd.DataFrame
+    slm_samples: pd.DataFrame
+
+    def greedy(self) -> pd.DataFrame:
+        """The SLM's greedy sample per question, in question order."""
+        g = self.slm_samples[self.slm_samples["sample_idx"] == 0].set_index("id")
+        return g.loc[self.questions["id"]].reset_index()
+
+
+class Router(ABC):
+    """Scores queries; `mode` says whether the SLM attempt is paid before deciding (cascade) or not."""
+
+    name: ClassVar[str] = "base"
+    mode: ClassVar[str] = "cascade"  # "cascade" | "pregen"
+    is_probability: ClassVar[bool] = False  # is the score meant as P(SLM correct)?
+    uses_all_samples: ClassVar[bool] = False  # does the strategy pay for (and vote over) all K samples?
+
+    def fit(self, calib: RouterInputs) -> Router:
+        """Learn from the calibration split; routers without parameters need not override."""
+        return self
+
+    @abstractmethod
+    def score(self, inputs: RouterInputs) -> np.ndarray:
+        """One score per question, in `inputs.questions` order; higher = keep with the SLM."""
+
+    def escalate(self, inputs: RouterInputs, threshold: float) -> np.ndarray:
+        return self.score(inputs) < threshold
+
+    def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
+        """Per question: the answer this strategy's SLM side gives and whether it is correct."""
+        g = inputs.greedy()
+        return pd.DataFrame({"id": g["id"], "answer": g["parsed_answer"], "correct": g["correct"].astype(bool)})
+
+
+def majority(answers: list) -> tuple[object, float]:
+    """The most frequent non-empty answer and its share of all samples (refusals and blanks count against)."""
+    votes = Counter(a for a in answers if a is not None and a == a)
+    if not votes:
+        return None, 0.0
+    answer, count = votes.most_common(1)[0]
+    return answer, count / len(answers)

@@ -1,0 +1,124 @@
+"""MLflow tracking and lineage: one run per flow run, a nested run per stage.
+
+Runs are addressed by id through `MlflowClient`, never through the "active run" global, so logging
+works the same from any thread (Prefect runs tasks in worker threads). Lineage tags tie a run to its
+git commit and to the DVC hash of every dataset and checkpoint it read or wrote (from dvc.lock).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from escalate.telemetry import disable_telemetry
+
+
+def resolve_uri(uri: str, root: Path) -> str:
+    """Make a relative `sqlite:///mlruns/...` URI absolute under the project root."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        path = (root / uri[len(prefix):]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return prefix + str(path)
+    return uri
+
+
+class Tracker:
+    """A thin, thread-safe wrapper over MlflowClient for the runs a flow makes."""
+
+    def __init__(self, uri: str, experiment: str, root: Path) -> None:
+        disable_telemetry()
+        self.uri = resolve_uri(uri, root)
+        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            artifacts = (root / "mlruns" / "artifacts").resolve()
+            location = artifacts.as_uri() if self.uri.startswith("sqlite") else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    def start(self, name: str, tags: dict[str, str] | None = None, parent_id: str | None = None) -> str:
+        tags = dict(tags or {})
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def params(self, run_id: str, params: dict[str, Any]) -> None:
+        for key, value in flatten(params).items():
+            self.client.log_param(run_id, key, str(value)[:6000])
+
+    def metrics(self, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+        for key, value in flatten(metrics).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.client.log_metric(run_id, key, float(value), step=step or 0)
+
+    def series(self, run_id: str, key: str, values: list[float], every: int = 1) -> None:
+        """A curve (e.g. a loss per step) as one metric with steps, batched."""
+        from mlflow.entities import Metric
+
+        batch = [Metric(key, float(v), 0, i) for i, v in enumerate(values) if i % every == 0]
+        for start in range(0, len(batch), 1000):
+            self.client.log_batch(run_id, metrics=batch[start : start + 1000])
+
+    def artifacts(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
+
+    def end(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON strings."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def git_commit(root: Path) -> dict[str, str]:
+    """The code's commit and whether the work tree had uncommitted changes."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit, "git.dirty": str(dirty).lower()}
+
+
+def dvc_hashes(root: Path, profile: str) -> dict[str, str]:
+    """`dvc.<path>` -> md5 of every out and dep of this profile's stages, read from dvc.lock."""
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    hashes = {}
+    for name, stage in stages.items():
+        if not name.endswith(f"@{profile}"):
+            continue
+        for entry in stage.get("deps", []) + stage.get("outs", []):
+            if "md5" in entry and entry["path"].startswith(("artifacts", "data")):
+                hashes[f"dvc.{entry['path']}"] = entry["md5"]
+    return hashes

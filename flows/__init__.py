@@ -1,0 +1,1 @@
+"""Prefect flows: wire tasks, nothing else. Run one with `python -m flows.<name> --help`."""
