@@ -36,27 +36,48 @@ def grader_kind(row: pd.Series) -> str:
     return "choice" if isinstance(choices, str) and choices.strip() else "numeric"
 
 
-def to_rows(question: pd.Series, role: str, gens: list[Generation], first_idx: int) -> list[dict]:
+def generation_rows(question: pd.Series, role: str, gens: list[Generation], first_idx: int,
+                    gold: str | None = None) -> list[dict]:
+    """Sample rows for one question's generations; `correct` is graded only when a gold answer is given.
+
+    Offline sampling grades against the question's answer; the online cascade has no gold answer, so
+    its rows carry everything a router reads except `correct`.
+    """
     kind = grader_kind(question)
     rows = []
     for offset, gen in enumerate(gens):
-        rows.append({
+        row = {
             "id": question["id"], "model": role, "split": question["split"], "sample_idx": first_idx + offset,
             "text": gen.text, "parsed_answer": EXTRACTORS[kind](gen.text),
-            "correct": bool(GRADERS[kind](gen.text, str(question["answer"]))),
+        }
+        if gold is not None:
+            row["correct"] = bool(GRADERS[kind](gen.text, gold))
+        row.update({
             "n_prompt_tokens": int(gen.n_prompt_tokens), "n_output_tokens": int(gen.n_output_tokens),
             "token_logprobs": [float(x) for x in gen.token_logprobs], "answer_logprob": answer_logprob(gen, kind),
             "mean_entropy": float(gen.mean_entropy), "latency_s": float(gen.latency_s),
         })
+        rows.append(row)
     return rows
+
+
+def to_rows(question: pd.Series, role: str, gens: list[Generation], first_idx: int) -> list[dict]:
+    """The graded rows of offline sampling."""
+    return generation_rows(question, role, gens, first_idx, gold=str(question["answer"]))
+
+
+def generation_params(cfg: SamplingConfig, seed: int) -> tuple[SamplingParams, SamplingParams | None]:
+    """Sample 0's greedy params and samples 1..K-1's sampled params (None when K = 1)."""
+    greedy = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=seed)
+    sampled = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                             n=cfg.k - 1, seed=seed + 1) if cfg.k > 1 else None
+    return greedy, sampled
 
 
 def sample(backend: GenerationBackend, questions: pd.DataFrame, role: str, cfg: SamplingConfig,
            seed: int, chunk: int = 256) -> pd.DataFrame:
     """The samples table for `questions` from one model: K rows per question (sample_idx 0 greedy)."""
-    greedy = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=0.0, seed=seed)
-    sampled = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                             n=cfg.k - 1, seed=seed + 1) if cfg.k > 1 else None
+    greedy, sampled = generation_params(cfg, seed)
     rows: list[dict] = []
     bar = tqdm(total=len(questions) * cfg.k, desc=f"sample {role}", unit="gen", dynamic_ncols=True)
     for start in range(0, len(questions), chunk):

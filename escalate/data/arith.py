@@ -70,7 +70,11 @@ def _phrase(s: Step) -> str:
 
 
 def make_problem(rng: random.Random, n_steps: int, max_operand: int) -> Problem:
-    """One problem with `n_steps` operations; values stay non-negative and below 10 * max_operand."""
+    """One problem with `n_steps` operations; values stay non-negative.
+
+    Multiplication is offered only while doubling stays within 10 * max_operand; additions are not
+    capped, so long problems can end above it.
+    """
     start = rng.randint(1, max_operand)
     value, steps = start, []
     cap = 10 * max_operand

@@ -14,7 +14,7 @@ _NUMBER = r"-?\$?\d[\d,]*(?:\.\d+)?"
 _ANSWER_IS = re.compile(rf"answer is:?\s*({_NUMBER})", re.IGNORECASE)
 _HASHES = re.compile(rf"####\s*({_NUMBER})")
 _ANY_NUMBER = re.compile(_NUMBER)
-_LETTER_IS = re.compile(r"answer is:?\s*\(?([A-J])\)?\b")
+_LETTER_IS = re.compile(r"(?i:answer is):?\s*\(?([A-J])\)?\b")  # the phrase in any case, the letter upper-case
 _LONE_LETTER = re.compile(r"^\s*\(?([A-J])\)?(?:[.):\s]|$)")
 
 

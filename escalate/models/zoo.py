@@ -144,7 +144,7 @@ def pretrain(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step:
@@ -159,7 +159,6 @@ def build_zoo(cfg: ZooConfig, arith_cfg: ArithConfig, out_dir: Path, seed: int, 
     Returns a summary (parameter counts, final losses, timings) that is also written to
     `out_dir/zoo.json`; the loss curves go to `out_dir/<role>/losses.json` for the tracker.
     """
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     largest = max(m.train.steps * m.train.batch_size for m in (cfg.slm, cfg.llm))
     pairs = corpus(arith_cfg, largest, seed + 1, exclude)
     tokenizer = train_tokenizer((p + c for p, c in pairs[:20_000]), cfg.vocab_size)

@@ -1,0 +1,53 @@
+# escalate: `make demo` runs the whole pipeline on the tiny profile; `make test` runs the tests.
+# Both create and reuse .venv (Python 3.11) themselves.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+
+# Telemetry off everywhere; Prefect's ephemeral server needs more than 20 s to start on two cores.
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export GX_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
+export TOKENIZERS_PARALLELISM := false
+export PATH := $(BIN):$(PATH)
+
+PROFILE ?= tiny
+
+.PHONY: help setup demo test test-fast ui lint clean-artifacts
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt -e ".[dev]"
+	@touch $@
+
+setup: $(STAMP)  ## create .venv and install escalate with its pinned dependencies
+
+demo: setup  ## run the retrain flow on the tiny profile (PROFILE=... to change)
+	$(BIN)/python -m flows.retrain --profile $(PROFILE)
+
+test: setup  ## run every test, the slow end-to-end ones included
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## only the fast unit tests
+	$(BIN)/python -m pytest -m "not slow"
+
+ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
+	@echo "MLflow UI: http://127.0.0.1:5000   (Prefect UI: run 'prefect server start', then http://127.0.0.1:4200)"
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+lint: setup  ## ruff
+	$(BIN)/ruff check escalate tasks flows tests
+
+clean-artifacts:  ## remove pipeline outputs (DVC's cache keeps them for a rerun)
+	rm -rf artifacts

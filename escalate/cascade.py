@@ -1,0 +1,187 @@
+"""The online cascade: answer new questions with one strategy, exactly as offline evaluation scored it.
+
+It walks the code paths evaluation used, so a served answer costs and routes the way the report
+says: prompts from `escalate.prompts`, generation parameters and sample rows from
+`escalate.sampling` (greedy sample 0, plus K-1 sampled ones only when the router votes over them),
+the router's score and its one threshold rule (escalate when score < threshold), the strategy's
+SLM answer from `router.slm_answers`, and prices from the cost model. A pre-generation router
+decides before anything is generated, so an escalated query never reaches the SLM.
+
+    cascade = Cascade(slm, llm, make_router("p_true_token"), threshold=0.4, cost=cost, sampling=cfg)
+    cascade.answer(["Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from escalate.config import SamplingConfig
+from escalate.evaluation.cost import CostModel
+from escalate.models.backends.base import GenerationBackend
+from escalate.prompts import format_prompt
+from escalate.routers.base import Router, RouterInputs
+from escalate.sampling import generation_params, generation_rows
+
+ROLES = ("slm", "llm")
+ONLINE_SPLIT = "online"
+# Columns of ungraded sample rows (sampling.generation_rows without a gold answer, plus `correct`).
+ROW_COLUMNS = ("id", "model", "split", "sample_idx", "text", "parsed_answer", "correct", "n_prompt_tokens",
+               "n_output_tokens", "token_logprobs", "answer_logprob", "mean_entropy", "latency_s")
+# What answer() gives per question, in this order (the bundle's output schema lists the same).
+RESULT_FIELDS = ("question", "answer", "parsed_answer", "model", "escalated", "confidence", "strategy",
+                 "threshold", "cost_slm", "cost_llm", "cost_router", "cost", "latency_slm_s", "latency_router_s",
+                 "latency_llm_s", "latency_s", "slm_prompt_tokens", "slm_output_tokens", "llm_prompt_tokens",
+                 "llm_output_tokens")
+
+
+def question_frame(questions: list[str], choices: list[Any] | None = None) -> pd.DataFrame:
+    """Online questions as the `questions` table routers read: positional ids, optional choices as JSON."""
+    if isinstance(questions, str):
+        raise TypeError("questions must be a list of strings, not one string")
+    if choices is not None and len(choices) != len(questions):
+        raise ValueError(f"got {len(choices)} choices for {len(questions)} questions")
+    bad = [i for i, q in enumerate(questions) if not isinstance(q, str) or not q.strip()]
+    if bad:
+        raise ValueError(f"questions must be non-empty strings; bad positions: {bad[:10]}")
+    normalized = [_choices_json(c) for c in (choices or [None] * len(questions))]
+    return pd.DataFrame({
+        "id": [f"q{i:06d}" for i in range(len(questions))],
+        "question": list(questions),
+        "choices": normalized,
+        "split": ONLINE_SPLIT,
+    })
+
+
+def _choices_json(choices: Any) -> str | None:
+    """None / blank / NaN -> None; a list -> its JSON (what the samples path and graders expect)."""
+    if choices is None or (isinstance(choices, float) and math.isnan(choices)):
+        return None
+    if isinstance(choices, (list, tuple)):
+        return json.dumps(list(choices)) if choices else None
+    text = str(choices)
+    return text if text.strip() else None
+
+
+def _empty_rows() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS})
+
+
+def _none_if_nan(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+@dataclass
+class Cascade:
+    """An SLM, an LLM, a router and its threshold: answers questions and says who answered, at what cost.
+
+    `sampling` is the profile's SamplingConfig (max_new_tokens, K, temperature) and `seed` the
+    profile's seed, so generations are drawn exactly as the samples the strategy was evaluated on.
+    """
+
+    slm: GenerationBackend
+    llm: GenerationBackend
+    router: Router
+    threshold: float
+    cost: CostModel
+    sampling: SamplingConfig
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.threshold = float(self.threshold)
+        if math.isnan(self.threshold):
+            raise ValueError("threshold must be a number (±inf allowed: never / always escalate), got NaN")
+        if self.router.mode not in ("cascade", "pregen"):
+            raise ValueError(f"router {self.router.name!r} has unknown mode {self.router.mode!r}")
+        for role in ROLES:  # a cost model without a role would fail mid-request; fail here instead
+            self.cost.cost(role, 0, 0)
+
+    def answer(self, questions: list[str], choices: list[Any] | None = None) -> list[dict]:
+        """One dict per question (RESULT_FIELDS): the answer, who gave it, the score, cost and latency."""
+        frame = question_frame(questions, choices)
+        if frame.empty:
+            return []
+        all_samples = self.router.uses_all_samples
+        if self.router.mode == "pregen":
+            escalated, scores, route_s = self._route(RouterInputs(frame, _empty_rows()))
+            slm_rows = self._generate(self.slm, "slm", frame[~escalated], all_samples)
+        else:
+            slm_rows = self._generate(self.slm, "slm", frame, all_samples)
+            escalated, scores, route_s = self._route(RouterInputs(frame, slm_rows))
+        kept = frame[~escalated].reset_index(drop=True)
+        answers = (self.router.slm_answers(RouterInputs(kept, slm_rows[slm_rows["id"].isin(kept["id"])]))
+                   .set_index("id") if len(kept) else pd.DataFrame(columns=["answer"]))
+        llm_rows = self._generate(self.llm, "llm", frame[escalated], all_samples=False)
+        by_id = {role: dict(tuple(rows.groupby("id", sort=False))) for role, rows in (("slm", slm_rows),
+                                                                                        ("llm", llm_rows))}
+        results = []
+        for i, q in enumerate(frame.itertuples(index=False)):
+            slm_part, llm_part = by_id["slm"].get(q.id), by_id["llm"].get(q.id)
+            if escalated[i]:
+                greedy = llm_part[llm_part["sample_idx"] == 0].iloc[0]
+                text, parsed = greedy["text"], _none_if_nan(greedy["parsed_answer"])
+            else:
+                text, parsed = self._slm_answer(slm_part, _none_if_nan(answers.at[q.id, "answer"]))
+            slm_cost, slm_time, slm_tokens = self._usage("slm", slm_part)
+            llm_cost, llm_time, llm_tokens = self._usage("llm", llm_part)
+            router_time = route_s / len(frame)  # scoring is batched: its time is shared evenly
+            results.append({
+                "question": q.question, "answer": text, "parsed_answer": parsed,
+                "model": "llm" if escalated[i] else "slm", "escalated": bool(escalated[i]),
+                "confidence": float(scores[i]), "strategy": self.router.name, "threshold": self.threshold,
+                "cost_slm": slm_cost, "cost_llm": llm_cost, "cost_router": 0.0, "cost": slm_cost + llm_cost,
+                "latency_slm_s": slm_time, "latency_router_s": router_time, "latency_llm_s": llm_time,
+                "latency_s": slm_time + router_time + llm_time,
+                "slm_prompt_tokens": slm_tokens[0], "slm_output_tokens": slm_tokens[1],
+                "llm_prompt_tokens": llm_tokens[0], "llm_output_tokens": llm_tokens[1],
+            })
+        return results
+
+    def close(self) -> None:
+        for backend in (self.slm, self.llm):
+            backend.close()
+
+    def _generate(self, backend: GenerationBackend, role: str, part: pd.DataFrame, all_samples: bool) -> pd.DataFrame:
+        """Ungraded sample rows for `part`: greedy sample 0, and samples 1..K-1 when the strategy pays for them."""
+        if part.empty:
+            return _empty_rows()
+        greedy, sampled = generation_params(self.sampling, self.seed)
+        prompts = [format_prompt(q, c) for q, c in zip(part["question"], part["choices"])]
+        first = backend.generate(prompts, greedy)
+        rest = backend.generate(prompts, sampled) if all_samples and sampled else [[] for _ in prompts]
+        rows: list[dict] = []
+        for (_, question), g0, gk in zip(part.iterrows(), first, rest):
+            rows += generation_rows(question, role, g0 + gk, 0)
+        # Serving has no gold answer: `correct` is unknown (None), which routers only read for offline figures.
+        return pd.DataFrame(rows).assign(correct=None)[list(ROW_COLUMNS)]
+
+    def _route(self, inputs: RouterInputs) -> tuple[np.ndarray, np.ndarray, float]:
+        """The router's decision (its own threshold rule) and score per question, and the time they took."""
+        start = time.perf_counter()
+        scores = np.asarray(self.router.score(inputs), dtype=float)
+        escalated = np.asarray(self.router.escalate(inputs, self.threshold), dtype=bool)
+        return escalated, scores, time.perf_counter() - start
+
+    @staticmethod
+    def _slm_answer(rows: pd.DataFrame, answer: Any) -> tuple[str, Any]:
+        """The strategy's SLM answer and the text that gives it: the greedy text, or the first voting sample's."""
+        rows = rows.sort_values("sample_idx")
+        if answer is not None:
+            match = rows[rows["parsed_answer"] == answer]
+            if len(match):
+                return str(match.iloc[0]["text"]), answer
+        return str(rows.iloc[0]["text"]), answer
+
+    def _usage(self, role: str, rows: pd.DataFrame | None) -> tuple[float, float, tuple[int, int]]:
+        """Cost, summed generation time and (prompt, output) tokens of the samples paid for on one question."""
+        if rows is None or rows.empty:
+            return 0.0, 0.0, (0, 0)
+        cost = sum(self.cost.cost(role, int(p), int(o)) for p, o in zip(rows["n_prompt_tokens"], rows["n_output_tokens"]))
+        tokens = (int(rows["n_prompt_tokens"].sum()), int(rows["n_output_tokens"].sum()))
+        return float(cost), float(rows["latency_s"].astype(float).sum()), tokens
