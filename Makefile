@@ -20,7 +20,7 @@ export PATH := $(BIN):$(PATH)
 
 PROFILE ?= tiny
 
-.PHONY: help setup demo test test-fast ui lint clean-artifacts
+.PHONY: help setup demo test test-fast ui lint clean-artifacts data
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -51,3 +51,10 @@ lint: setup  ## ruff
 
 clean-artifacts:  ## remove pipeline outputs (DVC's cache keeps them for a rerun)
 	rm -rf artifacts
+
+SHARED_DATA ?= ../shared/data
+
+data: setup  ## restore data/ (external datasets, tracked by data.dvc) from $(SHARED_DATA) or the DVC cache
+	@if [ -d $(SHARED_DATA) ]; then mkdir -p data && cp -r $(SHARED_DATA)/gsm8k $(SHARED_DATA)/routellm data/ && chmod -R u+w data; \
+	 else $(BIN)/dvc checkout data.dvc; fi
+	$(BIN)/dvc status data.dvc

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from escalate.data.schema import TABLES
 from escalate.telemetry import disable_telemetry
 
 EPILOG = """\
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(data.add_parser("build", help="build and validate the questions table"))
     v = data.add_parser("validate", help="validate a table file (JSONL, CSV or Parquet) against its contract")
     v.add_argument("file", type=Path)
-    v.add_argument("--table", required=True, help="table kind: questions, samples, preferences, refusal_sft, ...")
+    v.add_argument("--table", required=True, choices=list(TABLES), metavar="TABLE",
+                   help=f"table kind: {', '.join(TABLES)}")
     v.add_argument("--model-ids", default=None, help="comma-separated allowed model ids (samples)")
 
     zoo = sub.add_parser("zoo", help="the embedded models").add_subparsers(dest="action", required=True)

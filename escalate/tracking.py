@@ -110,11 +110,15 @@ def git_commit(root: Path) -> dict[str, str]:
 
 def dvc_hashes(root: Path, profile: str) -> dict[str, str]:
     """`dvc.<path>` -> md5 of every out and dep of this profile's stages, read from dvc.lock."""
+    hashes = {}
+    data_dvc = root / "data.dvc"
+    if data_dvc.is_file():  # the external datasets (data/), versioned by `dvc add data`
+        for out in (yaml.safe_load(data_dvc.read_text()) or {}).get("outs", []):
+            hashes[f"dvc.{out['path']}"] = out.get("md5", "")
     lock = root / "dvc.lock"
     if not lock.is_file():
-        return {}
+        return hashes
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    hashes = {}
     for name, stage in stages.items():
         if not name.endswith(f"@{profile}"):
             continue

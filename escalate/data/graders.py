@@ -15,7 +15,7 @@ _ANSWER_IS = re.compile(rf"answer is:?\s*({_NUMBER})", re.IGNORECASE)
 _HASHES = re.compile(rf"####\s*({_NUMBER})")
 _ANY_NUMBER = re.compile(_NUMBER)
 _LETTER_IS = re.compile(r"(?i:answer is):?\s*\(?([A-J])\)?\b")  # the phrase in any case, the letter upper-case
-_LONE_LETTER = re.compile(r"^\s*\(?([A-J])\)?(?:[.):\s]|$)")
+_LONE_LETTER = re.compile(r"^\s*\(?([A-J])(?:[.):]|\s*$)")  # "B", "B.", "(B)"; not the word "A"
 
 
 def normalize_number(text: str | None) -> str | None:

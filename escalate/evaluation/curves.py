@@ -67,7 +67,7 @@ def sweep(records: pd.DataFrame, mode: str, n_points: int = 101) -> pd.DataFrame
     metrics.check_records(records, mode)
     total = _total_llm_cost(records)
     rows = [
-        {"threshold": t, **_point(metrics.outcomes(records, mode, t), total)}
+        {"threshold": t, **_point(metrics.outcomes(records, mode, t, check=False), total)}
         for t in thresholds(records["score"].to_numpy(float), n_points)
     ]
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))

@@ -111,8 +111,7 @@ def evaluate(questions: pd.DataFrame, samples: pd.DataFrame, cost: CostModel, se
                                     n_points=settings.n_points)})
 
     pd.concat(all_records).to_parquet(out_dir / "records.parquet", index=False)
-    (out_dir / "curves.json").write_text(json.dumps({k: v.to_dict(orient="list") for k, v in curve_map.items()},
-                                                    default=_json_default))
+    (out_dir / "curves.json").write_text(to_json({k: v.to_dict(orient="list") for k, v in curve_map.items()}))
     png = {
         "Accuracy vs cost": plots.plot_accuracy_vs_cost(curve_map, refs, out_dir / "accuracy_vs_cost.png",
                                                         profile=settings.profile, split=settings.split,
@@ -135,7 +134,7 @@ def evaluate(questions: pd.DataFrame, samples: pd.DataFrame, cost: CostModel, se
                  })
     metrics = {"context": context, "a_slm": a_slm, "a_llm": a_llm, "summary": rows,
                "accuracy_by_difficulty": by_difficulty, "latency_model": latency.coef}
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    (out_dir / "metrics.json").write_text(to_json(metrics))
     return metrics
 
 
@@ -147,9 +146,18 @@ READING_GUIDE = """\
 - Random is the analytic expectation of random mixing; oracle escalates exactly the SLM's mistakes."""
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+def to_json(value: object) -> str:
+    """Strict JSON: numpy scalars unwrapped, NaN and infinities (undefined figures) as null."""
+    return json.dumps(_plain(value), indent=2, allow_nan=False)
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return value

@@ -21,10 +21,13 @@ class ArithAdapter(DatasetAdapter):
         seen: set[str] = set()
         rows = []
         for offset, (split, n) in enumerate(sizes.items()):
-            # Over-generate, then drop questions already used by an earlier split.
+            # Over-generate, then keep each question once across all splits.
             problems = arith.generate(2 * n + 50, seed * 1000 + offset, a.min_steps, a.max_steps, a.max_operand)
-            kept = [p for p in problems if p.question() not in seen][:n]
-            seen.update(p.question() for p in kept)
+            kept = []
+            for p in problems:
+                if len(kept) < n and p.question() not in seen:
+                    kept.append(p)
+                    seen.add(p.question())
             for i, p in enumerate(kept):
                 rows.append({
                     "id": f"arith-{split}-{i:05d}", "task": "arith", "question": p.question(),

@@ -1,0 +1,410 @@
+"""The model registry's decisions: register every candidate, move aliases only behind passing gates.
+
+Aliases, not stages (STYLE.md 6). Every candidate becomes a version of one registered model
+(default `escalate-cascade`), tagged with one tag per gate (`gate.<name>`: pass/fail, figure,
+limit, reason), `gates.passed`, the git commit, the data hashes and its run. `@challenger` moves to
+the newest candidate; `@champion` moves only when every gate passed, and the version that takes it
+remembers the one it replaced (`escalate.previous_champion`), so `rollback` can move it back and
+record who did it and why. A rejected version stays registered, its reasons visible in the UI.
+
+Everything is read and checked before any alias moves: an unreachable registry raises
+RegistryUnavailable and moves nothing, and when one alias move fails the ones already made are put
+back. `promote` refuses, naming the reason, a version that does not exist or failed its gates.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from escalate.registry.gates import GateResult, all_passed
+from escalate.telemetry import disable_telemetry
+
+DEFAULT_NAME = "escalate-cascade"
+CHAMPION, CHALLENGER = "champion", "challenger"
+GATE_PREFIX = "gate."
+TAG_PASSED = "gates.passed"
+TAG_FAILED = "gates.failed"
+TAG_RUN = "escalate.run_id"
+TAG_PREVIOUS = "escalate.previous_champion"
+NONE = "none"
+T = TypeVar("T")
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done; the message says why and what did (not) change."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry could not be reached or read; nothing was changed."""
+
+
+class PromotionRefused(RegistryError):
+    """A version that does not exist or failed its gates cannot become @champion."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What register() did: the new version, its verdict, and where @champion points now."""
+
+    version: str
+    passed: bool
+    champion: str | None
+    previous_champion: str | None
+    failed: list[str] = field(default_factory=list)
+
+    def summary(self, name: str = DEFAULT_NAME) -> str:
+        if self.passed:
+            was = f" (was version {self.previous_champion})" if self.previous_champion else " (first champion)"
+            return f"{name} version {self.version}: every gate passed; @champion -> {self.version}{was}"
+        kept = f"stays at version {self.champion}" if self.champion else "is still unset"
+        return f"{name} version {self.version}: rejected by {', '.join(self.failed)}; @champion {kept}"
+
+
+def who(by: str | None = None) -> str:
+    """The person acting: a name given, else $USER, else the login name."""
+    if by:
+        return by
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gate_tags(results: Sequence[GateResult]) -> dict[str, str]:
+    """One tag per gate plus the overall verdict and the names of the failed gates."""
+    tags = {f"{GATE_PREFIX}{r.name}": r.tag_value() for r in results}
+    tags[TAG_PASSED] = "true" if all_passed(results) else "false"
+    tags[TAG_FAILED] = ",".join(r.name for r in results if not r.passed) or NONE
+    return tags
+
+
+def gates_from_tags(tags: Mapping[str, str]) -> list[GateResult]:
+    return [GateResult.from_tag(key[len(GATE_PREFIX):], value) for key, value in sorted(tags.items())
+            if key.startswith(GATE_PREFIX)]
+
+
+def lineage_tags(root: Path | str, profile: str, run_id: str | None = None,
+                 parent_run_id: str | None = None) -> dict[str, str]:
+    """Git commit (and dirtiness), the profile's DVC data hashes and the runs a version came from."""
+    from escalate.tracking import dvc_hashes, git_commit
+
+    tags = {**git_commit(Path(root)), **dvc_hashes(Path(root), profile), "escalate.profile": profile}
+    if run_id:
+        tags[TAG_RUN] = run_id
+    if parent_run_id:
+        tags["escalate.parent_run_id"] = parent_run_id
+    return tags
+
+
+def _not_found(exc: Exception) -> bool:
+    return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+class Registry:
+    """One registered model in one MLflow registry, addressed through MlflowClient and aliases."""
+
+    def __init__(self, tracking_uri: str, name: str = DEFAULT_NAME, client: MlflowClient | None = None) -> None:
+        disable_telemetry()
+        self.uri, self.name = tracking_uri, name
+        try:
+            self.client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        except Exception as exc:
+            raise self._unavailable("connect", exc) from exc
+
+    # ---- reads -------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise RegistryUnavailable unless the registry answers a read."""
+        self._read("reach the registry", lambda: self.client.search_registered_models(max_results=1))
+
+    def model_uri(self, alias: str = CHAMPION) -> str:
+        return f"models:/{self.name}@{alias}"
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> version of the registered model ({} before the first registration)."""
+        model = self._read("read the registered model", self._registered_model)
+        return dict(model.aliases) if model is not None else {}
+
+    def champion(self) -> ModelVersion | None:
+        return self._by_alias(CHAMPION)
+
+    def challenger(self) -> ModelVersion | None:
+        return self._by_alias(CHALLENGER)
+
+    def version(self, version: str | int) -> ModelVersion | None:
+        """The model version, or None when it does not exist."""
+        def get() -> ModelVersion | None:
+            try:
+                return self.client.get_model_version(self.name, str(version))
+            except MlflowException as exc:
+                if _not_found(exc):
+                    return None
+                raise
+        return self._read(f"read version {version}", get)
+
+    def list_versions(self) -> list[dict[str, Any]]:
+        """Every version, oldest first: aliases, gate verdict, failed gates, strategy, run, creation time."""
+        versions = self._read("list versions", lambda: list(
+            self.client.search_model_versions(f"name='{self.name}'", max_results=10_000)))
+        by_version: dict[str, list[str]] = {}
+        for alias, version in self.aliases().items():
+            by_version.setdefault(str(version), []).append(alias)
+        rows = []
+        for mv in sorted(versions, key=lambda v: int(v.version)):
+            tags = mv.tags or {}
+            rows.append({
+                "version": mv.version, "aliases": ",".join(sorted(by_version.get(str(mv.version), []))) or "",
+                "gates": {"true": "pass", "false": "fail"}.get(tags.get(TAG_PASSED, ""), "-"),
+                "failed": tags.get(TAG_FAILED, "-") if tags.get(TAG_FAILED) != NONE else "",
+                "strategy": tags.get("escalate.strategy", "-"), "threshold": tags.get("escalate.threshold", "-"),
+                "run_id": mv.run_id or tags.get(TAG_RUN, "-"), "created": _time(mv.creation_timestamp),
+            })
+        return rows
+
+    def show(self, version: str | int) -> dict[str, Any]:
+        """One version in full: aliases, gates, tags, and the params and metrics of its model and run."""
+        mv = self._require(version)
+        aliases = sorted(a for a, v in self.aliases().items() if str(v) == str(mv.version))
+        params, metrics = self._params_metrics(mv)
+        tags = dict(mv.tags or {})
+        return {
+            "name": self.name, "version": mv.version, "aliases": aliases, "source": mv.source,
+            "run_id": mv.run_id, "model_id": getattr(mv, "model_id", None), "created": _time(mv.creation_timestamp),
+            "description": mv.description or "", "gates": gates_from_tags(tags),
+            "tags": {k: v for k, v in sorted(tags.items()) if not k.startswith(GATE_PREFIX)},
+            "params": params, "metrics": metrics,
+        }
+
+    def diff(self, a: str | int, b: str | int) -> dict[str, dict[str, tuple[Any, Any]]]:
+        """Params, metrics and tags whose values differ between versions a and b: key -> (a's, b's)."""
+        left, right = self.show(a), self.show(b)
+        out: dict[str, dict[str, tuple[Any, Any]]] = {}
+        for section in ("params", "metrics", "tags"):
+            keys = sorted(set(left[section]) | set(right[section]))
+            out[section] = {k: (left[section].get(k), right[section].get(k)) for k in keys
+                            if left[section].get(k) != right[section].get(k)}
+        return out
+
+    def champion_outcomes(self) -> pd.DataFrame | None:
+        """The champion bundle's per-query test outcomes (outcomes.parquet), or None without a champion or file."""
+        from escalate.registry.bundle import OUTCOMES_FILE
+
+        champion = self.champion()
+        if champion is None:
+            return None
+
+        def download() -> pd.DataFrame | None:
+            import mlflow
+
+            root = self.client.get_model_version_download_uri(self.name, champion.version)
+            with tempfile.TemporaryDirectory(prefix="escalate-outcomes-") as tmp:
+                try:
+                    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{OUTCOMES_FILE}",
+                                                               dst_path=tmp, tracking_uri=self.uri)
+                except (MlflowException, OSError):
+                    return None
+                return pd.read_parquet(path)
+        return self._read(f"download the champion's {OUTCOMES_FILE}", download)
+
+    # ---- writes ------------------------------------------------------------------------------
+    def register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
+                 model_id: str | None = None, tags: Mapping[str, str] | None = None,
+                 description: str | None = None) -> Registration:
+        """Register a candidate with its gate results; move @challenger to it, @champion only if all gates passed.
+
+        tags: lineage and identity (lineage_tags(), BundleInfo.tags()). Nothing moves unless the
+        registry was read first; a failed alias move puts back the moves already made.
+        """
+        from escalate.registry.bundle import use_tracking_uri
+
+        if not gates:
+            raise RegistryError("register() needs the candidate's gate results; a version without gates "
+                                "could never be promoted")
+        self.check()
+        self._ensure_model()
+        before = self.aliases()
+        champion = before.get(CHAMPION)
+        passed = all_passed(gates)
+        failed = [g.name for g in gates if not g.passed]
+        version_tags = {**{k: str(v)[:5000] for k, v in (tags or {}).items()}, **gate_tags(gates)}
+        if run_id:
+            version_tags.setdefault(TAG_RUN, run_id)
+        if passed:
+            version_tags[TAG_PREVIOUS] = str(champion) if champion else NONE
+        summary = description or ("all gates passed" if passed else
+                                  "rejected: " + "; ".join(f"{g.name}: {g.reason}" for g in gates if not g.passed))
+
+        def create() -> ModelVersion:
+            with use_tracking_uri(self.uri):  # a models:/m-<id> source is resolved through the global URI
+                return self.client.create_model_version(self.name, source=model_uri, run_id=run_id,
+                                                        tags=version_tags, description=summary[:5000],
+                                                        model_id=model_id)
+        mv = self._write("create the model version (no alias moved)", create)
+        moves = {CHALLENGER: mv.version, **({CHAMPION: mv.version} if passed else {})}
+        self._move(moves, before, f"register version {mv.version}")
+        return Registration(version=str(mv.version), passed=passed,
+                            champion=str(mv.version) if passed else (str(champion) if champion else None),
+                            previous_champion=str(champion) if champion else None, failed=failed)
+
+    def promote(self, version: str | int, by: str | None = None, reason: str | None = None) -> Registration:
+        """Move @champion to `version` by hand; refused for a missing version or one that failed its gates."""
+        self.check()
+        mv = self.version(version)
+        if mv is None:
+            known = [r["version"] for r in self.list_versions()]
+            raise PromotionRefused(f"cannot promote {self.name} version {version}: it does not exist "
+                                   f"(versions: {', '.join(known) or 'none'})")
+        tags = mv.tags or {}
+        if tags.get(TAG_PASSED) != "true":
+            gates = [g for g in gates_from_tags(tags) if not g.passed]
+            why = "; ".join(f"{g.name}: {g.reason}" for g in gates) or "it has no gate results"
+            raise PromotionRefused(f"cannot promote {self.name} version {mv.version}: it failed its gates ({why})")
+        before = self.aliases()
+        current = before.get(CHAMPION)
+        if current is not None and str(current) == str(mv.version):
+            return Registration(str(mv.version), True, str(mv.version), str(current))
+        self._write("tag the promoted version (no alias moved)", lambda: self._tag(mv.version, {
+            TAG_PREVIOUS: str(current) if current else NONE, "escalate.promoted_by": who(by),
+            "escalate.promoted_at": _now(), "escalate.promote_reason": reason or "manual promotion"}))
+        self._move({CHAMPION: mv.version}, before, f"promote version {mv.version}")
+        return Registration(str(mv.version), True, str(mv.version), str(current) if current else None)
+
+    def rollback(self, reason: str | None = None, by: str | None = None) -> tuple[str, str]:
+        """Move @champion back to the champion it replaced; tag both versions with who, when and why.
+
+        Returns (from_version, to_version).
+        """
+        self.check()
+        before = self.aliases()
+        current = before.get(CHAMPION)
+        if current is None:
+            raise RegistryError(f"{self.name} has no @champion to roll back")
+        mv = self.version(current)
+        previous = (mv.tags or {}).get(TAG_PREVIOUS, NONE) if mv is not None else NONE
+        if previous == NONE:
+            raise RegistryError(f"{self.name} version {current} has no previous champion recorded; "
+                                "promote the version you want with `escalate registry promote VERSION`")
+        if self.version(previous) is None:
+            raise RegistryError(f"{self.name} version {current}'s previous champion, version {previous}, no longer "
+                                "exists; promote a version explicitly")
+        actor, when, why = who(by), _now(), reason or "no reason given"
+        self._write("tag the rollback (no alias moved)", lambda: (
+            self._tag(current, {"escalate.rolled_back_by": actor, "escalate.rolled_back_at": when,
+                                "escalate.rolled_back_reason": why, "escalate.rolled_back_to": str(previous)}),
+            self._tag(previous, {"escalate.restored_by": actor, "escalate.restored_at": when,
+                                 "escalate.restored_reason": why, "escalate.restored_from": str(current)})))
+        self._move({CHAMPION: str(previous)}, before, f"roll back to version {previous}")
+        return str(current), str(previous)
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _registered_model(self) -> Any:
+        try:
+            return self.client.get_registered_model(self.name)
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    def _ensure_model(self) -> None:
+        if self._read("read the registered model", self._registered_model) is None:
+            self._write("create the registered model", lambda: self.client.create_registered_model(
+                self.name, description="Cascades of an SLM and an LLM, gated by escalate (see each version's gate.* tags)."))
+
+    def _by_alias(self, alias: str) -> ModelVersion | None:
+        if alias not in self.aliases():
+            return None
+        return self._read(f"read @{alias}", lambda: self.client.get_model_version_by_alias(self.name, alias))
+
+    def _require(self, version: str | int) -> ModelVersion:
+        mv = self.version(version)
+        if mv is None:
+            raise RegistryError(f"{self.name} has no version {version}")
+        return mv
+
+    def _tag(self, version: str | int, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.name, str(version), key, str(value)[:5000])
+
+    def _params_metrics(self, mv: ModelVersion) -> tuple[dict[str, Any], dict[str, Any]]:
+        params: dict[str, Any] = {}
+        metrics: dict[str, Any] = {}
+        if mv.run_id:
+            run = self._read("read the version's run", lambda: self.client.get_run(mv.run_id))
+            params.update(run.data.params)
+            metrics.update(run.data.metrics)
+        model_id = getattr(mv, "model_id", None)
+        if model_id:
+            try:
+                logged = self.client.get_logged_model(model_id)
+            except MlflowException:
+                logged = None
+            if logged is not None:
+                params.update(logged.params or {})
+                metrics.update({m.key: m.value for m in (logged.metrics or [])})
+        return params, metrics
+
+    def _move(self, moves: Mapping[str, str], before: Mapping[str, str], what: str) -> None:
+        """Set every alias in `moves`, or none: on a failure, aliases already moved go back to `before`."""
+        done: list[str] = []
+        try:
+            for alias, version in moves.items():
+                self.client.set_registered_model_alias(self.name, alias, str(version))
+                done.append(alias)
+        except Exception as exc:
+            restored, lost = [], []
+            for alias in reversed(done):
+                try:
+                    if alias in before:
+                        self.client.set_registered_model_alias(self.name, alias, str(before[alias]))
+                    else:
+                        self.client.delete_registered_model_alias(self.name, alias)
+                    restored.append(alias)
+                except Exception:
+                    lost.append(alias)
+            state = (f"restored @{', @'.join(restored)}" if restored else "no alias had moved")
+            if lost:
+                state += f"; could NOT restore @{', @'.join(lost)} (was {[before.get(a) for a in lost]})"
+            raise RegistryError(f"MLflow registry at {self.uri}: {what}: moving aliases failed ({state}): "
+                                f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+
+    def _read(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise self._unavailable(f"{what} (nothing was changed)", exc) from exc
+
+    def _write(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except RegistryError:
+            raise
+        except Exception as exc:
+            raise RegistryError(f"MLflow registry at {self.uri}: could not {what}: "
+                                f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+
+    def _unavailable(self, what: str, exc: Exception) -> RegistryUnavailable:
+        hint = (" (an HTTP registry retries for minutes by default; MLFLOW_HTTP_REQUEST_MAX_RETRIES and "
+                "MLFLOW_HTTP_REQUEST_TIMEOUT shorten that)" if self.uri.startswith("http") else "")
+        return RegistryUnavailable(f"MLflow registry at {self.uri}: could not {what}: "
+                                   f"{type(exc).__name__}: {str(exc)[:500]}{hint}")
+
+
+def _time(ms: int | None) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S") if ms else "-"

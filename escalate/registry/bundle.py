@@ -1,0 +1,380 @@
+"""One candidate cascade as one MLflow pyfunc model: checkpoints, strategy, cost model, report.
+
+A bundle holds everything `Cascade` needs, so a fresh process can answer questions with
+
+    model = mlflow.pyfunc.load_model("models:/escalate-cascade@champion")
+    model.predict(pd.DataFrame({"question": ["Eva has 7 cups. ..."]}))
+
+Its artifacts: `cascade.json` (strategy, threshold, both models' settings, cost model, sampling,
+seed), `router.pkl` (the fitted router), the SLM checkpoint and, for a self-hosted LLM, the LLM's
+(an HTTP LLM is its endpoint and model name in cascade.json; its key stays in the environment),
+the evaluation report, and optionally `outcomes.parquet` (per-query test outcomes at the chosen
+threshold, which the regression gate compares against the next candidate). The escalate package
+travels as code, and pip requirements are pinned explicitly so MLflow does not infer them.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+
+import escalate
+from escalate.cascade import RESULT_FIELDS, ROLES, Cascade
+from escalate.config import ModelConfig, SamplingConfig
+from escalate.evaluation.cost import COST_MODELS, CostModel
+from escalate.routers import Router, make_router
+from escalate.telemetry import disable_telemetry
+
+BUNDLE_NAME = "cascade"  # the logged model's name inside its run
+SPEC_FILE = "cascade.json"
+ROUTER_FILE = "router.pkl"
+OUTCOMES_FILE = "outcomes.parquet"
+FORMAT_VERSION = 1
+# What a serving process imports on the cascade's path (escalate itself travels as code_paths).
+REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "numpy",
+                "pandas", "pyyaml", "httpx", "tqdm")
+EVAL_FILES = ("report.md", "metrics.json", "curves.json", "*.png")
+# MLflow's "models from code": the bundle names this script instead of pickling a model object.
+MODEL_SCRIPT = "cascade_model.py"
+MODEL_CODE = '''"""The escalate cascade as an MLflow pyfunc (models from code); its artifacts say which cascade."""
+import mlflow
+
+from escalate.registry.bundle import CascadeModel
+
+mlflow.models.set_model(CascadeModel())
+'''
+DEFAULT_EXAMPLE = "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"
+
+INPUT_SCHEMA = Schema([ColSpec("string", "question"), ColSpec("string", "choices", required=False)])
+_TYPES = {"escalated": "boolean", "confidence": "double", "threshold": "double"}
+OUTPUT_SCHEMA = Schema([
+    ColSpec(_TYPES.get(name, "long" if name.endswith("_tokens") else "double" if name.startswith(("cost", "latency"))
+                       else "string"), name, required=name != "parsed_answer")
+    for name in RESULT_FIELDS
+])
+SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
+
+_MLFLOW_GLOBALS = threading.RLock()
+
+
+class BundleError(RuntimeError):
+    """A bundle that cannot be built or loaded; the message names the file or setting."""
+
+
+@dataclass
+class CascadeSpec:
+    """What cascade.json records: enough, with the checkpoints, to rebuild the Cascade anywhere."""
+
+    strategy: str  # the router's registry name (escalate.routers.ROUTERS)
+    threshold: float  # escalate when score < threshold
+    slm: ModelConfig
+    llm: ModelConfig
+    cost: CostModel
+    sampling: SamplingConfig
+    seed: int = 0
+    profile: str = ""
+    router_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if math.isnan(float(self.threshold)):
+            raise BundleError("threshold must be a number (±inf allowed), got NaN")
+        if self.llm.backend == "openai" and not self.llm.endpoint:
+            raise BundleError("an LLM with backend 'openai' needs an endpoint in the bundle")
+
+    def to_dict(self) -> dict[str, Any]:
+        kind = next((k for k, cls in COST_MODELS.items() if type(self.cost) is cls), None)
+        if kind is None:
+            raise BundleError(f"cost model {type(self.cost).__name__} is not in COST_MODELS; it cannot be bundled")
+        return {
+            "format_version": FORMAT_VERSION, "strategy": self.strategy, "threshold": float(self.threshold),
+            "models": {"slm": asdict(self.slm), "llm": asdict(self.llm)},
+            "cost": {"kind": kind, **{f.name: _plain(getattr(self.cost, f.name)) for f in fields(self.cost)},
+                     "describe": self.cost.describe()},
+            "sampling": asdict(self.sampling), "seed": self.seed, "profile": self.profile,
+            "router_kwargs": dict(self.router_kwargs),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CascadeSpec:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(f"{SPEC_FILE}: format_version {version!r} is not {FORMAT_VERSION}; rebuild the bundle")
+        try:
+            cost_fields = {k: v for k, v in data["cost"].items() if k not in ("kind", "describe")}
+            if data["cost"]["kind"] == "token_price":
+                cost_fields["prices"] = {role: tuple(p) for role, p in cost_fields["prices"].items()}
+            return cls(
+                strategy=data["strategy"], threshold=float(data["threshold"]),
+                slm=ModelConfig(**data["models"]["slm"]), llm=ModelConfig(**data["models"]["llm"]),
+                cost=COST_MODELS[data["cost"]["kind"]](**cost_fields),
+                sampling=SamplingConfig(**data["sampling"]), seed=int(data.get("seed", 0)),
+                profile=str(data.get("profile", "")), router_kwargs=dict(data.get("router_kwargs", {})),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{SPEC_FILE} is incomplete or invalid: {type(exc).__name__}: {exc}") from None
+
+    def params(self) -> dict[str, str]:
+        """Flat `key -> value` strings for the logged model's params (what `registry diff` compares)."""
+        flat: dict[str, str] = {}
+
+        def walk(prefix: str, value: Any) -> None:
+            if isinstance(value, dict):
+                for key, sub in value.items():
+                    walk(f"{prefix}.{key}" if prefix else str(key), sub)
+            else:
+                flat[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+        walk("", {k: v for k, v in self.to_dict().items() if k != "format_version"})
+        return {k: v[:6000] for k, v in flat.items()}
+
+
+def _plain(value: Any) -> Any:
+    """Frozen cost-model fields (tuples inside dicts) as JSON-ready lists and dicts."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Router | None = None,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Cascade:
+    """The Cascade a spec describes; `checkpoints` maps role -> local checkpoint dir (bundled models).
+
+    `overrides` replaces ModelConfig fields per role at load time, e.g. {"slm": {"device": "cuda"}},
+    so one bundle runs on a laptop CPU and a GPU server.
+    """
+    from escalate.models.backends import make_backend  # heavy backends load only when a cascade is built
+
+    backends = {}
+    try:
+        for role in ROLES:
+            cfg = getattr(spec, role)
+            if role in checkpoints:
+                cfg = replace(cfg, source=str(checkpoints[role]))
+            cfg = replace(cfg, **dict((overrides or {}).get(role, {})))
+            if cfg.source == "zoo":
+                raise BundleError(f"the {role} has source 'zoo' but the bundle holds no {role} checkpoint")
+            backends[role] = make_backend(cfg, role, Path("."), spec.sampling.batch_size)
+    except Exception:
+        for backend in backends.values():
+            backend.close()
+        raise
+    router = router or make_router(spec.strategy, **spec.router_kwargs)
+    if router.name != spec.strategy:
+        raise BundleError(f"{ROUTER_FILE} holds router {router.name!r} but {SPEC_FILE} says {spec.strategy!r}")
+    return Cascade(backends["slm"], backends["llm"], router, spec.threshold, spec.cost, spec.sampling, spec.seed)
+
+
+class CascadeModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc wrapper: load_context builds the Cascade from the artifacts, predict answers a DataFrame."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        disable_telemetry()
+        artifacts = context.artifacts
+        missing = [key for key in ("cascade", "router") if key not in artifacts]
+        if missing:
+            raise BundleError(f"bundle lacks artifacts {missing}")
+        spec_path, router_path = Path(artifacts["cascade"]), Path(artifacts["router"])
+        for path in (spec_path, router_path):
+            if not path.is_file():
+                raise BundleError(f"bundle artifact {path.name} is missing at {path}")
+        spec = CascadeSpec.from_dict(json.loads(spec_path.read_text()))
+        with router_path.open("rb") as fh:
+            router = pickle.load(fh)
+        checkpoints = {role: artifacts[role] for role in ROLES if role in artifacts}
+        for role, path in checkpoints.items():
+            if not (Path(path) / "config.json").is_file():
+                raise BundleError(f"the bundled {role} checkpoint at {path} has no config.json")
+        self.spec = spec
+        self.cascade = build_cascade(spec, checkpoints, router, (context.model_config or {}).get("overrides"))
+
+    # A DataFrame hint: MLflow 3 derives no schema from it, so the bundle's explicit signature applies.
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        if "question" not in frame.columns:
+            raise BundleError(f"input needs a `question` column; got columns {list(frame.columns)}")
+        choices = frame["choices"].tolist() if "choices" in frame.columns else None
+        results = self.cascade.answer([str(q) for q in frame["question"]], choices)
+        return pd.DataFrame(results, columns=list(RESULT_FIELDS))
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """Where a logged bundle lives and what it is: pass model_uri to the gates and the registry."""
+
+    model_uri: str  # models:/m-<id>
+    model_id: str
+    run_id: str
+    spec: CascadeSpec
+
+    def tags(self) -> dict[str, str]:
+        """Model-version tags that say which cascade this is (the registry adds gates and lineage)."""
+        return {"escalate.strategy": self.spec.strategy, "escalate.threshold": f"{self.spec.threshold:.6g}",
+                "escalate.profile": self.spec.profile, "escalate.model_id": self.model_id,
+                "escalate.llm": self.spec.llm.name, "escalate.slm": self.spec.slm.name}
+
+
+def pip_requirements() -> list[str]:
+    """Pins of what the serving side imports, from this environment (local versions such as +cpu dropped)."""
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pins.append(f"{name}=={version.split('+')[0]}")
+    return pins
+
+
+def local_checkpoint(cfg: ModelConfig, role: str, zoo_dir: Path | str) -> Path | None:
+    """The directory to bundle for a self-hosted model, or None for an HTTP model.
+
+    Zoo models live in zoo_dir/role; a hub id is bundled from the local Hugging Face cache (no
+    download happens here). A self-hosted model that cannot be found locally is an error: a bundle
+    that silently points at the hub would not load where the hub is unreachable.
+    """
+    if cfg.backend == "openai":
+        return None
+    if cfg.source == "zoo":
+        path = Path(zoo_dir) / role
+    elif Path(cfg.source).is_dir():
+        path = Path(cfg.source)
+    else:
+        try:
+            from huggingface_hub import snapshot_download
+
+            path = Path(snapshot_download(cfg.source, local_files_only=True))
+        except Exception as exc:
+            raise BundleError(f"{role} checkpoint {cfg.source!r} is neither a directory nor in the local "
+                              f"Hugging Face cache ({type(exc).__name__}); download it first") from None
+    if not (path / "config.json").is_file():
+        raise BundleError(f"{role} checkpoint {path} has no config.json; build it (escalate zoo build) first")
+    return path
+
+
+@contextmanager
+def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's global tracking and registry URIs at one store for a block, then restore them.
+
+    escalate addresses runs through MlflowClient, but mlflow.pyfunc.log_model logs to the global
+    tracking URI, and the registry resolves a `models:/m-<id>` source through it too; so the globals
+    are set here only, under a lock, and put back afterwards.
+    """
+    with _MLFLOW_GLOBALS:
+        previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(previous[0])
+            mlflow.set_registry_uri(previous[1])
+
+
+def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints: Mapping[str, Path | str],
+               router: Router | None = None, eval_dir: Path | str | None = None,
+               outcomes: pd.DataFrame | None = None, metrics: Mapping[str, float] | None = None,
+               example_questions: list[str] | None = None) -> BundleInfo:
+    """Log one candidate cascade as a pyfunc model in run `run_id` and return where it is.
+
+    checkpoints: role -> local checkpoint dir for each self-hosted model (see local_checkpoint).
+    router: the fitted router (default: make_router(spec.strategy, **spec.router_kwargs)).
+    eval_dir: the evaluation directory; its report, metrics, curves and plots go in the bundle.
+    outcomes: per-query test outcomes at the threshold (gates.per_query_outcomes), for the next
+    regression gate. metrics: the candidate's figures, logged to the run and the logged model.
+    Give each candidate its own run: the run is ended (FINISHED) when the bundle is logged.
+    """
+    disable_telemetry()
+    router = router or make_router(spec.strategy, **spec.router_kwargs)
+    missing = [r for r in ROLES if r not in checkpoints and getattr(spec, r).backend != "openai"]
+    if missing:
+        raise BundleError(f"self-hosted models {missing} need a checkpoint directory in the bundle")
+    with tempfile.TemporaryDirectory(prefix="escalate-bundle-") as tmp:
+        stage = Path(tmp)
+        artifacts = _stage_artifacts(stage, spec, checkpoints, router, eval_dir, outcomes)
+        code = stage / "code" / "escalate"
+        shutil.copytree(Path(escalate.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        example = pd.DataFrame({"question": example_questions or [DEFAULT_EXAMPLE]})
+        (stage / MODEL_SCRIPT).write_text(MODEL_CODE)
+        with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=BUNDLE_NAME, python_model=str(stage / MODEL_SCRIPT), artifacts=artifacts, code_paths=[str(code)],
+                signature=SIGNATURE, input_example=example, pip_requirements=pip_requirements(),
+                params=spec.params(), tags={"escalate.strategy": spec.strategy},
+            )
+    if metrics:
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                client.log_metric(run_id, key, float(value), model_id=info.model_id)
+    return BundleInfo(model_uri=f"models:/{info.model_id}", model_id=info.model_id, run_id=run_id, spec=spec)
+
+
+def _checkpoint_artifact(path: Path, role: str, stage: Path, names: set[str]) -> Path:
+    """The checkpoint dir as MLflow should copy it, without copying the weights twice where avoidable.
+
+    MLflow stores a directory artifact under its basename and refuses symlinks that leave it (the
+    Hugging Face cache is made of them). A plain directory with a free name goes as it is; otherwise
+    it is laid out under the role's name with hard links (a copy across filesystems).
+    """
+    path = path.resolve()
+    has_links = any(p.is_symlink() for p in path.rglob("*"))
+    if (path.name == role or path.name not in names) and not has_links:
+        names.add(path.name)
+        return path
+    target = stage / role
+    shutil.copytree(path, target, copy_function=_link_or_copy)
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(os.path.realpath(src), dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, Path | str], router: Router,
+                     eval_dir: Path | str | None, outcomes: pd.DataFrame | None) -> dict[str, str]:
+    """Lay the artifacts out under fixed names (MLflow names them by basename), linking the checkpoints."""
+    (stage / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
+    with (stage / ROUTER_FILE).open("wb") as fh:
+        pickle.dump(router, fh)
+    artifacts = {"cascade": str(stage / SPEC_FILE), "router": str(stage / ROUTER_FILE)}
+    names = {SPEC_FILE, ROUTER_FILE, "eval", OUTCOMES_FILE, *ROLES}  # basenames MLflow will store artifacts under
+    for role, path in sorted(checkpoints.items()):
+        if role not in ROLES:
+            raise BundleError(f"unknown checkpoint role {role!r}; known: {', '.join(ROLES)}")
+        if not (Path(path) / "config.json").is_file():
+            raise BundleError(f"{role} checkpoint {path} has no config.json")
+        artifacts[role] = str(_checkpoint_artifact(Path(path), role, stage, names))
+    if eval_dir is not None:
+        report = stage / "eval"
+        report.mkdir()
+        for pattern in EVAL_FILES:
+            for file in Path(eval_dir).glob(pattern):
+                shutil.copy2(file, report / file.name)
+        if not (report / "report.md").is_file():
+            raise BundleError(f"{eval_dir} has no report.md; run `escalate evaluate` first")
+        artifacts["eval"] = str(report)
+    if outcomes is not None:
+        outcomes.to_parquet(stage / OUTCOMES_FILE, index=False)
+        artifacts["outcomes"] = str(stage / OUTCOMES_FILE)
+    return artifacts

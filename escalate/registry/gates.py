@@ -1,0 +1,338 @@
+"""Quality gates: pure functions that pass or fail a candidate cascade, each with its figure and reason.
+
+A candidate takes `@champion` only when every gate passes (aliases.Registry.register). The gates:
+
+- data validation passed (every table's great-expectations suite);
+- accuracy ≥ LLM-only accuracy − δ (METRICS.md's "comparable accuracy");
+- cost saving 1 − C ≥ a minimum (C: cost normalized by LLM-only);
+- ECE ≤ a maximum, where the strategy's score is meant as P(SLM correct) (skipped, and passed,
+  with the reason, where it is not);
+- no significant regression against the current champion on the same test set: a seeded paired
+  bootstrap over per-query correctness gives a 95% interval of (candidate − champion) accuracy,
+  whose lower bound must be > −margin (with no champion yet, it passes and says so);
+- the bundle loads and answers a smoke set in a fresh process (the one gate that does I/O: it
+  runs a subprocess, so it still decides from what comes back, never from this process's state).
+
+Limits come from the profile through GateLimits. Every figure names what it is in its reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from escalate.config import _check
+from escalate.evaluation import metrics
+
+DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD = (
+    "data_validation", "accuracy", "cost_saving", "ece", "regression", "bundle_load")
+GATES = (DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD)
+# Accuracies are ratios k/n: a limit met exactly may sit one rounding error above the figure.
+_TOL = 1e-9
+_MARKER = "ESCALATE_LOAD_GATE "
+
+
+@dataclass
+class GateLimits:
+    """The limits gates apply; a profile's `gates:` section fills this."""
+
+    delta: float = 0.02  # accuracy may be at most this far below LLM-only
+    min_saving: float = 0.10  # smallest cost saving 1 − C to be worth deploying
+    max_ece: float = 0.15  # largest ECE of a probability-like score
+    regression_margin: float = 0.02  # the bootstrap lower bound of (candidate − champion) must exceed −margin
+    bootstrap_samples: int = 2000  # paired bootstrap resamples
+    seed: int = 0  # the bootstrap's seed
+    load_timeout_s: float = 600.0  # the fresh-process load-and-answer gate's time limit
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
+        _check(-1 <= self.min_saving < 1, "min_saving", f"must be in [-1, 1), got {self.min_saving}")
+        _check(0 < self.max_ece <= 1, "max_ece", f"must be in (0, 1], got {self.max_ece}")
+        _check(0 <= self.regression_margin < 1, "regression_margin", f"must be in [0, 1), got {self.regression_margin}")
+        _check(100 <= self.bootstrap_samples <= 1_000_000, "bootstrap_samples",
+               f"must be in [100, 1000000], got {self.bootstrap_samples}")
+        _check(self.load_timeout_s > 0, "load_timeout_s", f"must be > 0, got {self.load_timeout_s}")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate's verdict: the figure it measured, the limit it held it to, and why it passed or failed."""
+
+    name: str
+    passed: bool
+    figure: float | None
+    limit: float | None
+    reason: str
+
+    def tag_value(self) -> str:
+        """One registry tag per gate: `pass | figure 0.91 | limit 0.9 | reason` (MLflow caps values at 5000)."""
+        verdict = "pass" if self.passed else "fail"
+        return f"{verdict} | figure {_num(self.figure)} | limit {_num(self.limit)} | {self.reason}"[:5000]
+
+    @classmethod
+    def from_tag(cls, name: str, value: str) -> GateResult:
+        """Read a gate back from its tag (registry show / list)."""
+        parts = value.split(" | ", 3)
+        if len(parts) != 4 or parts[0] not in ("pass", "fail"):
+            return cls(name, False, None, None, f"unreadable gate tag: {value!r}")
+        return cls(name, parts[0] == "pass", _parse_num(parts[1].removeprefix("figure ")),
+                   _parse_num(parts[2].removeprefix("limit ")), parts[3])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
+
+
+def _parse_num(text: str) -> float | None:
+    try:
+        return None if text == "-" else float(text)
+    except ValueError:
+        return None
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(float(v)) for v in values)
+
+
+def all_passed(results: Iterable[GateResult]) -> bool:
+    """True when there is at least one gate and every one passed."""
+    results = list(results)
+    return bool(results) and all(r.passed for r in results)
+
+
+def failed(results: Iterable[GateResult]) -> list[GateResult]:
+    return [r for r in results if not r.passed]
+
+
+def data_validation_gate(reports: Mapping[str, Any]) -> GateResult:
+    """Every table validated: values are ValidationReports, their `to_dict()` dicts, or booleans, by table."""
+    if not reports:
+        return GateResult(DATA_VALIDATION, False, None, 0.0, "no validation reports: nothing shows the data was validated")
+    bad = []
+    for table, report in reports.items():
+        ok = report if isinstance(report, bool) else report.get("ok") if isinstance(report, Mapping) else getattr(report, "ok", None)
+        if ok is not True:
+            detail = report.summary() if hasattr(report, "summary") else _failure_text(report)
+            bad.append(f"{table}: {detail}" if detail else str(table))
+    if bad:
+        return GateResult(DATA_VALIDATION, False, float(len(bad)), 0.0,
+                          f"{len(bad)} of {len(reports)} tables failed validation: " + "; ".join(bad))
+    return GateResult(DATA_VALIDATION, True, 0.0, 0.0, f"all {len(reports)} tables valid ({', '.join(reports)})")
+
+
+def _failure_text(report: Any) -> str:
+    if isinstance(report, Mapping):
+        failures = report.get("failures") or []
+        return ", ".join(f"{f.get('column')}: {f.get('detail')}" for f in failures[:5] if isinstance(f, Mapping))
+    return ""
+
+
+def accuracy_gate(accuracy: float, llm_accuracy: float, delta: float) -> GateResult:
+    """accuracy ≥ LLM-only accuracy − δ, both on the same split."""
+    if not _finite(accuracy, llm_accuracy):
+        return GateResult(ACCURACY, False, accuracy, None, f"accuracy {accuracy} or LLM-only {llm_accuracy} is undefined")
+    limit = llm_accuracy - delta
+    ok = accuracy >= limit - _TOL
+    relation = "≥" if ok else "<"
+    return GateResult(ACCURACY, ok, float(accuracy), float(limit),
+                      f"accuracy {accuracy:.4f} {relation} LLM-only {llm_accuracy:.4f} − δ {delta:g}")
+
+
+def cost_saving_gate(normalized_cost: float, min_saving: float) -> GateResult:
+    """saving = 1 − C ≥ min_saving, with C the strategy's cost divided by LLM-only's."""
+    if not _finite(normalized_cost):
+        return GateResult(COST_SAVING, False, None, min_saving, f"normalized cost {normalized_cost} is undefined")
+    saving = 1.0 - float(normalized_cost)
+    ok = saving >= min_saving - _TOL
+    relation = "≥" if ok else "<"
+    return GateResult(COST_SAVING, ok, saving, float(min_saving),
+                      f"cost saving {saving:.4f} (normalized cost {normalized_cost:.4f}) {relation} minimum {min_saving:g}")
+
+
+def ece_gate(ece: float | None, is_probability: bool, max_ece: float, strategy: str = "the strategy") -> GateResult:
+    """ECE ≤ max_ece for a score meant as P(SLM correct); a score that is not a probability skips it (passes)."""
+    if not is_probability:
+        return GateResult(ECE, True, None, float(max_ece),
+                          f"skipped: {strategy}'s score is not a probability, so ECE does not apply")
+    if not _finite(ece):
+        return GateResult(ECE, False, None, float(max_ece), f"ECE of {strategy} is undefined ({ece})")
+    ok = ece <= max_ece + _TOL
+    relation = "≤" if ok else ">"
+    return GateResult(ECE, ok, float(ece), float(max_ece), f"ECE {ece:.4f} {relation} maximum {max_ece:g} (10 bins)")
+
+
+@dataclass(frozen=True)
+class BootstrapInterval:
+    """Mean paired difference (candidate − champion accuracy) and its percentile interval."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+    level: float
+
+
+def paired_bootstrap(candidate: Sequence[bool], champion: Sequence[bool], n_samples: int = 2000, seed: int = 0,
+                     level: float = 0.95) -> BootstrapInterval:
+    """Resample queries with replacement, keeping each query's pair together; percentile interval."""
+    cand, champ = np.asarray(candidate, dtype=bool), np.asarray(champion, dtype=bool)
+    if cand.shape != champ.shape or cand.ndim != 1 or cand.size == 0:
+        raise ValueError(f"need two non-empty, equally long correctness vectors; got {cand.shape} and {champ.shape}")
+    diff = cand.astype(float) - champ.astype(float)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_samples)
+    block = max(1, 2_000_000 // diff.size)  # bound memory: n_samples x n indices, a block at a time
+    for start in range(0, n_samples, block):
+        stop = min(n_samples, start + block)
+        means[start:stop] = diff[rng.integers(0, diff.size, size=(stop - start, diff.size))].mean(axis=1)
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return BootstrapInterval(float(diff.mean()), float(low), float(high), int(diff.size), level)
+
+
+def regression_gate(candidate_correct: Sequence[bool] | None, champion_correct: Sequence[bool] | None,
+                    margin: float, n_samples: int = 2000, seed: int = 0) -> GateResult:
+    """No significant regression: the 95% lower bound of (candidate − champion) accuracy > −margin.
+
+    Both vectors hold per-query correctness on the same test queries in the same order
+    (align_outcomes pairs them). With no champion (None) the gate passes and says so.
+    """
+    if champion_correct is None:
+        return GateResult(REGRESSION, True, None, -margin, "no current champion: nothing to regress against")
+    if candidate_correct is None or len(candidate_correct) == 0:
+        return GateResult(REGRESSION, False, None, -margin, "no per-query outcomes of the candidate to compare")
+    ci = paired_bootstrap(candidate_correct, champion_correct, n_samples, seed)
+    ok = ci.low > -margin
+    relation = ">" if ok else "≤"
+    return GateResult(REGRESSION, ok, ci.low, -margin,
+                      f"Δ accuracy vs champion {ci.mean:+.4f}, 95% CI [{ci.low:+.4f}, {ci.high:+.4f}] over "
+                      f"{ci.n} paired queries ({n_samples} resamples, seed {seed}); lower bound {relation} "
+                      f"−margin {-margin:+g}")
+
+
+def per_query_outcomes(records: pd.DataFrame, mode: str, threshold: float,
+                       questions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One strategy's per-query outcomes at its threshold: id, (question,) correct, escalated, cost.
+
+    `records` are one strategy's rows of records.parquet; `questions` adds the question text, so a
+    later comparison pairs queries by id and text, not by id alone.
+    """
+    out = metrics.outcomes(records, mode, threshold)[["id", "correct", "escalated", "cost"]]
+    if questions is not None:
+        out = out.merge(questions[["id", "question"]], on="id", how="left")[["id", "question", "correct", "escalated", "cost"]]
+    return out.reset_index(drop=True)
+
+
+def align_outcomes(candidate: pd.DataFrame, champion: pd.DataFrame) -> tuple[np.ndarray, np.ndarray] | None:
+    """Paired correctness on the candidate's queries, or None when the champion's outcomes do not cover them.
+
+    Queries pair by id and, where both tables have it, by question text (a regenerated test set may
+    reuse ids for other questions). None means "not the same test set": answer it with the champion.
+    """
+    keys = ["id"] + (["question"] if "question" in candidate.columns and "question" in champion.columns else [])
+    champ = champion.drop_duplicates(keys)[keys + ["correct"]]
+    merged = candidate[keys + ["correct"]].merge(champ, on=keys, how="left", suffixes=("_candidate", "_champion"))
+    if merged.empty or merged["correct_champion"].isna().any():
+        return None
+    return merged["correct_candidate"].to_numpy(bool), merged["correct_champion"].to_numpy(bool)
+
+
+LOAD_SCRIPT = f"""
+import json, sys, time
+start = time.perf_counter()
+import mlflow
+import pandas as pd
+questions = json.loads(sys.stdin.read())
+model = mlflow.pyfunc.load_model(sys.argv[1])
+loaded = time.perf_counter()
+out = model.predict(pd.DataFrame({{"question": questions}}))
+print({_MARKER!r} + json.dumps({{
+    "rows": len(out), "columns": list(out.columns),
+    "models": [str(m) for m in out["model"]] if "model" in out else [],
+    "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
+    "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
+    "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
+}}))
+"""
+
+
+def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None = None, timeout_s: float = 600.0,
+              python: str | None = None) -> GateResult:
+    """The bundle loads and answers `questions` in a fresh Python process (`python -c`), within timeout_s.
+
+    The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI = tracking_uri (for models:/ URIs) and
+    runs in an empty directory, so it imports escalate from the bundle, not from the caller's tree.
+    """
+    questions = [str(q) for q in questions]
+    if not questions:
+        return GateResult(BUNDLE_LOAD, False, None, 0.0, "no smoke questions to answer")
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    if tracking_uri:
+        env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
+    n = float(len(questions))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="escalate-load-gate-") as cwd:
+        try:
+            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT, model_uri], input=json.dumps(questions),
+                                  capture_output=True, text=True, timeout=timeout_s, cwd=cwd, env=env)
+        except subprocess.TimeoutExpired as exc:
+            tail = _tail(exc.stderr)
+            return GateResult(BUNDLE_LOAD, False, None, n,
+                              f"{model_uri} did not load and answer within {timeout_s:g} s in a fresh process"
+                              + (f"; stderr tail: {tail}" if tail else ""))
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        return GateResult(BUNDLE_LOAD, False, None, n, f"loading {model_uri} in a fresh process failed "
+                          f"(exit {proc.returncode}); stderr tail: {_tail(proc.stderr)}")
+    found = [line[len(_MARKER):] for line in proc.stdout.splitlines() if line.startswith(_MARKER)]
+    if not found:
+        return GateResult(BUNDLE_LOAD, False, None, n, f"the fresh process printed no result; stderr tail: {_tail(proc.stderr)}")
+    return _judge_answers(model_uri, json.loads(found[-1]), len(questions), elapsed)
+
+
+def _judge_answers(model_uri: str, out: dict[str, Any], n: int, elapsed: float) -> GateResult:
+    """Every question answered, by a known model, with text and a finite non-negative cost."""
+    problems = []
+    if out["rows"] != n:
+        problems.append(f"{out['rows']} rows for {n} questions")
+    missing = sorted({"answer", "model", "confidence", "cost", "latency_s"} - set(out["columns"]))
+    if missing:
+        problems.append(f"output lacks columns {missing}")
+    unknown = sorted({m for m in out["models"] if m not in ("slm", "llm")})
+    if unknown:
+        problems.append(f"unknown answering models {unknown}")
+    if any(a is None for a in out["answers"]):
+        problems.append("some answers are not text")
+    if any(not (math.isfinite(c) and c >= 0) for c in out["costs"]):
+        problems.append("some costs are negative or not finite")
+    answered = sum(1 for a, m in zip(out["answers"], out["models"]) if a is not None and m in ("slm", "llm"))
+    if problems:
+        return GateResult(BUNDLE_LOAD, False, float(answered), float(n),
+                          f"{model_uri} loaded in a fresh process but answered badly: " + "; ".join(problems))
+    by = {m: out["models"].count(m) for m in ("slm", "llm")}
+    return GateResult(BUNDLE_LOAD, True, float(answered), float(n),
+                      f"{model_uri} answered {answered}/{n} smoke questions in a fresh process "
+                      f"(slm {by['slm']}, llm {by['llm']}; load {out['load_s']:.1f} s, predict "
+                      f"{out['predict_s']:.1f} s, {elapsed:.1f} s in all)")
+
+
+def _tail(text: str | bytes | None, limit: int = 1500) -> str:
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    text = (text or "").strip()
+    return ("…" + text[-limit:]) if len(text) > limit else text
