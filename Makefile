@@ -16,6 +16,9 @@ export GX_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 export TOKENIZERS_PARALLELISM := false
+# OpenMP threads sleep instead of spinning while they wait: 13% slower on an idle 2-core machine,
+# 44% faster when anything else runs (measured on the zoo's LLM); the demo should not crawl.
+export OMP_WAIT_POLICY ?= PASSIVE
 export PATH := $(BIN):$(PATH)
 
 PROFILE ?= tiny

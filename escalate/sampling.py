@@ -90,3 +90,20 @@ def sample(backend: GenerationBackend, questions: pd.DataFrame, role: str, cfg: 
         bar.update(len(part) * cfg.k)
     bar.close()
     return pd.DataFrame(rows)
+
+
+def measure_latency(backend: GenerationBackend, prompts: list[str], role: str, max_new_tokens: int,
+                    n_prompts: int = 8) -> pd.DataFrame:
+    """Single-request timings for the deterministic latency model (METRICS.md, SATER's AGL/AROL).
+
+    Batched sampling amortises time over a batch, so it cannot say what one more output token
+    costs. Here each prompt is generated alone, once for one token and once in full: the two
+    lengths separate prefill (per prompt token) from decode (per output token) in the fit.
+    """
+    rows = []
+    for prompt in prompts[:n_prompts]:
+        for limit in (1, max_new_tokens):
+            gen = backend.generate([prompt], SamplingParams(max_new_tokens=limit))[0][0]
+            rows.append({"model": role, "n_prompt_tokens": gen.n_prompt_tokens,
+                         "n_output_tokens": gen.n_output_tokens, "latency_s": gen.latency_s})
+    return pd.DataFrame(rows)

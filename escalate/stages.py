@@ -18,7 +18,8 @@ from escalate.data.validation import ValidationError, ensure_valid, validate
 from escalate.evaluation.cost import from_config
 from escalate.evaluation.run import EvalSettings, evaluate
 from escalate.models.backends import make_backend
-from escalate.sampling import sample
+from escalate.prompts import format_prompt
+from escalate.sampling import measure_latency, sample
 
 STAGES = ("questions", "zoo", "samples", "evaluate")
 
@@ -32,6 +33,7 @@ def paths(profile: Profile, root: Path | str = ".") -> dict[str, Path]:
         "zoo": base / "zoo",
         "samples": base / "samples.parquet",
         "samples_report": base / "samples_report.json",
+        "latency": base / "latency.parquet",
         "eval": base / "eval",
     }
 
@@ -90,13 +92,16 @@ def build_samples(profile: Profile, root: Path | str = ".") -> Path:
     p = paths(profile, root)
     questions = load_questions(profile, root)
     questions = questions[questions["split"].isin(profile.sampling.splits)].reset_index(drop=True)
-    parts = []
+    parts, timings = [], []
+    prompts = [format_prompt(q, c) for q, c in zip(questions["question"], questions["choices"])]
     for role in ("slm", "llm"):
         backend = make_backend(profile.models[role], role, p["zoo"], profile.sampling.batch_size)
         try:
             parts.append(sample(backend, questions, role, profile.sampling, profile.seed))
+            timings.append(measure_latency(backend, prompts, role, profile.sampling.max_new_tokens))
         finally:
             backend.close()
+    pd.concat(timings, ignore_index=True).to_parquet(p["latency"], index=False)
     samples = pd.concat(parts, ignore_index=True)
     _write_validated(samples, "samples", p["samples"], p["samples_report"], model_ids=list(profile.models))
     return p["samples"]
@@ -111,7 +116,7 @@ def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     cost = from_config(profile.cost.kind, profile.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
     ev = profile.evaluation
     settings = EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name)
-    return evaluate(questions, samples, cost, settings, p["eval"])
+    return evaluate(questions, samples, cost, settings, p["eval"], timings=pd.read_parquet(p["latency"]))
 
 
 def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:

@@ -205,6 +205,7 @@ def test_paths_live_under_the_profile_artifacts(tmp_path: Path) -> None:
         "zoo": base / "zoo",
         "samples": base / "samples.parquet",
         "samples_report": base / "samples_report.json",
+        "latency": base / "latency.parquet",
         "eval": base / "eval",
     }
 

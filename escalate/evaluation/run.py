@@ -74,10 +74,14 @@ def calib_threshold(router: Router, calib: RouterInputs, calib_llm: pd.DataFrame
 
 
 def evaluate(questions: pd.DataFrame, samples: pd.DataFrame, cost: CostModel, settings: EvalSettings,
-             out_dir: Path, routers: list[str] | None = None) -> dict:
-    """Run every strategy on `settings.split`, write records, curves, plots and the report; return metrics."""
+             out_dir: Path, routers: list[str] | None = None, timings: pd.DataFrame | None = None) -> dict:
+    """Run every strategy on `settings.split`, write records, curves, plots and the report; return metrics.
+
+    `timings` are single-request latencies (sampling.measure_latency) for the deterministic latency
+    model; without them the model is fitted on the samples' own (batch-amortised) latencies.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    latency = fit_latency_model(samples)
+    latency = fit_latency_model(timings if timings is not None else samples)
     test, test_llm = inputs_for(questions, samples, settings.split)
     calib, calib_llm = inputs_for(questions, samples, "calib")
     fitted = fitted_routers(calib, settings.seed, routers)
@@ -106,9 +110,9 @@ def evaluate(questions: pd.DataFrame, samples: pd.DataFrame, cost: CostModel, se
         rows.append({"strategy": ref, "mode": "-", "accuracy": float(refs.at[ref, acc_col]),
                      "cost": float(refs.at[ref, "cost"]), "call_rate": 1.0 if ref == curves.LLM_ONLY else 0.0,
                      "agl_s": float(refs.at[ref, "agl_s"]), "arol_s": 0.0})
-    rows.append({"strategy": "oracle", "mode": "pregen", "togr": 1.0,
-                 **curves.summarize(oracle, "pregen", a_slm=a_slm, a_llm=a_llm, delta=settings.delta,
-                                    n_points=settings.n_points)})
+    best = curves.summarize(oracle, "pregen", a_slm=a_slm, a_llm=a_llm, delta=settings.delta, n_points=settings.n_points)
+    rows.append({"strategy": "oracle", "mode": "pregen", **best, "accuracy": best["op_accuracy"],
+                 "cost": best["op_cost"], "call_rate": best["op_call_rate"]})
 
     pd.concat(all_records).to_parquet(out_dir / "records.parquet", index=False)
     (out_dir / "curves.json").write_text(to_json({k: v.to_dict(orient="list") for k, v in curve_map.items()}))
