@@ -23,7 +23,7 @@ export PATH := $(BIN):$(PATH)
 
 PROFILE ?= tiny
 
-.PHONY: help setup demo test test-fast ui lint clean-artifacts data
+.PHONY: help setup demo test test-fast ui lint clean-artifacts data schedule
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,3 +61,10 @@ data: setup  ## restore data/ (external datasets, tracked by data.dvc) from $(SH
 	@if [ -d $(SHARED_DATA) ]; then mkdir -p data && cp -r $(SHARED_DATA)/gsm8k $(SHARED_DATA)/routellm data/ && chmod -R u+w data; \
 	 else $(BIN)/dvc checkout data.dvc; fi
 	$(BIN)/dvc status data.dvc
+
+schedule: setup  ## register prefect.yaml's deployments with a running Prefect server and start a worker
+	@$(BIN)/prefect config view --show-sources | grep -q PREFECT_API_URL || \
+	 { echo "Set PREFECT_API_URL first: start 'prefect server start' and run 'prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api'"; exit 2; }
+	$(BIN)/prefect work-pool create escalate-process --type process --overwrite
+	ESCALATE_HOME=$(CURDIR) $(BIN)/prefect --no-prompt deploy --all
+	ESCALATE_HOME=$(CURDIR) $(BIN)/prefect worker start --pool escalate-process

@@ -118,8 +118,8 @@ class Cascade:
         answers = (self.router.slm_answers(RouterInputs(kept, slm_rows[slm_rows["id"].isin(kept["id"])]))
                    .set_index("id") if len(kept) else pd.DataFrame(columns=["answer"]))
         llm_rows = self._generate(self.llm, "llm", frame[escalated], all_samples=False)
-        by_id = {role: dict(tuple(rows.groupby("id", sort=False))) for role, rows in (("slm", slm_rows),
-                                                                                        ("llm", llm_rows))}
+        by_id = {"slm": dict(tuple(slm_rows.groupby("id", sort=False))),
+                 "llm": dict(tuple(llm_rows.groupby("id", sort=False)))}
         results = []
         for i, q in enumerate(frame.itertuples(index=False)):
             slm_part, llm_part = by_id["slm"].get(q.id), by_id["llm"].get(q.id)
@@ -132,7 +132,7 @@ class Cascade:
             llm_cost, llm_time, llm_tokens = self._usage("llm", llm_part)
             router_time = route_s / len(frame)  # scoring is batched: its time is shared evenly
             results.append({
-                "question": q.question, "answer": text, "parsed_answer": parsed,
+                "question": q.question, "answer": str(text).strip(), "parsed_answer": parsed,
                 "model": "llm" if escalated[i] else "slm", "escalated": bool(escalated[i]),
                 "confidence": float(scores[i]), "strategy": self.router.name, "threshold": self.threshold,
                 "cost_slm": slm_cost, "cost_llm": llm_cost, "cost_router": 0.0, "cost": slm_cost + llm_cost,
@@ -182,6 +182,7 @@ class Cascade:
         """Cost, summed generation time and (prompt, output) tokens of the samples paid for on one question."""
         if rows is None or rows.empty:
             return 0.0, 0.0, (0, 0)
-        cost = sum(self.cost.cost(role, int(p), int(o)) for p, o in zip(rows["n_prompt_tokens"], rows["n_output_tokens"]))
+        pairs = zip(rows["n_prompt_tokens"], rows["n_output_tokens"])
+        cost = sum(self.cost.cost(role, int(p), int(o)) for p, o in pairs)
         tokens = (int(rows["n_prompt_tokens"].sum()), int(rows["n_output_tokens"].sum()))
         return float(cost), float(rows["latency_s"].astype(float).sum()), tokens

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from escalate.data.schema import TABLES
+from escalate.registry.cli import add_registry_commands
 from escalate.telemetry import disable_telemetry
 
 EPILOG = """\
@@ -24,6 +25,9 @@ typical use:
   escalate sample --profile tiny            K generations per question per model
   escalate evaluate --profile tiny          every baseline strategy on the test split, plots, report
   escalate data validate FILE --table samples   validate any table file
+  escalate registry list                    registered cascades, their gates and aliases
+  escalate registry promote 3 --reason ...  move @champion to version 3 (its gates must have passed)
+  escalate registry rollback --reason ...   move @champion back to the previous champion
 
 the whole pipeline under Prefect, with MLflow tracking:  python -m flows.retrain --profile tiny
 """
@@ -56,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _profile_arg(sub.add_parser("sample", help="K generations per question per model into the samples table"))
     _profile_arg(sub.add_parser("evaluate", help="evaluate every strategy on the held-out split and write the report"))
+    add_registry_commands(sub)
     return parser
 
 
@@ -86,6 +91,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.group == "data" and args.action == "validate":
         return _validate_file(args)
+    if args.group == "registry":
+        return args.handler(args)
     profile = load_profile(args.profile, args.root)
     os.chdir(args.root)
     if args.group == "config":

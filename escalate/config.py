@@ -207,11 +207,40 @@ class EvaluationConfig:
     delta: float = 0.02  # "comparable accuracy": within delta of LLM-only
     n_thresholds: int = 101
     seed: int = 0  # for the random router
+    # Routers to evaluate (and register as candidates); empty means every registered router.
+    strategies: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from escalate.routers import ROUTERS
+
+        unknown = set(self.strategies) - set(ROUTERS)
+        _check(not unknown, "strategies", f"unknown routers {sorted(unknown)}; known: {', '.join(ROUTERS)}")
         _check(self.split in SPLITS, "split", f"must be one of {list(SPLITS)}, got {self.split!r}")
         _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
         _check(self.n_thresholds >= 101, "n_thresholds", f"must be >= 101 (METRICS.md), got {self.n_thresholds}")
+
+
+@dataclass
+class GateLimits:
+    """The limits gates apply; a profile's `gates:` section fills this."""
+
+    delta: float = 0.02  # accuracy may be at most this far below LLM-only
+    min_saving: float = 0.10  # smallest cost saving 1 − C to be worth deploying
+    max_ece: float = 0.15  # largest ECE of a probability-like score
+    regression_margin: float = 0.02  # the bootstrap lower bound of (candidate − champion) must exceed −margin
+    bootstrap_samples: int = 2000  # paired bootstrap resamples
+    seed: int = 0  # the bootstrap's seed
+    load_timeout_s: float = 600.0  # the fresh-process load-and-answer gate's time limit
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
+        _check(-1 <= self.min_saving < 1, "min_saving", f"must be in [-1, 1), got {self.min_saving}")
+        _check(0 < self.max_ece <= 1, "max_ece", f"must be in (0, 1], got {self.max_ece}")
+        _check(0 <= self.regression_margin < 1, "regression_margin",
+               f"must be in [0, 1), got {self.regression_margin}")
+        _check(100 <= self.bootstrap_samples <= 1_000_000, "bootstrap_samples",
+               f"must be in [100, 1000000], got {self.bootstrap_samples}")
+        _check(self.load_timeout_s > 0, "load_timeout_s", f"must be > 0, got {self.load_timeout_s}")
 
 
 @dataclass
@@ -236,6 +265,7 @@ class Profile:
     cost: CostConfig = field(default_factory=CostConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    gates: GateLimits = field(default_factory=GateLimits)
 
     def __post_init__(self) -> None:
         missing = {"slm", "llm"} - set(self.models)

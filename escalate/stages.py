@@ -116,7 +116,8 @@ def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     cost = from_config(profile.cost.kind, profile.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
     ev = profile.evaluation
     settings = EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name)
-    return evaluate(questions, samples, cost, settings, p["eval"], timings=pd.read_parquet(p["latency"]))
+    return evaluate(questions, samples, cost, settings, p["eval"], routers=ev.strategies or None,
+                    timings=pd.read_parquet(p["latency"]))
 
 
 def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:

@@ -1,4 +1,4 @@
-"""The `retrain` flow: questions -> zoo -> samples -> evaluate, tracked in one MLflow run.
+"""The `retrain` flow: questions -> zoo -> samples -> evaluate -> gate and register, in one MLflow run.
 
 Each stage is a DVC stage run by a task, so a second run with unchanged inputs skips finished
 stages and a killed run resumes from the last finished one. Run it with:
@@ -18,48 +18,124 @@ from escalate.telemetry import disable_telemetry
 
 disable_telemetry()
 
-from prefect import flow, get_run_logger  # noqa: E402
+import pandas as pd  # noqa: E402
+from prefect import flow  # noqa: E402
 
-from escalate.config import load_profile  # noqa: E402
+from escalate.config import Profile, load_profile  # noqa: E402
+from escalate.evaluation.cost import from_config  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
+from escalate.registry.aliases import Registry  # noqa: E402
+from escalate.registry.publish import rank_candidates  # noqa: E402
 from escalate.stages import STAGES, paths  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
+from tasks.registry import ask_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
 from tasks.tracking import log_stage  # noqa: E402
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(profile: str = "tiny", root: str = ".", tracking_uri: str | None = None) -> dict:
-    """Run every stage of `profile` and log it to MLflow; returns the evaluation summary."""
-    logger = get_run_logger()
+def retrain(
+    profile: str = "tiny", root: str = ".", tracking_uri: str | None = None, skip_if_unchanged: bool = False
+) -> dict:
+    """Run every stage of `profile`, log it to MLflow, and gate and register every candidate cascade.
+
+    skip_if_unchanged (scheduled runs): when the questions' DVC hash equals the one the current
+    champion was trained on, record "no change" and stop.
+    """
     root_path = Path(root).resolve()
     cfg = load_profile(profile, root_path)  # a bad profile fails here, before any work
     tracker = Tracker(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, root_path)
+    registry = Registry(tracker.uri)
+    registry.check()  # an unreachable registry fails now, before hours of work
     run_id = tracker.start(f"retrain-{profile}", tags={"escalate.profile": profile, **git_commit(root_path)})
     tracker.params(run_id, {"profile": profile, **asdict(cfg)})
     ok = False
     try:
-        result: dict = {}
         for stage in STAGES:
             run_stage(stage, profile, str(root_path))
-            result = log_stage(tracker, run_id, stage, cfg, str(root_path))
+            log_stage(tracker, run_id, stage, cfg, str(root_path))
+            if (
+                stage == "questions"
+                and skip_if_unchanged
+                and unchanged_since_champion(registry, root_path, profile)
+            ):
+                tracker.tags(run_id, {"escalate.outcome": "no-change", **dvc_hashes(root_path, profile)})
+                print("no change: the data has the same DVC hash as the champion's; nothing retrained")
+                ok = True
+                return {"run_id": run_id, "outcome": "no-change"}
         tracker.tags(run_id, dvc_hashes(root_path, profile))
+        candidates = register_all(cfg, tracker, registry, run_id, root_path)
         ok = True
     finally:
         tracker.end(run_id, ok)
-    metrics = json.loads((paths(cfg, root_path)["eval"] / "metrics.json").read_text())
+    return finish(cfg, root_path, run_id, registry, candidates)
+
+
+def unchanged_since_champion(registry: Registry, root: Path, profile: str) -> bool:
+    champion = registry.champion()
+    key = f"dvc.artifacts/{profile}/questions.parquet"
+    current = dvc_hashes(root, profile).get(key)
+    return champion is not None and current is not None and champion.tags.get(key) == current
+
+
+def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:
+    """Every evaluated strategy becomes a registered candidate; the objective's pick goes last."""
+    p = paths(cfg, root)
+    result = json.loads((p["eval"] / "metrics.json").read_text())
+    ranked = rank_candidates(result["summary"], cfg.gates.delta)
+    manifest = json.loads((p["zoo"] / "manifest.json").read_text())
+    cost = from_config(cfg.cost.kind, cfg.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
+    validation = {name: json.loads(p[f"{name}_report"].read_text()) for name in ("questions", "samples")}
+    shared = dict(
+        profile=cfg,
+        cost=cost,
+        eval_dir=p["eval"],
+        zoo_dir=p["zoo"],
+        questions=pd.read_parquet(p["questions"]),
+        validation=validation,
+        tracker=tracker,
+        parent_run_id=run_id,
+        registry=registry,
+        root=root,
+    )
+    return [register(s, may_take_champion=(s == ranked[0]), **shared) for s in reversed(ranked)]
+
+
+def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates: list) -> dict:
+    """Print the results table, the registry's verdicts and the champion answering."""
+    p = paths(cfg, root)
+    metrics = json.loads((p["eval"] / "metrics.json").read_text())
     table = format_table(metrics["summary"], list(SUMMARY_COLUMNS))
-    report = paths(cfg, root_path)["eval"] / "report.md"
-    logger.info("results: profile %s, split %s, seed %s, cost model %s", profile, cfg.evaluation.split,
-                cfg.seed, metrics["context"]["cost_model"])
-    print(f"\n{table}\n\nreport:    {report}\nMLflow UI: make ui   (then open http://127.0.0.1:5000, run {run_id})")
-    return {"run_id": run_id, "metrics": metrics, "stage_log": result}
+    verdicts = "\n".join(f"  {c.strategy:<18} {c.registration.summary()}" for c in reversed(candidates))
+    questions = pd.read_parquet(p["questions"])
+    asked = list(questions.loc[questions["split"] == cfg.evaluation.split, "question"].head(3))
+    answers = ask_champion(registry, asked)
+    print(
+        f"\nresults: profile {cfg.name}, split {cfg.evaluation.split}, seed {cfg.seed}, "
+        f"cost model {metrics['context']['cost_model']}\n{table}\n\nregistry ({registry.name}):\n{verdicts}"
+    )
+    if answers is not None:
+        shown = answers[["answer", "model", "confidence", "cost"]].assign(question=[q[:60] for q in asked])
+        print(f"\n{registry.name}@champion answering:\n{format_table(shown.to_dict('records'))}")
+    print(
+        f"\nreport:    {p['eval'] / 'report.md'}\n"
+        f"MLflow UI: make ui   (then open http://127.0.0.1:5000, run {run_id})"
+    )
+    return {
+        "run_id": run_id,
+        "outcome": "retrained",
+        "metrics": metrics,
+        "registrations": {c.strategy: c.registration for c in candidates},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.retrain", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m flows.retrain",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--profile", default="tiny", help="profile in configs/ (default: tiny)")
     parser.add_argument("--root", default=".", help="project root (default: .)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: the profile's)")

@@ -21,30 +21,67 @@ def _runs(uri: str, name: str) -> list:
     return client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{name}'") if exp else []
 
 
+def _set_gates(project: Path, **limits: float) -> None:
+    """Change the profile's gate limits; no DVC stage reads them, so no stage reruns."""
+    path = project / "configs/smoke.yaml"
+    profile = yaml.safe_load(path.read_text())
+    profile["gates"].update(limits)
+    path.write_text(yaml.safe_dump(profile))
+
+
 def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_project: Path) -> None:
+    from escalate.cli import main as cli
+    from escalate.registry.aliases import Registry
     from flows.retrain import retrain
 
     result = retrain(profile="smoke", root=str(smoke_project), tracking_uri=mlflow_uri)
     client = MlflowClient(tracking_uri=mlflow_uri)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
-    assert "eval.p_true_token.apgr" in run.data.metrics or "eval.LLM-only.accuracy" in run.data.metrics
+    assert "eval.LLM-only.accuracy" in run.data.metrics and "eval.entropy.cost" in run.data.metrics
     assert run.data.params["profile"] == "smoke"
     assert run.data.tags["git.commit"]
     assert any(k.startswith("dvc.artifacts/smoke/samples.parquet") for k in run.data.tags), run.data.tags
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert {c.info.run_name for c in children} >= {"questions", "zoo", "samples", "evaluate"}
+    names = {c.info.run_name for c in children}
+    assert names >= {"questions", "zoo", "samples", "evaluate", "candidate-entropy", "candidate-random"}
     evaluate_run = next(c for c in children if c.info.run_name == "evaluate")
     logged = {a.path for a in client.list_artifacts(evaluate_run.info.run_id, "evaluate")}
     assert "evaluate/report.md" in logged and "evaluate/accuracy_vs_cost.png" in logged
     zoo_run = next(c for c in children if c.info.run_name == "zoo")
     assert len(client.get_metric_history(zoo_run.info.run_id, "zoo.slm.loss")) == 12  # the loss curve
 
-    # A second run with unchanged inputs reuses every stage: the checkpoint is not rewritten.
+    # Every strategy is registered with its gate results; the objective's pick is @champion and
+    # answered in a fresh process (the load gate); the version traces to its run, data and code.
+    registry = Registry(mlflow_uri)
+    first = registry.champion()
+    assert first is not None and len(registry.list_versions()) == 3
+    assert first.tags["gates.passed"] == "true" and first.tags["gate.bundle_load"].startswith("pass")
+    assert first.tags["git.commit"] and first.tags["dvc.artifacts/smoke/questions.parquet"]
+    assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
+
+    # A second run with unchanged inputs reuses every stage (the checkpoint is not rewritten); its
+    # candidates face a gate they cannot pass: registered, rejected with reasons, @champion stays.
     weights = smoke_project / "artifacts/smoke/zoo/slm/model.safetensors"
     before = weights.stat().st_mtime_ns
-    retrain(profile="smoke", root=str(smoke_project), tracking_uri=mlflow_uri)
+    _set_gates(smoke_project, min_saving=0.99)
+    second = retrain(profile="smoke", root=str(smoke_project), tracking_uri=mlflow_uri)
     assert weights.stat().st_mtime_ns == before
+    assert all(not r.passed for r in second["registrations"].values())
+    rejected = registry.version(second["registrations"]["entropy"].version)
+    assert rejected.tags["gates.passed"] == "false" and "cost_saving" in rejected.tags["gates.failed"]
+    assert "0.99" in rejected.description or "0.99" in rejected.tags["gate.cost_saving"]
+    assert registry.champion().version == first.version
+
+    # A third run that passes takes @champion; rollback puts the first champion back, with who and why.
+    _set_gates(smoke_project, min_saving=0.10)
+    retrain(profile="smoke", root=str(smoke_project), tracking_uri=mlflow_uri)
+    third = registry.champion()
+    assert int(third.version) > int(second["registrations"]["entropy"].version)
+    assert cli(["registry", "rollback", "--tracking-uri", mlflow_uri, "--reason", "test rollback", "--by", "ci"]) == 0
+    restored = registry.champion()
+    assert restored.version == first.version
+    assert "test rollback" in str(registry.version(third.version).tags) + str(restored.tags)
 
 
 def test_retrain_stops_on_bad_data_and_runs_nothing_downstream(

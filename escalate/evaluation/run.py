@@ -64,13 +64,20 @@ def fitted_routers(calib: RouterInputs, seed: int, names: list[str] | None = Non
     return routers
 
 
-def calib_threshold(router: Router, calib: RouterInputs, calib_llm: pd.DataFrame, cost: CostModel,
-                    latency: LatencyModel, settings: EvalSettings) -> float:
-    """The threshold the profile's objective picks on calib: cheapest point within δ of LLM-only."""
+def calib_operating_point(router: Router, calib: RouterInputs, calib_llm: pd.DataFrame, cost: CostModel,
+                          latency: LatencyModel, settings: EvalSettings) -> dict[str, float]:
+    """What the profile's objective picks on calib: the cheapest point within δ of LLM-only accuracy.
+
+    Returns the threshold (inf when no point qualifies: escalate everything) and its calib figures,
+    which rank candidates before the test split confirms them.
+    """
     records = build_records(router, calib, calib_llm, cost, latency)
     a_llm = float(records["llm_correct"].mean())
     point = curves.metrics.operating_point(curves.sweep(records, router.mode, settings.n_points), a_llm, settings.delta)
-    return math.inf if point is None else float(point["threshold"])
+    if point is None:
+        return {"threshold": math.inf, "calib_accuracy": a_llm, "calib_cost": math.nan, "calib_llm_accuracy": a_llm}
+    return {"threshold": float(point["threshold"]), "calib_accuracy": float(point["accuracy"]),
+            "calib_cost": float(point["cost"]), "calib_llm_accuracy": a_llm}
 
 
 def evaluate(questions: pd.DataFrame, samples: pd.DataFrame, cost: CostModel, settings: EvalSettings,
@@ -96,9 +103,10 @@ def evaluate(questions: pd.DataFrame, samples: pd.DataFrame, cost: CostModel, se
         curve_map[name] = curves.sweep(records, router.mode, settings.n_points)
         summary = curves.summarize(records, router.mode, a_slm=a_slm, a_llm=a_llm, delta=settings.delta,
                                    n_points=settings.n_points, is_probability=router.is_probability)
-        threshold = calib_threshold(router, calib, calib_llm, cost, latency, settings) if len(calib.questions) else math.inf
-        at = curves.metrics.outcomes(records, router.mode, threshold)
-        rows.append({"strategy": name, "mode": router.mode, "threshold": threshold,
+        chosen = calib_operating_point(router, calib, calib_llm, cost, latency, settings) if len(calib.questions) \
+            else {"threshold": math.inf}
+        at = curves.metrics.outcomes(records, router.mode, chosen["threshold"])
+        rows.append({"strategy": name, "mode": router.mode, **chosen,
                      "accuracy": float(at["correct"].mean()), "cost": float(at["cost"].sum() / records["llm_cost"].sum()),
                      "call_rate": float(at["escalated"].mean()), **summary})
         if router.is_probability:

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -65,9 +66,12 @@ class Registration:
     failed: list[str] = field(default_factory=list)
 
     def summary(self, name: str = DEFAULT_NAME) -> str:
-        if self.passed:
+        if self.passed and self.champion == self.version:
             was = f" (was version {self.previous_champion})" if self.previous_champion else " (first champion)"
             return f"{name} version {self.version}: every gate passed; @champion -> {self.version}{was}"
+        kept = f"stays at version {self.champion}" if self.champion else "is still unset"
+        if self.passed:
+            return f"{name} version {self.version}: every gate passed, not this run's pick; @champion {kept}"
         kept = f"stays at version {self.champion}" if self.champion else "is still unset"
         return f"{name} version {self.version}: rejected by {', '.join(self.failed)}; @champion {kept}"
 
@@ -138,7 +142,7 @@ class Registry:
     def aliases(self) -> dict[str, str]:
         """alias -> version of the registered model ({} before the first registration)."""
         model = self._read("read the registered model", self._registered_model)
-        return dict(model.aliases) if model is not None else {}
+        return {alias: str(version) for alias, version in model.aliases.items()} if model is not None else {}
 
     def champion(self) -> ModelVersion | None:
         return self._by_alias(CHAMPION)
@@ -168,7 +172,7 @@ class Registry:
         for mv in sorted(versions, key=lambda v: int(v.version)):
             tags = mv.tags or {}
             rows.append({
-                "version": mv.version, "aliases": ",".join(sorted(by_version.get(str(mv.version), []))) or "",
+                "version": str(mv.version), "aliases": ",".join(sorted(by_version.get(str(mv.version), []))) or "",
                 "gates": {"true": "pass", "false": "fail"}.get(tags.get(TAG_PASSED, ""), "-"),
                 "failed": tags.get(TAG_FAILED, "-") if tags.get(TAG_FAILED) != NONE else "",
                 "strategy": tags.get("escalate.strategy", "-"), "threshold": tags.get("escalate.threshold", "-"),
@@ -183,8 +187,8 @@ class Registry:
         params, metrics = self._params_metrics(mv)
         tags = dict(mv.tags or {})
         return {
-            "name": self.name, "version": mv.version, "aliases": aliases, "source": mv.source,
-            "run_id": mv.run_id, "model_id": getattr(mv, "model_id", None), "created": _time(mv.creation_timestamp),
+            "name": self.name, "version": str(mv.version), "aliases": aliases, "source": mv.source,
+            "run_id": mv.run_id, "model_id": _model_id(mv), "created": _time(mv.creation_timestamp),
             "description": mv.description or "", "gates": gates_from_tags(tags),
             "tags": {k: v for k, v in sorted(tags.items()) if not k.startswith(GATE_PREFIX)},
             "params": params, "metrics": metrics,
@@ -221,11 +225,41 @@ class Registry:
                 return pd.read_parquet(path)
         return self._read(f"download the champion's {OUTCOMES_FILE}", download)
 
+    def champion_pairs(self, candidate: pd.DataFrame,
+                       questions: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """Paired per-query correctness (candidate, champion) for the regression gate; None without a champion.
+
+        `candidate` holds per_query_outcomes. The champion's stored outcomes are used when they cover
+        the same queries; otherwise the champion bundle answers `questions` (the candidate's test
+        questions with their gold answers) here, and is graded. RegistryError when neither is possible.
+        """
+        from escalate.registry.bundle import graded_outcomes
+        from escalate.registry.gates import align_outcomes
+
+        champion = self.champion()
+        if champion is None:
+            return None
+        stored = self.champion_outcomes()
+        pairs = align_outcomes(candidate, stored) if stored is not None else None
+        if pairs is not None:
+            return pairs
+        if questions is None:
+            raise RegistryError(f"{self.name}@{CHAMPION} (version {champion.version}) has no outcomes on these test "
+                                "queries; pass the test questions so the champion can answer them")
+        answered = graded_outcomes(self.model_uri(CHAMPION), questions, self.uri)
+        pairs = align_outcomes(candidate, answered)
+        if pairs is None:
+            raise RegistryError("the candidate's outcomes name queries that are not in the questions given")
+        return pairs
+
     # ---- writes ------------------------------------------------------------------------------
     def register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
                  model_id: str | None = None, tags: Mapping[str, str] | None = None,
-                 description: str | None = None) -> Registration:
+                 description: str | None = None, may_take_champion: bool = True) -> Registration:
         """Register a candidate with its gate results; move @challenger to it, @champion only if all gates passed.
+
+        may_take_champion=False registers a candidate the run's objective did not pick: it keeps its
+        gate results (and can be promoted by hand later) but @champion stays where it is.
 
         tags: lineage and identity (lineage_tags(), BundleInfo.tags()). Nothing moves unless the
         registry was read first; a failed alias move puts back the moves already made.
@@ -240,11 +274,12 @@ class Registry:
         before = self.aliases()
         champion = before.get(CHAMPION)
         passed = all_passed(gates)
+        takes_champion = passed and may_take_champion
         failed = [g.name for g in gates if not g.passed]
         version_tags = {**{k: str(v)[:5000] for k, v in (tags or {}).items()}, **gate_tags(gates)}
         if run_id:
             version_tags.setdefault(TAG_RUN, run_id)
-        if passed:
+        if takes_champion:
             version_tags[TAG_PREVIOUS] = str(champion) if champion else NONE
         summary = description or ("all gates passed" if passed else
                                   "rejected: " + "; ".join(f"{g.name}: {g.reason}" for g in gates if not g.passed))
@@ -255,10 +290,10 @@ class Registry:
                                                         tags=version_tags, description=summary[:5000],
                                                         model_id=model_id)
         mv = self._write("create the model version (no alias moved)", create)
-        moves = {CHALLENGER: mv.version, **({CHAMPION: mv.version} if passed else {})}
+        moves = {CHALLENGER: mv.version, **({CHAMPION: mv.version} if takes_champion else {})}
         self._move(moves, before, f"register version {mv.version}")
         return Registration(version=str(mv.version), passed=passed,
-                            champion=str(mv.version) if passed else (str(champion) if champion else None),
+                            champion=str(mv.version) if takes_champion else (str(champion) if champion else None),
                             previous_champion=str(champion) if champion else None, failed=failed)
 
     def promote(self, version: str | int, by: str | None = None, reason: str | None = None) -> Registration:
@@ -322,8 +357,9 @@ class Registry:
 
     def _ensure_model(self) -> None:
         if self._read("read the registered model", self._registered_model) is None:
-            self._write("create the registered model", lambda: self.client.create_registered_model(
-                self.name, description="Cascades of an SLM and an LLM, gated by escalate (see each version's gate.* tags)."))
+            description = "Cascades of an SLM and an LLM, gated by escalate (see each version's gate.* tags)."
+            self._write("create the registered model",
+                        lambda: self.client.create_registered_model(self.name, description=description))
 
     def _by_alias(self, alias: str) -> ModelVersion | None:
         if alias not in self.aliases():
@@ -347,7 +383,7 @@ class Registry:
             run = self._read("read the version's run", lambda: self.client.get_run(mv.run_id))
             params.update(run.data.params)
             metrics.update(run.data.metrics)
-        model_id = getattr(mv, "model_id", None)
+        model_id = _model_id(mv)
         if model_id:
             try:
                 logged = self.client.get_logged_model(model_id)
@@ -374,7 +410,7 @@ class Registry:
                     else:
                         self.client.delete_registered_model_alias(self.name, alias)
                     restored.append(alias)
-                except Exception:
+                except Exception:  # noqa: BLE001 - best effort: the error below names what was not restored
                     lost.append(alias)
             state = (f"restored @{', @'.join(restored)}" if restored else "no alias had moved")
             if lost:
@@ -404,6 +440,14 @@ class Registry:
                 "MLFLOW_HTTP_REQUEST_TIMEOUT shorten that)" if self.uri.startswith("http") else "")
         return RegistryUnavailable(f"MLflow registry at {self.uri}: could not {what}: "
                                    f"{type(exc).__name__}: {str(exc)[:500]}{hint}")
+
+
+def _model_id(mv: ModelVersion) -> str | None:
+    """The logged model behind a version: its model_id, else its `models:/m-<id>` source (SQLite drops the field)."""
+    model_id = getattr(mv, "model_id", None) or (mv.tags or {}).get("escalate.model_id")
+    if not model_id and (mv.source or "").startswith("models:/m-"):
+        model_id = mv.source.removeprefix("models:/").split("/")[0]
+    return model_id or None
 
 
 def _time(ms: int | None) -> str:

@@ -21,6 +21,7 @@ import math
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -62,12 +63,21 @@ mlflow.models.set_model(CascadeModel())
 DEFAULT_EXAMPLE = "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"
 
 INPUT_SCHEMA = Schema([ColSpec("string", "question"), ColSpec("string", "choices", required=False)])
-_TYPES = {"escalated": "boolean", "confidence": "double", "threshold": "double"}
-OUTPUT_SCHEMA = Schema([
-    ColSpec(_TYPES.get(name, "long" if name.endswith("_tokens") else "double" if name.startswith(("cost", "latency"))
-                       else "string"), name, required=name != "parsed_answer")
-    for name in RESULT_FIELDS
-])
+
+
+def _column_type(name: str) -> str:
+    """MLflow column type of one Cascade.answer field."""
+    if name == "escalated":
+        return "boolean"
+    if name.endswith("_tokens"):
+        return "long"
+    if name in ("confidence", "threshold") or name.startswith(("cost", "latency")):
+        return "double"
+    return "string"
+
+
+# parsed_answer is None where no answer could be read from the text.
+OUTPUT_SCHEMA = Schema([ColSpec(_column_type(n), n, required=n != "parsed_answer") for n in RESULT_FIELDS])
 SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 
 _MLFLOW_GLOBALS = threading.RLock()
@@ -195,13 +205,19 @@ class CascadeModel(mlflow.pyfunc.PythonModel):
         for path in (spec_path, router_path):
             if not path.is_file():
                 raise BundleError(f"bundle artifact {path.name} is missing at {path}")
-        spec = CascadeSpec.from_dict(json.loads(spec_path.read_text()))
+        raw = json.loads(spec_path.read_text())
+        spec = CascadeSpec.from_dict(raw)
         with router_path.open("rb") as fh:
             router = pickle.load(fh)
         checkpoints = {role: artifacts[role] for role in ROLES if role in artifacts}
-        for role, path in checkpoints.items():
-            if not (Path(path) / "config.json").is_file():
-                raise BundleError(f"the bundled {role} checkpoint at {path} has no config.json")
+        for role in ROLES:
+            if getattr(spec, role).backend != "openai" and role not in checkpoints:
+                raise BundleError(f"bundle lacks the {role} checkpoint")
+        # Fail before loading any weights when a file is missing or truncated (an incomplete upload).
+        for role, files in raw.get("checkpoint_files", {}).items():
+            if role not in checkpoints:
+                raise BundleError(f"bundle lacks the {role} checkpoint its {SPEC_FILE} lists")
+            check_files(Path(checkpoints[role]), files, role)
         self.spec = spec
         self.cascade = build_cascade(spec, checkpoints, router, (context.model_config or {}).get("overrides"))
 
@@ -263,7 +279,7 @@ def local_checkpoint(cfg: ModelConfig, role: str, zoo_dir: Path | str) -> Path |
             path = Path(snapshot_download(cfg.source, local_files_only=True))
         except Exception as exc:
             raise BundleError(f"{role} checkpoint {cfg.source!r} is neither a directory nor in the local "
-                              f"Hugging Face cache ({type(exc).__name__}); download it first") from None
+                              f"Hugging Face cache ({type(exc).__name__}); download it first") from exc
     if not (path / "config.json").is_file():
         raise BundleError(f"{role} checkpoint {path} has no config.json; build it (escalate zoo build) first")
     return path
@@ -286,6 +302,17 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
         finally:
             mlflow.set_tracking_uri(previous[0])
             mlflow.set_registry_uri(previous[1])
+
+
+@contextmanager
+def keep_sys_path() -> Iterator[None]:
+    """Undo the bundle's code path that loading a pyfunc prepends to sys.path (MLflow validates the
+    input example by loading the bundle in this process), so this process keeps importing its own escalate."""
+    saved = list(sys.path)
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints: Mapping[str, Path | str],
@@ -313,7 +340,8 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
         shutil.copytree(Path(escalate.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         example = pd.DataFrame({"question": example_questions or [DEFAULT_EXAMPLE]})
         (stage / MODEL_SCRIPT).write_text(MODEL_CODE)
-        with use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        active = mlflow.active_run() is not None
+        with use_tracking_uri(tracking_uri), keep_sys_path(), mlflow.start_run(run_id=run_id, nested=active):
             info = mlflow.pyfunc.log_model(
                 name=BUNDLE_NAME, python_model=str(stage / MODEL_SCRIPT), artifacts=artifacts, code_paths=[str(code)],
                 signature=SIGNATURE, input_example=example, pip_requirements=pip_requirements(),
@@ -325,6 +353,44 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 client.log_metric(run_id, key, float(value), model_id=info.model_id)
     return BundleInfo(model_uri=f"models:/{info.model_id}", model_id=info.model_id, run_id=run_id, spec=spec)
+
+
+def file_sizes(directory: Path) -> dict[str, int]:
+    """relative path -> size in bytes of every file under a checkpoint directory (links followed)."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in files}
+
+
+def check_files(directory: Path, expected: Mapping[str, int], role: str) -> None:
+    """Raise BundleError naming every file of a bundled checkpoint that is missing or has the wrong size."""
+    found = file_sizes(directory) if directory.is_dir() else {}
+    missing = sorted(f for f in expected if f not in found)
+    wrong = sorted(f for f in expected if f in found and found[f] != expected[f])
+    if missing or wrong:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"wrong size {', '.join(f'{f} ({found[f]} of {expected[f]} bytes)' for f in wrong)}"] if wrong else [])
+        raise BundleError(f"the bundled {role} checkpoint at {directory} is incomplete: {'; '.join(parts)}")
+
+
+def graded_outcomes(model_uri: str, questions: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
+    """Answer a questions table (id, question, answer, optional choices) with a bundle, in this process, and grade it.
+
+    Returns per_query_outcomes' columns (id, question, correct, escalated, cost): what the regression
+    gate compares when a champion's stored outcomes were measured on another test set.
+    """
+    from escalate.data.graders import GRADERS
+    from escalate.sampling import grader_kind
+
+    with use_tracking_uri(tracking_uri), keep_sys_path():
+        model = mlflow.pyfunc.load_model(model_uri)
+    frame = pd.DataFrame({"question": questions["question"].astype(str)})
+    if "choices" in questions.columns and questions["choices"].notna().any():
+        frame["choices"] = questions["choices"].where(questions["choices"].notna(), None)
+    out = model.predict(frame)
+    correct = [bool(GRADERS[grader_kind(row)](str(text), str(row["answer"])))
+               for (_, row), text in zip(questions.iterrows(), out["answer"])]
+    return pd.DataFrame({"id": questions["id"].to_numpy(), "question": frame["question"].to_numpy(), "correct": correct,
+                         "escalated": out["escalated"].astype(bool).to_numpy(), "cost": out["cost"].astype(float).to_numpy()})
 
 
 def _checkpoint_artifact(path: Path, role: str, stage: Path, names: set[str]) -> Path:
@@ -354,7 +420,11 @@ def _link_or_copy(src: str, dst: str) -> None:
 def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, Path | str], router: Router,
                      eval_dir: Path | str | None, outcomes: pd.DataFrame | None) -> dict[str, str]:
     """Lay the artifacts out under fixed names (MLflow names them by basename), linking the checkpoints."""
-    (stage / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2))
+    for role, path in checkpoints.items():
+        if not (Path(path) / "config.json").is_file():
+            raise BundleError(f"{role} checkpoint {path} has no config.json")
+    files = {role: file_sizes(Path(path)) for role, path in sorted(checkpoints.items())}
+    (stage / SPEC_FILE).write_text(json.dumps({**spec.to_dict(), "checkpoint_files": files}, indent=2))
     with (stage / ROUTER_FILE).open("wb") as fh:
         pickle.dump(router, fh)
     artifacts = {"cascade": str(stage / SPEC_FILE), "router": str(stage / ROUTER_FILE)}
@@ -362,8 +432,6 @@ def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, P
     for role, path in sorted(checkpoints.items()):
         if role not in ROLES:
             raise BundleError(f"unknown checkpoint role {role!r}; known: {', '.join(ROLES)}")
-        if not (Path(path) / "config.json").is_file():
-            raise BundleError(f"{role} checkpoint {path} has no config.json")
         artifacts[role] = str(_checkpoint_artifact(Path(path), role, stage, names))
     if eval_dir is not None:
         report = stage / "eval"

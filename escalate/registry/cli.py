@@ -52,7 +52,8 @@ def add_registry_commands(subparsers: Any) -> argparse.ArgumentParser:
     diff = actions.add_parser("diff", parents=[common], help="what differs between two versions")
     diff.add_argument("a")
     diff.add_argument("b")
-    promote = actions.add_parser("promote", parents=[common], help="make a version @champion (gates must have passed)")
+    promote = actions.add_parser("promote", parents=[common],
+                                 help="make a version @champion (its gates must have passed)")
     promote.add_argument("version")
     rollback = actions.add_parser("rollback", parents=[common], help="move @champion back to the previous champion")
     for p in (promote, rollback):
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from escalate.telemetry import disable_telemetry
 
     disable_telemetry()
-    parser = argparse.ArgumentParser(prog="python -m escalate.registry.cli")
+    parser = argparse.ArgumentParser(prog="escalate")  # usage reads as the `escalate registry` command
     add_registry_commands(parser.add_subparsers(dest="group", required=True))
     args = parser.parse_args(["registry", *(sys.argv[1:] if argv is None else argv)])
     return args.handler(args)

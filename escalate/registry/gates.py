@@ -27,12 +27,13 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from escalate.config import _check
+from escalate.config import GateLimits
 from escalate.evaluation import metrics
 
 DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD = (
@@ -41,28 +42,6 @@ GATES = (DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD)
 # Accuracies are ratios k/n: a limit met exactly may sit one rounding error above the figure.
 _TOL = 1e-9
 _MARKER = "ESCALATE_LOAD_GATE "
-
-
-@dataclass
-class GateLimits:
-    """The limits gates apply; a profile's `gates:` section fills this."""
-
-    delta: float = 0.02  # accuracy may be at most this far below LLM-only
-    min_saving: float = 0.10  # smallest cost saving 1 − C to be worth deploying
-    max_ece: float = 0.15  # largest ECE of a probability-like score
-    regression_margin: float = 0.02  # the bootstrap lower bound of (candidate − champion) must exceed −margin
-    bootstrap_samples: int = 2000  # paired bootstrap resamples
-    seed: int = 0  # the bootstrap's seed
-    load_timeout_s: float = 600.0  # the fresh-process load-and-answer gate's time limit
-
-    def __post_init__(self) -> None:
-        _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
-        _check(-1 <= self.min_saving < 1, "min_saving", f"must be in [-1, 1), got {self.min_saving}")
-        _check(0 < self.max_ece <= 1, "max_ece", f"must be in (0, 1], got {self.max_ece}")
-        _check(0 <= self.regression_margin < 1, "regression_margin", f"must be in [0, 1), got {self.regression_margin}")
-        _check(100 <= self.bootstrap_samples <= 1_000_000, "bootstrap_samples",
-               f"must be in [100, 1000000], got {self.bootstrap_samples}")
-        _check(self.load_timeout_s > 0, "load_timeout_s", f"must be > 0, got {self.load_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -121,10 +100,14 @@ def failed(results: Iterable[GateResult]) -> list[GateResult]:
 def data_validation_gate(reports: Mapping[str, Any]) -> GateResult:
     """Every table validated: values are ValidationReports, their `to_dict()` dicts, or booleans, by table."""
     if not reports:
-        return GateResult(DATA_VALIDATION, False, None, 0.0, "no validation reports: nothing shows the data was validated")
+        return GateResult(DATA_VALIDATION, False, None, 0.0,
+                          "no validation reports: nothing shows the data was validated")
     bad = []
     for table, report in reports.items():
-        ok = report if isinstance(report, bool) else report.get("ok") if isinstance(report, Mapping) else getattr(report, "ok", None)
+        if isinstance(report, bool):
+            ok = report
+        else:
+            ok = report.get("ok") if isinstance(report, Mapping) else getattr(report, "ok", None)
         if ok is not True:
             detail = report.summary() if hasattr(report, "summary") else _failure_text(report)
             bad.append(f"{table}: {detail}" if detail else str(table))
@@ -144,7 +127,8 @@ def _failure_text(report: Any) -> str:
 def accuracy_gate(accuracy: float, llm_accuracy: float, delta: float) -> GateResult:
     """accuracy ≥ LLM-only accuracy − δ, both on the same split."""
     if not _finite(accuracy, llm_accuracy):
-        return GateResult(ACCURACY, False, accuracy, None, f"accuracy {accuracy} or LLM-only {llm_accuracy} is undefined")
+        return GateResult(ACCURACY, False, accuracy, None,
+                          f"accuracy {accuracy} or LLM-only {llm_accuracy} is undefined")
     limit = llm_accuracy - delta
     ok = accuracy >= limit - _TOL
     relation = "≥" if ok else "<"
@@ -160,7 +144,8 @@ def cost_saving_gate(normalized_cost: float, min_saving: float) -> GateResult:
     ok = saving >= min_saving - _TOL
     relation = "≥" if ok else "<"
     return GateResult(COST_SAVING, ok, saving, float(min_saving),
-                      f"cost saving {saving:.4f} (normalized cost {normalized_cost:.4f}) {relation} minimum {min_saving:g}")
+                      f"cost saving {saving:.4f} (normalized cost {normalized_cost:.4f}) {relation} "
+                      f"minimum {min_saving:g}")
 
 
 def ece_gate(ece: float | None, is_probability: bool, max_ece: float, strategy: str = "the strategy") -> GateResult:
@@ -233,7 +218,8 @@ def per_query_outcomes(records: pd.DataFrame, mode: str, threshold: float,
     """
     out = metrics.outcomes(records, mode, threshold)[["id", "correct", "escalated", "cost"]]
     if questions is not None:
-        out = out.merge(questions[["id", "question"]], on="id", how="left")[["id", "question", "correct", "escalated", "cost"]]
+        out = out.merge(questions[["id", "question"]], on="id", how="left")
+        out = out[["id", "question", "correct", "escalated", "cost"]]
     return out.reset_index(drop=True)
 
 
@@ -249,6 +235,30 @@ def align_outcomes(candidate: pd.DataFrame, champion: pd.DataFrame) -> tuple[np.
     if merged.empty or merged["correct_champion"].isna().any():
         return None
     return merged["correct_candidate"].to_numpy(bool), merged["correct_champion"].to_numpy(bool)
+
+
+def candidate_gates(*, validation: Mapping[str, Any], summary: Mapping[str, Any], llm_accuracy: float,
+                    is_probability: bool, candidate_correct: Sequence[bool] | None,
+                    champion_correct: Sequence[bool] | None, load: GateResult, limits: GateLimits) -> list[GateResult]:
+    """Every gate of one candidate, in GATES order, from its figures (no I/O but the load result passed in).
+
+    summary: the strategy's row of the evaluation's metrics.json (accuracy and normalized cost at
+    its calib-chosen threshold, ECE of its score, its name); llm_accuracy: LLM-only on the same split.
+    """
+    strategy = str(summary.get("strategy", "the strategy"))
+    return [
+        data_validation_gate(validation),
+        accuracy_gate(float(summary["accuracy"]), llm_accuracy, limits.delta),
+        cost_saving_gate(float(summary["cost"]), limits.min_saving),
+        ece_gate(_float_or_none(summary.get("ece")), is_probability, limits.max_ece, strategy),
+        regression_gate(candidate_correct, champion_correct, limits.regression_margin, limits.bootstrap_samples,
+                        limits.seed),
+        load,
+    ]
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 LOAD_SCRIPT = f"""
@@ -283,13 +293,17 @@ def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if tracking_uri:
+        from escalate.tracking import resolve_uri
+
+        tracking_uri = resolve_uri(tracking_uri, Path.cwd())  # the child runs elsewhere: no relative sqlite paths
         env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
     n = float(len(questions))
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="escalate-load-gate-") as cwd:
         try:
-            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT, model_uri], input=json.dumps(questions),
-                                  capture_output=True, text=True, timeout=timeout_s, cwd=cwd, env=env)
+            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT, model_uri], check=False,
+                                  input=json.dumps(questions), capture_output=True, text=True, timeout=timeout_s,
+                                  cwd=cwd, env=env)
         except subprocess.TimeoutExpired as exc:
             tail = _tail(exc.stderr)
             return GateResult(BUNDLE_LOAD, False, None, n,
@@ -298,10 +312,11 @@ def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         return GateResult(BUNDLE_LOAD, False, None, n, f"loading {model_uri} in a fresh process failed "
-                          f"(exit {proc.returncode}); stderr tail: {_tail(proc.stderr)}")
+                          f"(exit {proc.returncode}): {_last_line(proc.stderr)}; stderr tail: {_tail(proc.stderr)}")
     found = [line[len(_MARKER):] for line in proc.stdout.splitlines() if line.startswith(_MARKER)]
     if not found:
-        return GateResult(BUNDLE_LOAD, False, None, n, f"the fresh process printed no result; stderr tail: {_tail(proc.stderr)}")
+        return GateResult(BUNDLE_LOAD, False, None, n,
+                          f"the fresh process printed no result; stderr tail: {_tail(proc.stderr)}")
     return _judge_answers(model_uri, json.loads(found[-1]), len(questions), elapsed)
 
 
@@ -329,6 +344,12 @@ def _judge_answers(model_uri: str, out: dict[str, Any], n: int, elapsed: float) 
                       f"{model_uri} answered {answered}/{n} smoke questions in a fresh process "
                       f"(slm {by['slm']}, llm {by['llm']}; load {out['load_s']:.1f} s, predict "
                       f"{out['predict_s']:.1f} s, {elapsed:.1f} s in all)")
+
+
+def _last_line(text: str) -> str:
+    """The error a traceback ends with (its last non-empty line), the part worth reading first."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "no error output"
 
 
 def _tail(text: str | bytes | None, limit: int = 1500) -> str:

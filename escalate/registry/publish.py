@@ -1,0 +1,136 @@
+"""From an evaluation to registered candidates: rank them by the profile's objective, gate, register.
+
+Every evaluated strategy is a candidate. The objective is fixed on the calib split (the lowest cost
+at accuracy >= LLM-only - delta there); the test split confirms it through the gates. Candidates are
+registered in reverse rank order, so the objective's pick is registered last: @challenger ends on it,
+and it alone may take @champion, only if every gate passed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from escalate.config import Profile
+from escalate.evaluation.cost import CostModel
+from escalate.registry.aliases import Registration, Registry, lineage_tags
+from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
+from escalate.registry.gates import candidate_gates, load_gate, per_query_outcomes
+from escalate.routers import ROUTERS, make_router
+from escalate.tracking import Tracker
+
+
+def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str]:
+    """Routable strategies, best first: those meeting accuracy >= LLM-only - delta on calib by calib
+    cost, then the rest (no qualifying calib threshold) by name. Pure: rows are metrics.json's summary."""
+    strategies = [r for r in rows if r.get("strategy") in ROUTERS]
+
+    def key(row: Mapping[str, Any]) -> tuple[int, float, str]:
+        cost = row.get("calib_cost")
+        ok = (
+            cost is not None
+            and math.isfinite(float(cost))
+            and float(row["calib_accuracy"]) >= float(row["calib_llm_accuracy"]) - delta - 1e-9
+        )
+        return (0, float(cost), row["strategy"]) if ok else (1, math.inf, row["strategy"])
+
+    return [r["strategy"] for r in sorted(strategies, key=key)]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    strategy: str
+    registration: Registration
+    model_uri: str
+    gates: list
+
+
+def router_kwargs(strategy: str, seed: int) -> dict[str, Any]:
+    return {"seed": seed} if strategy == "random" else {}
+
+
+def register_candidate(
+    strategy: str,
+    *,
+    profile: Profile,
+    cost: CostModel,
+    eval_dir: Path,
+    zoo_dir: Path,
+    questions: pd.DataFrame,
+    validation: Mapping[str, Any],
+    tracker: Tracker,
+    parent_run_id: str,
+    registry: Registry,
+    root: Path,
+    may_take_champion: bool,
+) -> Candidate:
+    """Log `strategy`'s cascade as a bundle in its own run, gate it, and register it."""
+    result = json.loads((eval_dir / "metrics.json").read_text())
+    row = next(r for r in result["summary"] if r["strategy"] == strategy)
+    threshold = math.inf if row.get("threshold") is None else float(row["threshold"])
+    records = pd.read_parquet(eval_dir / "records.parquet")
+    records = records[records["strategy"] == strategy].drop(columns="strategy")
+    test = questions[questions["split"] == profile.evaluation.split]
+    outcomes = per_query_outcomes(records, row["mode"], threshold, test)
+
+    kwargs = router_kwargs(strategy, profile.evaluation.seed)
+    spec = CascadeSpec(
+        strategy=strategy,
+        threshold=threshold,
+        slm=profile.models["slm"],
+        llm=profile.models["llm"],
+        cost=cost,
+        sampling=profile.sampling,
+        seed=profile.seed,
+        profile=profile.name,
+        router_kwargs=kwargs,
+    )
+    checkpoints = {
+        role: path
+        for role in ("slm", "llm")
+        if (path := local_checkpoint(profile.models[role], role, zoo_dir)) is not None
+    }
+    run_id = tracker.start(
+        f"candidate-{strategy}", tags={"escalate.strategy": strategy}, parent_id=parent_run_id
+    )
+    numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+    smoke = list(test["question"].head(2))
+    info = log_bundle(
+        spec,
+        tracking_uri=tracker.uri,
+        run_id=run_id,
+        checkpoints=checkpoints,
+        router=make_router(strategy, **kwargs),
+        eval_dir=eval_dir,
+        outcomes=outcomes,
+        metrics=numeric,
+        example_questions=smoke,
+    )
+    loaded = load_gate(info.model_uri, smoke, tracker.uri, profile.gates.load_timeout_s)
+    pairs = registry.champion_pairs(outcomes, test)
+    gates = candidate_gates(
+        validation=validation,
+        summary=row,
+        llm_accuracy=float(result["a_llm"]),
+        is_probability=ROUTERS[strategy].is_probability,
+        candidate_correct=None if pairs is None else pairs[0],
+        champion_correct=None if pairs is None else pairs[1],
+        load=loaded,
+        limits=profile.gates,
+    )
+    tags = {**lineage_tags(root, profile.name, run_id=run_id, parent_run_id=parent_run_id), **info.tags()}
+    registration = registry.register(
+        info.model_uri,
+        gates,
+        run_id=run_id,
+        model_id=info.model_id,
+        tags=tags,
+        may_take_champion=may_take_champion,
+    )
+    return Candidate(strategy, registration, info.model_uri, gates)

@@ -1,0 +1,158 @@
+"""Aliases against a real SQLite MLflow registry: gates decide @champion, rollback and promote obey them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from escalate.registry import cli
+from escalate.registry.aliases import (
+    CHALLENGER,
+    CHAMPION,
+    PromotionRefused,
+    Registration,
+    Registry,
+    RegistryError,
+    RegistryUnavailable,
+    lineage_tags,
+)
+from escalate.registry.gates import GateResult
+
+ROOT = Path(__file__).resolve().parents[1]
+PASS = [GateResult("accuracy", True, 0.85, 0.81, "accuracy 0.85 ≥ LLM-only 0.83 − δ 0.02"),
+        GateResult("cost_saving", True, 0.4, 0.1, "cost saving 0.4 ≥ minimum 0.1")]
+FAIL = [GateResult("accuracy", False, 0.70, 0.81, "accuracy 0.70 < LLM-only 0.83 − δ 0.02"),
+        GateResult("cost_saving", True, 0.6, 0.1, "cost saving 0.6 ≥ minimum 0.1")]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """One SQLite store for this module (migrations cost seconds); each test uses its own model name."""
+    path = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{path}/mlflow.db"
+    MlflowClient(tracking_uri=uri).search_experiments()
+    return uri, path
+
+
+def add(registry: Registry, store: tuple[str, Path], name: str, accuracy: float, gates: list[GateResult],
+        **kwargs: object) -> Registration:
+    source, run = candidate(store, name, accuracy)
+    return registry.register(source, gates, run_id=run, **kwargs)
+
+
+def candidate(store: tuple[str, Path], name: str, accuracy: float) -> tuple[str, str]:
+    """A run with a param and a metric, and a stand-in model directory as the version's source."""
+    uri, path = store
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run("0", run_name=name).info.run_id
+    client.log_param(run, "threshold", str(accuracy / 2))
+    client.log_metric(run, "accuracy", accuracy)
+    source = path / "models" / run
+    source.mkdir(parents=True)
+    return str(source), run
+
+
+def test_gates_decide_champion_and_rollback_restores_the_previous(store: tuple[str, Path]) -> None:
+    registry = Registry(store[0], "story")
+    first = add(registry, store, "v1", 0.85, PASS, tags={"escalate.strategy": "p_true_token"})
+    assert first.passed and first.previous_champion is None
+    assert registry.aliases() == {CHAMPION: "1", CHALLENGER: "1"}
+
+    worse = add(registry, store, "v2", 0.70, FAIL, tags={"escalate.strategy": "entropy"})
+    assert not worse.passed and worse.failed == ["accuracy"] and worse.champion == "1"
+    assert registry.aliases() == {CHAMPION: "1", CHALLENGER: "2"}  # rejected, still registered and challenger
+    v2 = registry.show(2)
+    assert v2["tags"]["gates.passed"] == "false" and v2["tags"]["gates.failed"] == "accuracy"
+    assert [(g.name, g.passed) for g in v2["gates"]] == [("accuracy", False), ("cost_saving", True)]
+    assert "accuracy 0.70 < LLM-only" in v2["description"] and v2["metrics"]["accuracy"] == 0.70
+
+    better = add(registry, store, "v3", 0.90, PASS)
+    assert better.passed and better.previous_champion == "1"
+    assert str(registry.champion().version) == "3" and str(registry.challenger().version) == "3"
+    assert registry.show(3)["tags"]["escalate.previous_champion"] == "1"
+
+    assert registry.rollback(reason="latency doubled", by="alice") == ("3", "1")
+    assert str(registry.champion().version) == "1"
+    demoted, restored = registry.show(3)["tags"], registry.show(1)["tags"]
+    assert demoted["escalate.rolled_back_by"] == "alice"
+    assert demoted["escalate.rolled_back_reason"] == "latency doubled"
+    assert restored["escalate.restored_from"] == "3"
+    with pytest.raises(RegistryError, match="no previous champion"):
+        registry.rollback(reason="again")  # version 1 was the first champion
+
+    rows = registry.list_versions()
+    assert [(r["version"], r["gates"], r["aliases"]) for r in rows] == [
+        ("1", "pass", "champion"), ("2", "fail", ""), ("3", "pass", "challenger")]
+    diff = registry.diff(1, 2)
+    assert diff["metrics"]["accuracy"] == (0.85, 0.70) and diff["params"]["threshold"] == ("0.425", "0.35")
+    assert diff["tags"]["gates.passed"] == ("true", "false")
+
+
+def test_promote_refuses_failed_and_missing_versions(store: tuple[str, Path]) -> None:
+    registry = Registry(store[0], "promote")
+    add(registry, store, "p1", 0.85, PASS)
+    add(registry, store, "p2", 0.70, FAIL)
+    with pytest.raises(PromotionRefused, match=r"version 2: it failed its gates \(accuracy: accuracy 0.70"):
+        registry.promote(2)
+    with pytest.raises(PromotionRefused, match="version 7: it does not exist"):
+        registry.promote(7)
+    assert str(registry.champion().version) == "1"
+    add(registry, store, "p3", 0.88, PASS)
+    registry.rollback(by="bob")  # back to 1
+    result = registry.promote(3, by="carol", reason="fixed the gateway")
+    assert result.version == "3" and result.previous_champion == "1" and str(registry.champion().version) == "3"
+    tags = registry.show(3)["tags"]
+    assert tags["escalate.promoted_by"] == "carol" and tags["escalate.previous_champion"] == "1"
+
+
+def test_unreachable_registry_raises_clearly_and_moves_nothing(store: tuple[str, Path], tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    with pytest.raises(RegistryUnavailable, match="could not"):
+        Registry(f"sqlite:///{blocker}/mlflow.db", "x").register("/nowhere", PASS)
+
+    registry = Registry(store[0], "partial")
+    add(registry, store, "q1", 0.85, PASS)
+
+    class FailsOnChampion(MlflowClient):
+        def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+            if alias == CHAMPION and version != "1":
+                raise ConnectionError("registry went away")
+            super().set_registered_model_alias(name, alias, version)
+
+    flaky = Registry(store[0], "partial", client=FailsOnChampion(tracking_uri=store[0], registry_uri=store[0]))
+    with pytest.raises(RegistryError, match="restored @challenger"):
+        add(flaky, store, "q2", 0.9, PASS)
+    assert registry.aliases() == {CHAMPION: "1", CHALLENGER: "1"}  # neither alias moved
+
+
+def test_register_without_gates_is_refused(store: tuple[str, Path]) -> None:
+    with pytest.raises(RegistryError, match="gate results"):
+        Registry(store[0], "nogates").register("/nowhere", [])
+
+
+def test_lineage_tags_name_the_commit_and_profile() -> None:
+    tags = lineage_tags(ROOT, "smoke", run_id="r1", parent_run_id="p1")
+    assert tags["git.commit"] != "" and tags["escalate.run_id"] == "r1" and tags["escalate.profile"] == "smoke"
+
+
+def test_cli_lists_shows_refuses_and_rolls_back(store: tuple[str, Path], capsys: pytest.CaptureFixture) -> None:
+    registry = Registry(store[0], "cli")
+    add(registry, store, "c1", 0.85, PASS)
+    add(registry, store, "c2", 0.70, FAIL)
+    add(registry, store, "c3", 0.90, PASS)
+    base = ["--tracking-uri", store[0], "--name", "cli"]
+    assert cli.main(["list", *base]) == 0
+    out = capsys.readouterr().out
+    assert "@champion: 3" in out and "accuracy" in out
+    assert cli.main(["show", "2", *base]) == 0
+    assert "FAIL" in capsys.readouterr().out
+    assert cli.main(["promote", "2", *base]) == 2
+    assert "failed its gates" in capsys.readouterr().err
+    assert cli.main(["rollback", "--reason", "smoke query failed", "--by", "dave", *base]) == 0
+    assert "-> version 1" in capsys.readouterr().out
+    assert registry.show(3)["tags"]["escalate.rolled_back_by"] == "dave"
+    assert cli.main(["diff", "1", "3", *base, "--json"]) == 0
+    assert '"metrics"' in capsys.readouterr().out

@@ -1,0 +1,162 @@
+"""The online cascade routes, prices and times new questions the way offline evaluation scored them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from escalate.cascade import RESULT_FIELDS, Cascade, question_frame
+from escalate.config import SamplingConfig
+from escalate.evaluation.cost import TokenPriceCost
+from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
+from escalate.routers import make_router
+
+ROOT = Path(__file__).resolve().parents[1]
+COST = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
+# question -> (greedy answer, log P(T) of the answer token); SLM answers and confidences by design.
+SLM = {"sure?": ("4", math.log(0.9)), "unsure?": ("7", math.log(0.2)), "middle?": ("5", math.log(0.6))}
+
+
+def _gen(answer: str, answer_lp: float, latency: float) -> Generation:
+    pieces = [" The", " answer", " is", f" {answer}", "."]
+    offsets = [sum(len(p) for p in pieces[:i]) for i in range(len(pieces))]
+    return Generation(text="".join(pieces), token_ids=list(range(5)),
+                      token_logprobs=[-0.1, -0.1, -0.1, answer_lp, -0.1], token_entropies=[0.5] * 5,
+                      token_offsets=offsets, n_prompt_tokens=10, latency_s=latency)
+
+
+class Scripted(GenerationBackend):
+    """Answers from a table keyed by question; sampled generations answer `sampled` (a vote-splitter)."""
+
+    def __init__(self, table: dict[str, tuple[str, float]], latency: float, sampled: str | None = None) -> None:
+        self.table, self.latency, self.sampled, self.calls = table, latency, sampled, []
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        self.calls.append((list(prompts), params))
+        out = []
+        for prompt in prompts:
+            question = prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
+            answer, lp = self.table.get(question, ("42", -0.01))
+            if params.temperature > 0 and self.sampled is not None:
+                answer = self.sampled
+            out.append([_gen(answer, lp, self.latency) for _ in range(params.n)])
+        return out
+
+
+def cascade(router: str, threshold: float, k: int = 3, sampled: str | None = None) -> Cascade:
+    slm, llm = Scripted(SLM, 0.01, sampled), Scripted({}, 0.5)
+    return Cascade(slm, llm, make_router(router), threshold, COST, SamplingConfig(k=k, max_new_tokens=8), seed=3)
+
+
+def test_cascade_escalates_below_threshold_and_charges_both_models() -> None:
+    c = cascade("p_true_token", threshold=0.5)
+    out = c.answer(list(SLM))
+    assert [r["model"] for r in out] == ["slm", "llm", "slm"]
+    assert [r["confidence"] for r in out] == pytest.approx([0.9, 0.2, 0.6])
+    assert out[0]["parsed_answer"] == "4" and out[1]["parsed_answer"] == "42"  # the LLM's greedy answer
+    assert out[0]["answer"] == "The answer is 4."
+    # A cascade pays the SLM attempt everywhere and the LLM where it escalated (greedy only: 1 sample each).
+    slm_cost, llm_cost = 0.05 * 10 + 0.1 * 5, 1.0 * 10 + 2.0 * 5
+    assert [r["cost_slm"] for r in out] == pytest.approx([slm_cost] * 3)
+    assert [r["cost"] for r in out] == pytest.approx([slm_cost, slm_cost + llm_cost, slm_cost])
+    assert out[1]["latency_s"] == pytest.approx(0.01 + 0.5 + out[1]["latency_router_s"])
+    assert list(out[0]) == list(RESULT_FIELDS)
+    (slm_prompts, slm_params), = c.slm.calls  # one greedy SLM call over all questions, no sampling
+    assert len(slm_prompts) == 3 and slm_params.temperature == 0 and slm_params.n == 1 and slm_params.seed == 3
+    (llm_prompts, llm_params), = c.llm.calls
+    assert llm_prompts == ["Question: unsure?\nAnswer:"] and llm_params.temperature == 0
+
+
+def test_threshold_extremes_never_and_always_escalate() -> None:
+    assert {r["model"] for r in cascade("p_true_token", -math.inf).answer(list(SLM))} == {"slm"}
+    assert {r["model"] for r in cascade("p_true_token", math.inf).answer(list(SLM))} == {"llm"}
+
+
+def test_voting_strategy_pays_for_all_k_samples_and_answers_with_the_vote() -> None:
+    # Greedy says 4 on "sure?", both sampled say 9: the vote is 9 with share 2/3.
+    c = cascade("self_consistency", threshold=0.5, k=3, sampled="9")
+    out = c.answer(["sure?"])
+    assert len(c.slm.calls) == 2 and c.slm.calls[1][1].n == 2 and c.slm.calls[1][1].temperature > 0
+    assert out[0]["model"] == "slm" and out[0]["parsed_answer"] == "9" and out[0]["answer"] == "The answer is 9."
+    assert out[0]["confidence"] == pytest.approx(2 / 3)
+    assert out[0]["cost_slm"] == pytest.approx(3 * (0.05 * 10 + 0.1 * 5)) and out[0]["slm_output_tokens"] == 15
+
+
+def test_a_greedy_strategy_never_draws_the_extra_samples() -> None:
+    c = cascade("p_true_token", threshold=0.5, k=4)
+    c.answer(list(SLM))
+    assert len(c.slm.calls) == 1
+
+
+def test_pregen_router_never_calls_the_slm_for_escalated_queries() -> None:
+    questions = [f"q{i}?" for i in range(8)]
+    c = cascade("random", threshold=0.5)
+    out = c.answer(questions)
+    scores = np.random.default_rng(0).random(8)  # RandomRouter(seed=0)'s scores for a batch of 8
+    escalated = scores < 0.5
+    assert [r["model"] == "llm" for r in out] == list(escalated) and 0 < escalated.sum() < 8
+    (slm_prompts, _), = c.slm.calls
+    assert slm_prompts == [f"Question: {q}\nAnswer:" for q, e in zip(questions, escalated) if not e]
+    assert all(r["cost_slm"] == 0 and r["latency_slm_s"] == 0 for r in out if r["model"] == "llm")
+    assert all(r["cost_llm"] == 0 for r in out if r["model"] == "slm")
+
+
+def test_choices_become_lettered_prompts_and_bad_input_is_refused() -> None:
+    frame = question_frame(["Pick one?"], [["red", "blue"]])
+    assert frame.loc[0, "choices"] == '["red", "blue"]'
+    c = cascade("p_true_token", threshold=0.5)
+    c.answer(["Pick one?"], [["red", "blue"]])
+    assert c.slm.calls[0][0] == ["Question: Pick one?\nA. red\nB. blue\nAnswer:"]
+    assert c.answer([]) == []
+    with pytest.raises(ValueError, match="non-empty strings"):
+        c.answer(["ok", "  "])
+    with pytest.raises(TypeError, match="list of strings"):
+        c.answer("one string")  # type: ignore[arg-type]
+    with pytest.raises(KeyError, match="llm"):
+        Cascade(c.slm, c.llm, make_router("entropy"), 0.5, TokenPriceCost({"slm": (1.0, 1.0)}), SamplingConfig())
+
+
+@pytest.fixture(scope="module")
+def smoke(request: pytest.FixtureRequest) -> Path:
+    """The smoke profile's outputs: the checked-out project's if built, else the session's DVC pipeline."""
+    base = ROOT / "artifacts" / "smoke"
+    if all((base / p).exists() for p in ("zoo/slm/config.json", "zoo/llm/config.json", "samples.parquet")):
+        return base
+    return request.getfixturevalue("smoke_pipeline") / "artifacts" / "smoke"
+
+
+def test_cascade_reproduces_the_offline_samples_it_was_evaluated_on(smoke: Path) -> None:
+    """Same prompts, generation parameters, rows and router: the served answer is the evaluated one."""
+    from escalate.config import load_profile
+    from escalate.models.backends.hf import HFBackend
+
+    profile = load_profile("smoke", ROOT)
+    questions = pd.read_parquet(smoke / "questions.parquet").query("split == 'test'").reset_index(drop=True)
+    samples = pd.read_parquet(smoke / "samples.parquet")
+    greedy = samples[samples["sample_idx"] == 0].set_index(["model", "id"])
+    slm_offline, llm_offline = greedy.loc["slm"].loc[questions["id"]], greedy.loc["llm"].loc[questions["id"]]
+    # exp(mean token log-probability), as the evaluation scored it; split at the widest gap mid-range
+    # so both models answer some questions and tiny float noise cannot flip a decision.
+    offline_score = np.array([np.exp(np.mean(lps)) for lps in slm_offline["token_logprobs"]])
+    ordered = np.sort(offline_score)
+    middle = ordered[len(ordered) // 4 : 3 * len(ordered) // 4 + 1]
+    gap = int(np.argmax(np.diff(middle)))
+    threshold = float((middle[gap] + middle[gap + 1]) / 2)
+    cost = TokenPriceCost({r: tuple(p) for r, p in profile.cost.prices.items()})
+    c = Cascade(HFBackend(str(smoke / "zoo" / "slm")), HFBackend(str(smoke / "zoo" / "llm")),
+                make_router("mean_logprob"), threshold, cost, profile.sampling, profile.seed)
+    out = pd.DataFrame(c.answer(list(questions["question"])))
+
+    assert np.allclose(out["confidence"], offline_score, rtol=0, atol=1e-7)
+    escalated = offline_score < threshold
+    assert 0 < escalated.sum() < len(escalated)
+    assert list(out["model"]) == ["llm" if e else "slm" for e in escalated]
+    expected = np.where(escalated, llm_offline["text"], slm_offline["text"])
+    assert list(out["answer"]) == [t.strip() for t in expected]  # served text is trimmed
+    slm_cost, llm_cost = ([cost.cost(role, p, o) for p, o in zip(rows["n_prompt_tokens"], rows["n_output_tokens"])]
+                          for role, rows in (("slm", slm_offline), ("llm", llm_offline)))
+    assert np.allclose(out["cost"], np.array(slm_cost) + escalated * np.array(llm_cost))

@@ -1,0 +1,182 @@
+"""Gates on hand-made numbers: each passes where it should, fails where it should, and says why."""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from escalate.config import ConfigError, from_dict
+from escalate.registry import gates
+from escalate.registry.gates import GateLimits, GateResult
+
+
+def test_data_validation_gate_names_the_failing_table() -> None:
+    ok = gates.data_validation_gate({"questions": {"ok": True}, "samples": True})
+    assert ok.passed and ok.figure == 0
+    bad = gates.data_validation_gate({"questions": {"ok": True}, "samples": {
+        "ok": False, "failures": [{"column": "latency_s", "detail": "values must be >= 0"}]}})
+    assert not bad.passed and bad.figure == 1 and "samples" in bad.reason and "latency_s" in bad.reason
+    assert not gates.data_validation_gate({}).passed
+
+
+def test_data_validation_gate_reads_validation_reports() -> None:
+    from escalate.data.validation import validate
+
+    frame = pd.DataFrame({"id": ["a", "a"], "task": "t", "question": ["q", "q"], "answer": ["1", "2"],
+                          "split": "test"})
+    result = gates.data_validation_gate({"questions": validate(frame, "questions")})
+    assert not result.passed and "questions" in result.reason
+
+
+def test_accuracy_gate_allows_delta_below_llm_only() -> None:
+    assert gates.accuracy_gate(0.81, 0.83, delta=0.02).passed  # exactly at the limit
+    result = gates.accuracy_gate(0.80, 0.83, delta=0.02)
+    assert not result.passed and result.figure == 0.80 and result.limit == pytest.approx(0.81)
+    assert "0.8000 < LLM-only 0.8300" in result.reason
+    assert not gates.accuracy_gate(math.nan, 0.8, 0.02).passed
+
+
+def test_cost_saving_gate_measures_one_minus_normalized_cost() -> None:
+    assert gates.cost_saving_gate(0.6, min_saving=0.3).passed
+    result = gates.cost_saving_gate(1.05, min_saving=0.1)  # escalating everything costs more than LLM-only
+    assert not result.passed and result.figure == pytest.approx(-0.05) and "minimum 0.1" in result.reason
+
+
+def test_ece_gate_applies_only_to_probabilities() -> None:
+    assert gates.ece_gate(0.04, True, max_ece=0.1).passed
+    too_high = gates.ece_gate(0.2, True, max_ece=0.1, strategy="p_true_token")
+    assert not too_high.passed and too_high.figure == 0.2
+    skipped = gates.ece_gate(math.nan, False, max_ece=0.1, strategy="entropy")
+    assert skipped.passed and skipped.figure is None and "not a probability" in skipped.reason
+    assert not gates.ece_gate(math.nan, True, max_ece=0.1).passed
+
+
+def _noise(n: int, swaps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Champion 80% right; the candidate trades `swaps` right answers for `swaps` others: same accuracy."""
+    rng = np.random.default_rng(seed)
+    champion = rng.random(n) < 0.8
+    candidate = champion.copy()
+    candidate[rng.choice(np.flatnonzero(champion), swaps, replace=False)] = False
+    candidate[rng.choice(np.flatnonzero(~champion), swaps, replace=False)] = True
+    return candidate, champion
+
+
+def test_bootstrap_detects_a_real_regression() -> None:
+    candidate, champion = _noise(1000, 0, seed=1)
+    candidate[np.flatnonzero(champion)[:60]] = False  # 6 points worse
+    result = gates.regression_gate(candidate, champion, margin=0.02, n_samples=2000, seed=0)
+    assert not result.passed and result.figure < -0.02 and "-0.0600" in result.reason
+
+
+def test_bootstrap_does_not_flag_noise_or_improvement() -> None:
+    candidate, champion = _noise(1000, 30, seed=2)
+    assert candidate.mean() == champion.mean()
+    noise = gates.regression_gate(candidate, champion, margin=0.02, n_samples=2000, seed=0)
+    assert noise.passed, noise.reason
+    better = champion.copy()
+    better[np.flatnonzero(~champion)[:50]] = True
+    assert gates.regression_gate(better, champion, margin=0.0, n_samples=2000, seed=0).passed
+
+
+def test_bootstrap_is_seeded_and_pairs_queries() -> None:
+    candidate, champion = _noise(400, 20, seed=3)
+    a = gates.paired_bootstrap(candidate, champion, 1000, seed=7)
+    assert a == gates.paired_bootstrap(candidate, champion, 1000, seed=7)
+    assert a.low <= a.mean <= a.high and a.n == 400
+    # Pairing matters: identical vectors have a zero-width interval, however noisy each one is.
+    same = gates.paired_bootstrap(champion, champion, 1000, seed=0)
+    assert same.low == same.high == 0.0
+    with pytest.raises(ValueError, match="equally long"):
+        gates.paired_bootstrap([True], [True, False])
+
+
+def test_regression_gate_without_a_champion_passes_and_says_so() -> None:
+    result = gates.regression_gate([True, False], None, margin=0.02)
+    assert result.passed and "no current champion" in result.reason
+
+
+def test_outcomes_pair_by_id_and_question_or_not_at_all() -> None:
+    records = pd.DataFrame({"id": ["a", "b", "c"], "score": [0.9, 0.1, 0.5], "slm_correct": [True, False, False],
+                            "llm_correct": [True, True, False], "slm_cost": 1.0, "llm_cost": 20.0, "router_cost": 0.0,
+                            "slm_latency_s": 0.1, "llm_latency_s": 1.0, "slm_latency_model_s": 0.1,
+                            "llm_latency_model_s": 1.0})
+    questions = pd.DataFrame({"id": ["a", "b", "c"], "question": ["qa", "qb", "qc"]})
+    out = gates.per_query_outcomes(records, "cascade", 0.3, questions)
+    assert list(out["correct"]) == [True, True, False] and list(out["escalated"]) == [False, True, False]
+    assert list(out["cost"]) == [1.0, 21.0, 1.0]
+    champion = out.assign(correct=[True, False, True]).iloc[::-1]
+    cand, champ = gates.align_outcomes(out, champion)
+    assert list(cand) == [True, True, False] and list(champ) == [True, False, True]
+    assert gates.align_outcomes(out, champion.assign(question=["x", "qb", "qa"])) is None  # another test set
+    assert gates.align_outcomes(out, champion.iloc[:2]) is None
+
+
+def test_candidate_gates_run_every_gate_in_order() -> None:
+    limits = GateLimits(delta=0.02, min_saving=0.2, max_ece=0.1)
+    load = GateResult(gates.BUNDLE_LOAD, True, 3.0, 3.0, "answered 3/3")
+    row = {"strategy": "p_true_token", "accuracy": 0.82, "cost": 0.55, "ece": 0.05}
+    results = gates.candidate_gates(validation={"questions": True}, summary=row, llm_accuracy=0.83,
+                                    is_probability=True, candidate_correct=[True, False], champion_correct=None,
+                                    load=load, limits=limits)
+    assert [r.name for r in results] == list(gates.GATES) and gates.all_passed(results)
+    worse = gates.candidate_gates(validation={"questions": True}, summary={**row, "cost": 0.9, "ece": None},
+                                  llm_accuracy=0.83, is_probability=True, candidate_correct=[True],
+                                  champion_correct=None, load=load, limits=limits)
+    assert [r.name for r in gates.failed(worse)] == ["cost_saving", "ece"]
+
+
+def test_gate_results_round_trip_through_registry_tags() -> None:
+    result = gates.accuracy_gate(0.8, 0.83, 0.02)
+    back = GateResult.from_tag(result.name, result.tag_value())
+    assert back == GateResult("accuracy", False, 0.8, pytest.approx(0.81), result.reason)
+    skipped = gates.ece_gate(None, False, 0.1)
+    assert GateResult.from_tag("ece", skipped.tag_value()).figure is None
+    assert gates.all_passed([skipped]) and not gates.all_passed([skipped, result]) and not gates.all_passed([])
+
+
+@pytest.mark.parametrize("bad", [{"delta": 1.5}, {"max_ece": 0}, {"bootstrap_samples": 10},
+                                 {"regression_margin": -0.1}, {"min_saving": 1.0}, {"load_timeout_s": 0}])
+def test_gate_limits_reject_bad_values_by_name(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        GateLimits(**bad)
+    key = next(iter(bad))
+    with pytest.raises(ConfigError, match=f"gates.{key}"):
+        from_dict(GateLimits, bad, source="profile.yaml", where="gates")
+
+
+def _fake_python(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "python"
+    script.write_text(f"#!/bin/sh\ncat > /dev/null\n{body}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def test_load_gate_fails_with_the_stderr_tail(tmp_path: Path) -> None:
+    python = _fake_python(tmp_path, "echo 'BundleError: bundle artifact cascade.json is missing' >&2; exit 1")
+    result = gates.load_gate("models:/x@champion", ["q?"], python=python)
+    assert not result.passed and "exit 1" in result.reason and "cascade.json is missing" in result.reason
+
+
+def test_load_gate_times_out(tmp_path: Path) -> None:
+    result = gates.load_gate("models:/x@champion", ["q?"], timeout_s=0.5, python=_fake_python(tmp_path, "sleep 5"))
+    assert not result.passed and "within 0.5 s" in result.reason
+
+
+def test_load_gate_judges_what_the_fresh_process_answered(tmp_path: Path) -> None:
+    def reply(**out: object) -> str:
+        payload = {"rows": 2, "columns": ["answer", "model", "confidence", "cost", "latency_s"],
+                   "models": ["slm", "llm"], "answers": ["4", "5"], "costs": [1.0, 21.0], "load_s": 1.0,
+                   "predict_s": 0.5, **out}
+        return f"echo '{gates._MARKER}{json.dumps(payload)}'"
+
+    good = gates.load_gate("models:/x@champion", ["a?", "b?"], python=_fake_python(tmp_path, reply()))
+    assert good.passed and good.figure == 2 and "slm 1, llm 1" in good.reason
+    bad = gates.load_gate("models:/x@champion", ["a?", "b?"],
+                          python=_fake_python(tmp_path, reply(rows=1, models=["slm", "gpt"], answers=["4", None])))
+    assert not bad.passed and "1 rows for 2 questions" in bad.reason and "gpt" in bad.reason
