@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,7 @@ def test_retrain_runs_nightly_and_promote_only_by_hand() -> None:
     assert nightly["parameters"]["skip_if_unchanged"] is True
     (schedule,) = nightly["schedules"]
     cron = CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
-    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
     runs = asyncio.run(cron.get_dates(n=3, start=start))
     assert [(r.hour, r.minute) for r in runs] == [(2, 0)] * 3  # once a day, at 02:00 UTC
     assert [(b - a).days for a, b in zip(runs, runs[1:])] == [1, 1]

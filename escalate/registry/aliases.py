@@ -410,7 +410,7 @@ class Registry:
                     else:
                         self.client.delete_registered_model_alias(self.name, alias)
                     restored.append(alias)
-                except Exception:  # noqa: BLE001 - best effort: the error below names what was not restored
+                except Exception:
                     lost.append(alias)
             state = (f"restored @{', @'.join(restored)}" if restored else "no alias had moved")
             if lost:
