@@ -7,25 +7,7 @@ import pandas as pd
 import pytest
 
 from escalate.evaluation import metrics
-
-
-def records() -> pd.DataFrame:
-    """Four queries; escalating at threshold 0.25 sends a and b to the LLM."""
-    return pd.DataFrame(
-        {
-            "id": ["a", "b", "c", "d"],
-            "score": [0.1, 0.2, 0.3, 0.4],
-            "slm_correct": [False, False, True, True],
-            "llm_correct": [True, False, True, True],
-            "slm_cost": [1.0, 1.0, 2.0, 1.0],
-            "llm_cost": [10.0, 10.0, 20.0, 10.0],
-            "router_cost": [0.5, 0.5, 0.5, 0.5],
-            "slm_latency_s": [1.0, 2.0, 1.0, 3.0],
-            "llm_latency_s": [5.0, 6.0, 5.0, 7.0],
-            "slm_latency_model_s": [0.4, 0.8, 0.4, 1.2],
-            "llm_latency_model_s": [2.0, 2.4, 2.0, 2.8],
-        }
-    )
+from tests.records_factory import records
 
 
 def curve(points: list[tuple[float, float, float]]) -> pd.DataFrame:
