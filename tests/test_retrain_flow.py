@@ -83,6 +83,13 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert restored.version == first.version
     assert "test rollback" in str(registry.version(third.version).tags) + str(restored.tags)
 
+    # A scheduled run on unchanged data records "no change" and registers nothing.
+    count = len(registry.list_versions())
+    skipped = retrain(profile="smoke", root=str(smoke_project), tracking_uri=mlflow_uri, skip_if_unchanged=True)
+    assert skipped["outcome"] == "no-change"
+    assert client.get_run(skipped["run_id"]).data.tags["escalate.outcome"] == "no-change"
+    assert len(registry.list_versions()) == count
+
 
 def test_retrain_stops_on_bad_data_and_runs_nothing_downstream(
     prefect_harness, mlflow_uri: str, tmp_path: Path

@@ -1,0 +1,73 @@
+"""What every training method shares: the loop's settings and turning a finished trainer into a summary.
+
+TRL's configs default to bf16 and gradient checkpointing, which suit large models on GPUs; the zoo's
+tiny models train on CPUs in fp32, so both are opt-in here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from escalate.config import _check
+
+
+@dataclass
+class LoopConfig:
+    """The optimisation loop of one training method; each method's config adds its own fields."""
+
+    learning_rate: float = field(default=5e-6, metadata={"help": "peak AdamW learning rate (linear decay to 0)"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps (TRL's max_steps)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per device per forward pass"})
+    gradient_accumulation: int = field(default=1, metadata={"help": "forward passes per optimizer step"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps"})
+    max_length: int = field(default=256, metadata={"help": "prompt + completion tokens kept (longer ones are cut)"})
+    seed: int = field(default=0, metadata={"help": "seeds data order and initialisation"})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs only; the zoo trains in fp32)"})
+
+    def __post_init__(self) -> None:
+        _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        for key in ("steps", "batch_size", "gradient_accumulation"):
+            _check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        _check(0 <= self.warmup_steps < self.steps, "warmup_steps",
+               f"must be in [0, steps), got {self.warmup_steps}")
+        _check(8 <= self.max_length <= 32_768, "max_length", f"must be in [8, 32768], got {self.max_length}")
+
+
+def trainer_args(cfg: LoopConfig, out_dir: Path) -> dict[str, Any]:
+    """TRL config keyword arguments common to every method: no checkpoints, no trackers, a log every step."""
+    return {
+        "output_dir": str(out_dir),
+        "max_steps": cfg.steps,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation,
+        "learning_rate": cfg.learning_rate,
+        "warmup_steps": cfg.warmup_steps,
+        "max_length": cfg.max_length,
+        "seed": cfg.seed,
+        "bf16": cfg.bf16,
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "save_strategy": "no",  # the caller saves the final model once; checkpoints would only cost disk
+        "report_to": "none",  # MLflow logging is the pipeline's job, from the returned summary
+        "disable_tqdm": True,
+    }
+
+
+def train_and_save(trainer: Any, out_dir: Path) -> dict[str, Any]:
+    """Run the trainer, save model and tokenizer as a plain HF checkpoint, and summarise the run."""
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.save_model(str(out_dir))
+    trainer.processing_class.save_pretrained(str(out_dir))
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    return {
+        "steps": int(trainer.state.global_step),
+        "loss": losses[-1] if losses else float("nan"),
+        "losses": losses,
+        "seconds": seconds,
+        "n_examples": len(trainer.train_dataset),
+    }
