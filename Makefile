@@ -39,7 +39,8 @@ setup: $(STAMP)  ## create .venv and install escalate with its pinned dependenci
 demo: setup  ## run the retrain flow on the tiny profile (PROFILE=... to change)
 	$(BIN)/python -m flows.retrain --profile $(PROFILE)
 
-test: setup  ## run every test, the slow end-to-end ones included
+test: setup  ## lint, then every test, the slow end-to-end ones included
+	$(BIN)/ruff check escalate tasks flows tests bench
 	$(BIN)/python -m pytest
 
 test-fast: setup  ## only the fast unit tests
@@ -50,7 +51,7 @@ ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 lint: setup  ## ruff
-	$(BIN)/ruff check escalate tasks flows tests
+	$(BIN)/ruff check escalate tasks flows tests bench
 
 clean-artifacts:  ## remove pipeline outputs (DVC's cache keeps them for a rerun)
 	rm -rf artifacts

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from escalate.data.schema import TABLES
 from escalate.registry.cli import add_registry_commands
+from escalate.routers.cli import add_router_commands
 from escalate.telemetry import disable_telemetry
 
 EPILOG = """\
@@ -28,6 +29,8 @@ typical use:
   escalate registry list                    registered cascades, their gates and aliases
   escalate registry promote 3 --reason ...  move @champion to version 3 (its gates must have passed)
   escalate registry rollback --reason ...   move @champion back to the previous champion
+  escalate routers evaluate-cached --table FILE --prompt-col C --weak-col W --strong-col S
+                                            pre-generation routers, k-fold, from cached correctness
 
 the whole pipeline under Prefect, with MLflow tracking:  python -m flows.retrain --profile tiny
 """
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(sub.add_parser("sample", help="K generations per question per model into the samples table"))
     _profile_arg(sub.add_parser("evaluate", help="evaluate every strategy on the held-out split and write the report"))
     add_registry_commands(sub)
+    add_router_commands(sub)
     return parser
 
 
@@ -92,6 +96,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.group == "data" and args.action == "validate":
         return _validate_file(args)
     if args.group == "registry":
+        return args.handler(args)
+    if args.group == "routers":
         return args.handler(args)
     profile = load_profile(args.profile, args.root)
     os.chdir(args.root)

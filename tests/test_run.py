@@ -23,7 +23,10 @@ COST = TokenPriceCost({"slm": (0.05, 0.05), "llm": (1.0, 1.0)})
 # 26 sweep points instead of the profiles' 101: each point re-runs pandas over the records, and the
 # figures asserted here do not depend on the resolution.
 SETTINGS = EvalSettings(split="test", delta=0.02, n_points=26, seed=0, profile="synthetic-profile")
-PROBABILITY_ROUTERS = ("p_true_token", "mean_logprob", "min_logprob", "self_consistency")
+# The SLM-signal routers and random: the prompts here are ids, nothing a pre-generation router could learn
+# from (tests/test_pregen_routers.py covers those).
+STRATEGIES = [name for name, cls in ROUTERS.items() if cls.mode == "cascade"] + ["random"]
+PROBABILITY_ROUTERS = tuple(name for name in STRATEGIES if ROUTERS[name].is_probability)
 
 
 def synthetic_tables(informative: bool = True, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -73,7 +76,7 @@ def sample_row(qid: str, model: str, split: str, k: int, answer: str, correct: b
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     questions, samples = synthetic_tables()
     out = tmp_path_factory.mktemp("eval") / "eval"
-    return evaluate(questions, samples, COST, SETTINGS, out), out
+    return evaluate(questions, samples, COST, SETTINGS, out, routers=STRATEGIES), out
 
 
 def summary_row(metrics: dict, strategy: str) -> dict:
@@ -123,7 +126,7 @@ def test_calib_threshold_transfers_to_test(result: tuple[dict, Path]) -> None:
 
 def test_every_signal_router_is_informative_here(result: tuple[dict, Path]) -> None:
     metrics, _ = result
-    for name in ROUTERS:
+    for name in STRATEGIES:
         if name != "random":
             assert summary_row(metrics, name)["auroc"] > 0.9, name
 
@@ -132,8 +135,8 @@ def test_records_hold_every_strategy_and_pay_what_it_uses(result: tuple[dict, Pa
     _, out = result
     records = pd.read_parquet(out / "records.parquet")
     assert set(RECORD_COLUMNS) | {"strategy"} == set(records.columns)
-    assert len(records) == N_PER_SPLIT * len(ROUTERS)
-    assert set(records["strategy"]) == set(ROUTERS)
+    assert len(records) == N_PER_SPLIT * len(STRATEGIES)
+    assert set(records["strategy"]) == set(STRATEGIES)
     assert records["id"].str.startswith("test-").all()
     greedy = records[records["strategy"] == "p_true_token"].set_index("id")["slm_cost"]
     voted = records[records["strategy"] == "self_consistency"].set_index("id")["slm_cost"]
@@ -154,7 +157,7 @@ def test_metrics_json_and_curves(result: tuple[dict, Path]) -> None:
     assert stored["latency_model"]["slm"] == pytest.approx([0.001, 0.01], rel=1e-6)
     assert stored["latency_model"]["llm"] == pytest.approx([0.004, 0.05], rel=1e-6)
     curves = json.loads((out / "curves.json").read_text())
-    assert set(curves) == set(ROUTERS) | {"oracle"}
+    assert set(curves) == set(STRATEGIES) | {"oracle"}
     assert all(len(c["threshold"]) == SETTINGS.n_points + 1 for c in curves.values())
 
 
@@ -165,7 +168,7 @@ def test_report_names_profile_split_strategies_and_plots(result: tuple[dict, Pat
     assert "- **profile:** synthetic-profile" in report
     assert "- **split:** test" in report
     assert COST.describe() in report
-    for name in [*ROUTERS, "oracle", "SLM-only", "LLM-only"]:
+    for name in [*STRATEGIES, "oracle", "SLM-only", "LLM-only"]:
         assert f"| {name} |" in report
     assert "](accuracy_vs_cost.png)" in report and "](reliability_p_true_token.png)" in report
 

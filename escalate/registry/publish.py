@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from escalate.evaluation.cost import CostModel
 from escalate.registry.aliases import Registration, Registry, lineage_tags
 from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
 from escalate.registry.gates import candidate_gates, load_gate, per_query_outcomes
-from escalate.routers import ROUTERS, make_router
+from escalate.routers import ROUTERS, Router, make_router
 from escalate.tracking import Tracker
 
 
@@ -53,6 +54,15 @@ class Candidate:
 
 def router_kwargs(strategy: str, seed: int) -> dict[str, Any]:
     return {"seed": seed} if strategy == "random" else {}
+
+
+def fitted_router(eval_dir: Path, strategy: str, kwargs: dict[str, Any]) -> Router:
+    """The router as the evaluation fitted it on calib (routers/<name>.pkl), so the bundle scores alike."""
+    path = eval_dir / "routers" / f"{strategy}.pkl"
+    if not path.is_file():
+        return make_router(strategy, **kwargs)
+    with path.open("rb") as fh:
+        return pickle.load(fh)
 
 
 def register_candidate(
@@ -96,9 +106,7 @@ def register_candidate(
         for role in ("slm", "llm")
         if (path := local_checkpoint(profile.models[role], role, zoo_dir)) is not None
     }
-    run_id = tracker.start(
-        f"candidate-{strategy}", tags={"escalate.strategy": strategy}, parent_id=parent_run_id
-    )
+    run_id = tracker.start(f"candidate-{strategy}", tags={"escalate.strategy": strategy}, parent_id=parent_run_id)
     numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
     smoke = list(test["question"].head(2))
     info = log_bundle(
@@ -106,7 +114,7 @@ def register_candidate(
         tracking_uri=tracker.uri,
         run_id=run_id,
         checkpoints=checkpoints,
-        router=make_router(strategy, **kwargs),
+        router=fitted_router(eval_dir, strategy, kwargs),
         eval_dir=eval_dir,
         outcomes=outcomes,
         metrics=numeric,

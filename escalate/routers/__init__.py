@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from escalate.routers.base import Router, RouterInputs
+from escalate.routers.embedding_knn import EmbeddingKNNRouter
+from escalate.routers.embedding_lr import EmbeddingLRRouter
+from escalate.routers.embedding_mlp import EmbeddingMLPRouter
 from escalate.routers.entropy import EntropyRouter
 from escalate.routers.logprob import MeanLogprobRouter, MinLogprobRouter
+from escalate.routers.prompt_length import PromptLengthRouter
 from escalate.routers.random_router import RandomRouter
+from escalate.routers.sater_refusal import SaterRefusalRouter
+from escalate.routers.sater_vote import SaterVoteRouter
 from escalate.routers.self_consistency import SelfConsistencyRouter
 from escalate.routers.token_prob import TokenProbRouter
 
@@ -16,6 +22,12 @@ ROUTERS: dict[str, type[Router]] = {
     "entropy": EntropyRouter,
     "self_consistency": SelfConsistencyRouter,
     "random": RandomRouter,
+    "sater_refusal": SaterRefusalRouter,
+    "sater_vote": SaterVoteRouter,
+    "prompt_length": PromptLengthRouter,
+    "embedding_lr": EmbeddingLRRouter,
+    "embedding_knn": EmbeddingKNNRouter,
+    "embedding_mlp": EmbeddingMLPRouter,
 }
 
 

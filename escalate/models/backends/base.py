@@ -77,7 +77,7 @@ class GenerationBackend(ABC):
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         """Return, for each prompt, `params.n` generations in order."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook with a no-op default, not abstract)
         """Release what the backend holds (servers, GPU memory); a no-op by default."""
 
 

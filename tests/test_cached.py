@@ -1,0 +1,109 @@
+"""evaluate-cached on small tables written here: figures, files, errors and group-held-out folds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from escalate.cli import main
+from escalate.data.adapters.base import DataSourceError
+from escalate.evaluation.cached import ANALYTIC_RANDOM, CachedTable, evaluate_cached, fold_indices, load_table
+
+
+def toy_table(n: int = 120, seed: int = 0) -> pd.DataFrame:
+    """The weak model fails the long prompts; the strong one fails every tenth prompt."""
+    rng = np.random.default_rng(seed)
+    long = np.arange(n) % 3 == 0
+    prompts = [("Explain in detail, step by step and with care, " * 4 if is_long else "Add ") + f"{rng.integers(999)}"
+               for is_long in long]
+    return pd.DataFrame({"prompt": prompts, "weak": ~long, "strong": np.arange(n) % 10 != 9,
+                         "source": [f"g{i % 12}" for i in range(n)]})
+
+
+def write(df: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_cli_prints_the_table_and_writes_curves(tmp_path: Path, suffix: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    table = write(toy_table(), tmp_path / f"cached{suffix}")
+    out = tmp_path / "out"
+    code = main(["routers", "evaluate-cached", "--table", str(table), "--prompt-col", "prompt", "--weak-col", "weak",
+                 "--strong-col", "strong", "--routers", "prompt_length,random", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "prompt_length" in printed and ANALYTIC_RANDOM in printed and "apgr" in printed
+    stored = json.loads((out / "curves.json").read_text())
+    rows = {row["router"]: row for row in stored["summary"]}
+    assert rows["prompt_length"]["apgr"] > 0.9  # length explains every weak-model failure
+    assert rows[ANALYTIC_RANDOM]["apgr"] == pytest.approx(0.5)
+    assert 0.3 < rows["random"]["apgr"] < 0.7
+    assert stored["folds"] == 5 and stored["n"] == 120
+    assert set(stored["curves"]) == {"prompt_length", "random", ANALYTIC_RANDOM}
+    assert (out / "accuracy_vs_call_rate.png").stat().st_size > 1000
+
+
+def test_embedding_router_learns_from_cached_rows() -> None:
+    df = toy_table(60)
+    df["prompt"] = np.where(df["weak"], "Count the apples in basket ", "Integrate the trigonometric function ") + \
+        df.index.astype(str)
+    table = CachedTable(df["prompt"], df["weak"].to_numpy(bool), df["strong"].to_numpy(bool))
+    result = evaluate_cached(table, ["embedding_lr", "embedding_knn", "embedding_mlp"], folds=3)
+    for row in result.rows[:3]:
+        assert row["auroc"] > 0.95 and row["apgr"] > 0.9, row["router"]
+
+
+def test_bad_column_exits_2_naming_it_and_listing_the_columns(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    table = write(toy_table(), tmp_path / "cached.csv")
+    code = main(["routers", "evaluate-cached", "--table", str(table), "--prompt-col", "prompt", "--weak-col", "mixtral",
+                 "--strong-col", "strong"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no column 'mixtral'" in err and "['prompt', 'weak', 'strong', 'source']" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_unreadable_table_and_bad_values_name_the_file_and_column(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{oops\n")
+    with pytest.raises(DataSourceError, match="bad.jsonl"):
+        load_table(bad, "prompt", "weak", "strong")
+    df = toy_table()
+    df["weak"] = "maybe"
+    with pytest.raises(DataSourceError, match="'weak' must hold True/False"):
+        load_table(write(df, tmp_path / "t.csv"), "prompt", "weak", "strong")
+
+
+def test_unknown_router_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = write(toy_table(), tmp_path / "cached.csv")
+    code = main(["routers", "evaluate-cached", "--table", str(table), "--prompt-col", "prompt", "--weak-col", "weak",
+                 "--strong-col", "strong", "--routers", "p_true_token"])
+    assert code == 2 and "prompt_length" in capsys.readouterr().err
+
+
+def test_group_folds_keep_groups_apart_and_cover_every_row(tmp_path: Path) -> None:
+    table = load_table(write(toy_table(), tmp_path / "t.csv"), "prompt", "weak", "strong", group_col="source")
+    splits = fold_indices(table, 4, seed=0)
+    held_out = np.concatenate([test for _, test in splits])
+    assert sorted(held_out) == list(range(120))
+    for train, test in splits:
+        assert not set(table.groups.iloc[train]) & set(table.groups.iloc[test])
+    with pytest.raises(ValueError, match="exceed the number of groups"):
+        fold_indices(table, 13, seed=0)
+
+
+def test_plain_folds_are_seeded_and_stratified(tmp_path: Path) -> None:
+    table = load_table(write(toy_table(), tmp_path / "t.csv"), "prompt", "weak", "strong")
+    a, b = fold_indices(table, 5, seed=3), fold_indices(table, 5, seed=3)
+    assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert {int(table.weak[test].sum()) for _, test in a} == {16}  # 80 weak-correct rows, 16 per fold
