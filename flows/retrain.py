@@ -26,7 +26,7 @@ from escalate.evaluation.cost import from_config  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import Registry  # noqa: E402
-from escalate.registry.publish import rank_candidates  # noqa: E402
+from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
 from escalate.stages import STAGES, paths  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, register  # noqa: E402
@@ -55,11 +55,8 @@ def retrain(
         for stage in STAGES:
             run_stage(stage, profile, str(root_path))
             log_stage(tracker, run_id, stage, cfg, str(root_path))
-            if (
-                stage == "questions"
-                and skip_if_unchanged
-                and unchanged_since_champion(registry, root_path, profile)
-            ):
+            champion = registry.champion() if stage == "questions" and skip_if_unchanged else None
+            if champion is not None and same_data(champion.tags, dvc_hashes(root_path, profile), profile):
                 tracker.tags(run_id, {"escalate.outcome": "no-change", **dvc_hashes(root_path, profile)})
                 print("no change: the data has the same DVC hash as the champion's; nothing retrained")
                 ok = True
@@ -70,13 +67,6 @@ def retrain(
     finally:
         tracker.end(run_id, ok)
     return finish(cfg, root_path, run_id, registry, candidates)
-
-
-def unchanged_since_champion(registry: Registry, root: Path, profile: str) -> bool:
-    champion = registry.champion()
-    key = f"dvc.artifacts/{profile}/questions.parquet"
-    current = dvc_hashes(root, profile).get(key)
-    return champion is not None and current is not None and champion.tags.get(key) == current
 
 
 def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:

@@ -180,3 +180,27 @@ def test_load_gate_judges_what_the_fresh_process_answered(tmp_path: Path) -> Non
     bad = gates.load_gate("models:/x@champion", ["a?", "b?"],
                           python=_fake_python(tmp_path, reply(rows=1, models=["slm", "gpt"], answers=["4", None])))
     assert not bad.passed and "1 rows for 2 questions" in bad.reason and "gpt" in bad.reason
+
+
+def test_same_data_compares_the_questions_hash_with_the_champion() -> None:
+    from escalate.registry.publish import same_data
+
+    key = "dvc.artifacts/tiny/questions.parquet"
+    assert same_data({key: "abc"}, {key: "abc"}, "tiny")
+    assert not same_data({key: "abc"}, {key: "abd"}, "tiny")
+    assert not same_data(None, {key: "abc"}, "tiny")  # no champion yet: retrain
+    assert not same_data({key: "abc"}, {}, "tiny")  # no hash recorded: retrain
+
+
+def test_rank_candidates_puts_the_cheapest_qualifying_calib_point_first() -> None:
+    from escalate.registry.publish import rank_candidates
+
+    rows = [
+        {"strategy": "entropy", "calib_cost": 0.8, "calib_accuracy": 0.86, "calib_llm_accuracy": 0.87},
+        {"strategy": "mean_logprob", "calib_cost": 0.6, "calib_accuracy": 0.85, "calib_llm_accuracy": 0.87},
+        {"strategy": "p_true_token", "calib_cost": 0.5, "calib_accuracy": 0.80, "calib_llm_accuracy": 0.87},
+        {"strategy": "random", "calib_cost": None, "calib_accuracy": 0.87, "calib_llm_accuracy": 0.87},
+        {"strategy": "oracle", "calib_cost": 0.1, "calib_accuracy": 0.87, "calib_llm_accuracy": 0.87},
+    ]
+    # p_true_token is cheapest but misses LLM - delta on calib; random found no threshold; oracle is no router.
+    assert rank_candidates(rows, delta=0.02) == ["mean_logprob", "entropy", "p_true_token", "random"]

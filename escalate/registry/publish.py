@@ -44,6 +44,13 @@ def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str
     return [r["strategy"] for r in sorted(strategies, key=key)]
 
 
+def same_data(champion_tags: Mapping[str, str] | None, hashes: Mapping[str, str], profile: str) -> bool:
+    """Whether the questions' DVC hash equals the one the champion was trained on (a scheduled run's
+    "no change"). Pure: tags of the champion version (None without one) and the run's current hashes."""
+    key = f"dvc.artifacts/{profile}/questions.parquet"
+    return champion_tags is not None and key in hashes and champion_tags.get(key) == hashes[key]
+
+
 @dataclass(frozen=True)
 class Candidate:
     strategy: str
