@@ -61,3 +61,33 @@ def majority(answers: list) -> tuple[object, float]:
         return None, 0.0
     answer, count = votes.most_common(1)[0]
     return answer, count / len(answers)
+
+
+class VotingRouter(Router):
+    """A vote over all K samples answers; the winning share is the score (subclasses say how to vote).
+
+    The strategy pays for every sample and answers with the voted answer, which is correct exactly
+    when it equals the answer of a sample graded correct.
+    """
+
+    uses_all_samples: ClassVar[bool] = True
+
+    @abstractmethod
+    def vote(self, samples: pd.DataFrame) -> tuple[object, float]:
+        """One question's samples (in sample_idx order) -> (voted answer or None, winning share)."""
+
+    def _votes(self, inputs: RouterInputs) -> pd.DataFrame:
+        rows = []
+        for qid, g in inputs.slm_samples.sort_values("sample_idx").groupby("id", sort=False):
+            answer, share = self.vote(g)
+            correct = "correct" in g and bool(
+                answer is not None and (g["correct"].astype(bool) & (g["parsed_answer"] == answer)).any()
+            )
+            rows.append({"id": qid, "answer": answer, "share": share, "correct": correct})
+        return pd.DataFrame(rows).set_index("id").loc[inputs.questions["id"]].reset_index()
+
+    def score(self, inputs: RouterInputs) -> np.ndarray:
+        return self._votes(inputs)["share"].to_numpy(dtype=float)
+
+    def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
+        return self._votes(inputs)[["id", "answer", "correct"]]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from escalate.routers.base import Router, RouterInputs
+from escalate.routers.base import VotingRouter
 from escalate.routers.sater_refusal import refused
 
 
@@ -29,7 +29,7 @@ def weighted_vote(answers: list, weights: list[float]) -> tuple[object, float]:
     return answer, tally[answer] / total
 
 
-class SaterVoteRouter(Router):
+class SaterVoteRouter(VotingRouter):
     """Confidence-weighted vote over the K samples; the winning weighted share is the score.
 
     Each sample weighs its sequence probability exp(sum of token log-probs), so a sample the SLM
@@ -41,24 +41,10 @@ class SaterVoteRouter(Router):
     name = "sater_vote"
     mode = "cascade"
     is_probability = True
-    uses_all_samples = True
 
-    def _votes(self, inputs: RouterInputs) -> pd.DataFrame:
-        samples = inputs.slm_samples.assign(_refused=refused(inputs.slm_samples))
-        rows = []
-        for qid, g in samples.sort_values("sample_idx").groupby("id", sort=False):
-            logps = np.array([float(np.sum(lps)) for lps in g["token_logprobs"]])
-            top = logps.max()
-            weights = (np.exp(logps - top) if np.isfinite(top) else np.zeros_like(logps)).tolist()
-            answers = [None if r else a for a, r in zip(g["parsed_answer"], g["_refused"])]
-            answer, share = weighted_vote(answers, weights)
-            # The voted answer is correct exactly when it equals the answer of a correct sample.
-            correct = bool(answer is not None and (g["correct"].astype(bool) & (g["parsed_answer"] == answer)).any())
-            rows.append({"id": qid, "answer": answer, "share": share, "correct": correct})
-        return pd.DataFrame(rows).set_index("id").loc[inputs.questions["id"]].reset_index()
-
-    def score(self, inputs: RouterInputs) -> np.ndarray:
-        return self._votes(inputs)["share"].to_numpy(dtype=float)
-
-    def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
-        return self._votes(inputs)[["id", "answer", "correct"]]
+    def vote(self, samples: pd.DataFrame) -> tuple[object, float]:
+        logps = np.array([float(np.sum(lps)) for lps in samples["token_logprobs"]])
+        top = logps.max()
+        weights = (np.exp(logps - top) if np.isfinite(top) else np.zeros_like(logps)).tolist()
+        answers = [None if r else a for a, r in zip(samples["parsed_answer"], refused(samples))]
+        return weighted_vote(answers, weights)
