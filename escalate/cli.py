@@ -25,6 +25,7 @@ typical use:
   escalate zoo build --profile tiny         train the embedded SLM and LLM (or record external models)
   escalate sample --profile tiny            K generations per question per model
   escalate evaluate --profile tiny          every baseline strategy on the test split, plots, report
+  escalate sater train --profile tiny       SATER stages I (DPO) and II (refusal SFT), test samples, metrics
   escalate data validate FILE --table samples   validate any table file
   escalate registry list                    registered cascades, their gates and aliases
   escalate registry promote 3 --reason ...  move @champion to version 3 (its gates must have passed)
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     _profile_arg(sub.add_parser("sample", help="K generations per question per model into the samples table"))
     _profile_arg(sub.add_parser("evaluate", help="evaluate every strategy on the held-out split and write the report"))
+    sater = sub.add_parser("sater", help="SATER: train the SLM to answer short and refuse").add_subparsers(
+        dest="action", required=True)
+    _profile_arg(sater.add_parser("train", help="stage I (DPO) and stage II (refusal SFT) from the zoo SLM; metrics"))
     add_registry_commands(sub)
     add_router_commands(sub)
     return parser
@@ -118,6 +122,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         result = stages.run_evaluation(profile)
         print(format_table(result["summary"], list(SUMMARY_COLUMNS)))
         print(f"report: {stages.paths(profile)['eval'] / 'report.md'}")
+    elif args.group == "sater":
+        metrics = stages.build_sater(profile)
+        print(metrics.read_text())
     return 0
 
 

@@ -13,11 +13,14 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 from escalate.data.schema import SPLITS
+
+if TYPE_CHECKING:
+    from escalate.train.sater import SaterConfig
 
 
 class ConfigError(ValueError):
@@ -266,6 +269,7 @@ class Profile:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gates: GateLimits = field(default_factory=GateLimits)
+    sater: SaterConfig | None = None  # SATER training (`escalate sater train`); None: the profile has none
 
     def __post_init__(self) -> None:
         missing = {"slm", "llm"} - set(self.models)
@@ -300,7 +304,7 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
     """Build dataclass `cls` from plain data, checking keys, types and values recursively."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, localns=_late_types())
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
@@ -314,6 +318,13 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
         raise ConfigError(f"{source}: {_join(where, exc.key)}: {exc}") from None
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{source}: {where or 'top level'}: {exc}") from None
+
+
+def _late_types() -> dict[str, type]:
+    """Section types defined in modules that import this one (their configs use `_check`), so imported late."""
+    from escalate.train.sater import SaterConfig
+
+    return {"SaterConfig": SaterConfig}
 
 
 def _join(where: str, key: str) -> str:

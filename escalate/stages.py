@@ -7,21 +7,26 @@ and a person can run any stage by hand. Every table is validated before it is wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
+from tqdm.auto import tqdm
 
-from escalate.config import Profile
+from escalate.config import ConfigError, ModelConfig, Profile, SamplingConfig
 from escalate.data.adapters import get_adapter
 from escalate.data.validation import ValidationError, ensure_valid, validate
 from escalate.evaluation.cost import from_config
 from escalate.evaluation.run import EvalSettings, evaluate
-from escalate.models.backends import make_backend
+from escalate.models.backends import make_backend, model_path
 from escalate.prompts import format_prompt
 from escalate.sampling import measure_latency, sample
 
 STAGES = ("questions", "zoo", "samples", "evaluate")
+SATER_SPLIT = "test"  # where SATER's before/after figures are measured (the issue's targets)
+MAX_ACCURACY_DROP = 0.01  # METRICS.md: a token reduction is claimed only if accuracy fell by at most 1 point
 
 
 def paths(profile: Profile, root: Path | str = ".") -> dict[str, Path]:
@@ -35,6 +40,7 @@ def paths(profile: Profile, root: Path | str = ".") -> dict[str, Path]:
         "samples_report": base / "samples_report.json",
         "latency": base / "latency.parquet",
         "eval": base / "eval",
+        "sater": base / "sater",
     }
 
 
@@ -118,6 +124,118 @@ def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     settings = EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name)
     return evaluate(questions, samples, cost, settings, p["eval"], routers=ev.strategies or None,
                     timings=pd.read_parquet(p["latency"]))
+
+
+def _sample_once(cfg: ModelConfig, role: str, zoo_dir: Path, questions: pd.DataFrame,
+                 sampling: SamplingConfig, seed: int) -> pd.DataFrame:
+    """The samples table of one model on `questions`, its backend closed afterwards."""
+    backend = make_backend(cfg, role, zoo_dir, sampling.batch_size)
+    try:
+        return sample(backend, questions, role, sampling, seed)
+    finally:
+        backend.close()
+
+
+def sater_metrics(vanilla: pd.DataFrame, sater: pd.DataFrame, split: str, tau: float) -> dict:
+    """SATER's before/after figures from greedy samples (sample_idx 0) on `split`.
+
+    before: the vanilla SLM ("slm" in `vanilla`); stage I: "sater1"; stage II: "sater2", whose
+    refusals count as wrong in its accuracy and are left out of its accuracy when answering.
+    """
+    from escalate.train.preferences import is_refusal
+
+    def greedy(df: pd.DataFrame, model: str) -> pd.DataFrame:
+        rows = df[(df["model"] == model) & (df["split"] == split) & (df["sample_idx"] == 0)]
+        if rows.empty:
+            raise ValueError(f"no greedy samples of {model!r} on split {split!r}")
+        return rows
+
+    before, stage1, stage2 = greedy(vanilla, "slm"), greedy(sater, "sater1"), greedy(sater, "sater2")
+    refused = stage2["text"].map(is_refusal).astype(bool)
+    answered = stage2[~refused]
+    tokens_before, tokens_after = float(before["n_output_tokens"].mean()), float(stage1["n_output_tokens"].mean())
+    accuracy_before, accuracy_after = float(before["correct"].mean()), float(stage1["correct"].mean())
+    return {
+        "split": split, "n_questions": len(stage1), "tau": tau,
+        "tokens_before": tokens_before, "tokens_after": tokens_after,
+        "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
+        "token_reduction": 1 - tokens_after / tokens_before,
+        "token_reduction_claimed": accuracy_before - accuracy_after <= MAX_ACCURACY_DROP,
+        "stage2_tokens": float(stage2["n_output_tokens"].mean()),
+        "stage2_accuracy": float(stage2["correct"].mean()),
+        "refusal_rate": float(refused.mean()),
+        "accuracy_when_answering": float(answered["correct"].mean()) if len(answered) else float("nan"),
+    }
+
+
+def build_sater(profile: Profile, root: Path | str = ".") -> Path:
+    """SATER (issue 4): stage I prefers the SLM's shortest correct response (DPO), stage II answers or refuses (SFT).
+
+    Writes under artifacts/<profile>/sater/: both stages' training tables (validated), checkpoints
+    stage1/ and stage2/, the SATER models' samples on the test split ("sater1", "sater2") and
+    metrics.json, which compares them with the vanilla SLM's test samples from the samples stage.
+    """
+    from escalate.train.preferences import REFUSAL_COMPLETION, build_preferences, refusal_targets
+    from escalate.train.sater_dpo import train_dpo
+    from escalate.train.sater_refusal import train_refusal
+
+    if profile.sater is None:
+        raise ConfigError(f"profile {profile.name!r} has no sater section; add one to its YAML to train SATER")
+    cfg, p = profile.sater, paths(profile, root)
+    out = p["sater"]
+    out.mkdir(parents=True, exist_ok=True)
+    if not p["samples"].is_file():
+        raise FileNotFoundError(f"{p['samples']}: missing; run `escalate sample --profile {profile.name}` first")
+    vanilla = pd.read_parquet(p["samples"])
+    questions = load_questions(profile, root)
+    train = questions[questions["split"] == "train"].reset_index(drop=True)
+    test = questions[questions["split"] == SATER_SPLIT].reset_index(drop=True)
+    slm = profile.models["slm"]
+    stage_dirs = {1: out / "stage1", 2: out / "stage2"}
+    sater_models = {i: dataclasses.replace(slm, source=str(d)) for i, d in stage_dirs.items()}
+    train_sampling = dataclasses.replace(profile.sampling, k=cfg.k_train)
+    start = time.perf_counter()
+    progress = tqdm(total=6, desc="sater", unit="step", dynamic_ncols=True)
+
+    def step(what: str) -> None:
+        progress.set_postfix_str(what)
+        progress.update()
+
+    train_samples = [_sample_once(slm, "slm", p["zoo"], train, train_sampling, profile.seed)]
+    step("sampled the SLM on train")
+    prefs = build_preferences(train_samples[0], train)
+    _write_validated(prefs, "preferences", out / "preferences.parquet", out / "preferences_report.json")
+    if prefs.empty:
+        raise ValueError(f"no train question has a correct sample among {cfg.k_train}: stage I has no preference pair")
+    stage1 = train_dpo(model_path(slm, "slm", p["zoo"]), prefs, cfg.dpo, stage_dirs[1])
+    step("stage I trained")
+
+    train_samples.append(_sample_once(sater_models[1], "sater1", p["zoo"], train, train_sampling, profile.seed))
+    step("sampled stage I on train")
+    targets = refusal_targets(train_samples[1], train, cfg.refusal.tau)
+    _write_validated(targets, "refusal_sft", out / "refusal_sft.parquet", out / "refusal_sft_report.json")
+    stage2 = train_refusal(stage_dirs[1], targets, cfg.refusal, stage_dirs[2])
+    step("stage II trained")
+    _write_validated(pd.concat(train_samples, ignore_index=True), "samples", out / "train_samples.parquet",
+                     out / "train_samples_report.json", model_ids=["slm", "sater1"])
+
+    test_samples = pd.concat([_sample_once(sater_models[i], f"sater{i}", p["zoo"], test, profile.sampling,
+                                           profile.seed) for i in (1, 2)], ignore_index=True)
+    _write_validated(test_samples, "samples", out / "samples.parquet", out / "samples_report.json",
+                     model_ids=["sater1", "sater2"])
+    step("sampled both stages on test")
+    metrics = sater_metrics(vanilla, test_samples, SATER_SPLIT, cfg.refusal.tau)
+    metrics.update({
+        "n_preferences": len(prefs), "n_refusal_targets": len(targets),
+        "refusal_target_share": float(targets["completion"].eq(REFUSAL_COMPLETION).mean()),
+        "stage1_train": {k: v for k, v in stage1.items() if k != "losses"},
+        "stage2_train": {k: v for k, v in stage2.items() if k != "losses"},
+        "seconds": time.perf_counter() - start,
+    })
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    step("metrics written")
+    progress.close()
+    return out / "metrics.json"
 
 
 def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:

@@ -207,6 +207,7 @@ def test_paths_live_under_the_profile_artifacts(tmp_path: Path) -> None:
         "samples_report": base / "samples_report.json",
         "latency": base / "latency.parquet",
         "eval": base / "eval",
+        "sater": base / "sater",
     }
 
 
@@ -225,9 +226,15 @@ def test_load_questions_without_a_build_says_what_to_run(tmp_path: Path) -> None
         stages.load_questions(profile, tmp_path)
 
 
+def test_sater_train_without_a_sater_section_exits_2_saying_so(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sater", "train", "--profile", "gpu", "--root", str(ROOT)]) == 2
+    assert "profile 'gpu' has no sater section" in capsys.readouterr().err
+
+
 def test_build_parser_has_every_stage_command() -> None:
     parser = build_parser()
-    for argv in (["zoo", "build"], ["sample"], ["evaluate"], ["data", "build"], ["config", "check"]):
+    for argv in (["zoo", "build"], ["sample"], ["evaluate"], ["data", "build"], ["config", "check"],
+                 ["sater", "train"]):
         args = parser.parse_args([*argv, "--profile", "smoke"])
         assert args.profile == "smoke" and args.root == Path(".")
 

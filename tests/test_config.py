@@ -68,6 +68,26 @@ def test_profile_values_come_from_the_file_not_the_defaults() -> None:
     assert smoke.cost.prices["llm"] == [1.0, 1.0] and all(isinstance(p, float) for p in smoke.cost.prices["llm"])
 
 
+def test_sater_section_fills_its_typed_configs() -> None:
+    from escalate.train.sater import SaterConfig
+    from escalate.train.sater_dpo import SaterDPOConfig
+
+    smoke, gpu = load_profile("smoke", root=ROOT), load_profile("gpu", root=ROOT)
+    assert isinstance(smoke.sater, SaterConfig) and isinstance(smoke.sater.dpo, SaterDPOConfig)
+    assert (smoke.sater.k_train, smoke.sater.dpo.steps, smoke.sater.refusal.tau) == (4, 3, 0.5)
+    assert gpu.sater is None
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("sater.k_train", 1, "sater.k_train: must be in [2, 64]"),
+    ("sater.refusal.tau", 0, "sater.refusal.tau: must be in (0, 1]"),
+    ("sater.dpo.beta", -1, "sater.dpo.beta: must be in (0, 10]"),
+    ("sater.dpo.stpes", 3, "sater.dpo.stpes: unknown key (did you mean 'steps'?)"),
+])
+def test_bad_sater_values_name_their_key(tmp_path: Path, key: str, value: Any, named: str) -> None:
+    assert named in load_error(write_profile(tmp_path, {key: value}))
+
+
 def test_gpu_profile_validates_without_its_weights() -> None:
     gpu = load_profile(ROOT / "configs" / "gpu.yaml")
     assert gpu.zoo is None
