@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from escalate.config import ConfigError, ModelConfig, Profile, SamplingConfig
 from escalate.data.adapters import get_adapter
 from escalate.data.validation import ValidationError, ensure_valid, validate
-from escalate.evaluation.cost import from_config
+from escalate.evaluation.cost import CostModel, from_config
 from escalate.evaluation.run import EvalSettings, evaluate
 from escalate.models.backends import make_backend, model_path
 from escalate.prompts import format_prompt
@@ -113,13 +113,18 @@ def build_samples(profile: Profile, root: Path | str = ".") -> Path:
     return p["samples"]
 
 
+def cost_model(profile: Profile, root: Path | str = ".") -> CostModel:
+    """The profile's cost model; FLOPs pricing reads parameter counts from the zoo manifest."""
+    manifest = json.loads((paths(profile, root)["zoo"] / "manifest.json").read_text())
+    return from_config(profile.cost.kind, profile.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
+
+
 def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     p = paths(profile, root)
     questions = load_questions(profile, root)
     samples = pd.read_parquet(p["samples"])
     ensure_valid(samples, "samples", source=str(p["samples"]), model_ids=list(profile.models))
-    manifest = json.loads((p["zoo"] / "manifest.json").read_text())
-    cost = from_config(profile.cost.kind, profile.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
+    cost = cost_model(profile, root)
     ev = profile.evaluation
     settings = EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name)
     return evaluate(questions, samples, cost, settings, p["eval"], routers=ev.strategies or None,

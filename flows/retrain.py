@@ -22,12 +22,11 @@ import pandas as pd  # noqa: E402
 from prefect import flow  # noqa: E402
 
 from escalate.config import Profile, load_profile  # noqa: E402
-from escalate.evaluation.cost import from_config  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import Registry  # noqa: E402
 from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
-from escalate.stages import STAGES, paths  # noqa: E402
+from escalate.stages import STAGES, cost_model, paths  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
@@ -74,12 +73,10 @@ def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str
     p = paths(cfg, root)
     result = json.loads((p["eval"] / "metrics.json").read_text())
     ranked = rank_candidates(result["summary"], cfg.gates.delta)
-    manifest = json.loads((p["zoo"] / "manifest.json").read_text())
-    cost = from_config(cfg.cost.kind, cfg.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
     validation = {name: json.loads(p[f"{name}_report"].read_text()) for name in ("questions", "samples")}
     shared = dict(
         profile=cfg,
-        cost=cost,
+        cost=cost_model(cfg, root),
         eval_dir=p["eval"],
         zoo_dir=p["zoo"],
         questions=pd.read_parquet(p["questions"]),
