@@ -70,3 +70,9 @@ def smoke_pipeline(smoke_project: Path) -> Path:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     subprocess.run([str(dvc), "repro", "-q", "evaluate@smoke"], cwd=smoke_project, check=True, env=env)
     return smoke_project
+
+
+@pytest.fixture(scope="session")
+def smoke(smoke_pipeline: Path) -> Path:
+    """The smoke profile's outputs (zoo checkpoints, samples, evaluation), built once per session."""
+    return smoke_pipeline / "artifacts" / "smoke"

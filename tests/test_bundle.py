@@ -39,14 +39,6 @@ print("ANSWERS " + model.predict(pd.DataFrame({"question": json.loads(sys.argv[2
 
 
 @pytest.fixture(scope="module")
-def smoke(request: pytest.FixtureRequest) -> Path:
-    base = ROOT / "artifacts" / "smoke"
-    if all((base / p).exists() for p in ("zoo/slm/config.json", "zoo/llm/config.json", "eval/report.md")):
-        return base
-    return request.getfixturevalue("smoke_pipeline") / "artifacts" / "smoke"
-
-
-@pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """One SQLite store for this module, artifacts beside it."""
     path = tmp_path_factory.mktemp("bundles")

@@ -120,15 +120,6 @@ def test_choices_become_lettered_prompts_and_bad_input_is_refused() -> None:
         Cascade(c.slm, c.llm, make_router("entropy"), 0.5, TokenPriceCost({"slm": (1.0, 1.0)}), SamplingConfig())
 
 
-@pytest.fixture(scope="module")
-def smoke(request: pytest.FixtureRequest) -> Path:
-    """The smoke profile's outputs: the checked-out project's if built, else the session's DVC pipeline."""
-    base = ROOT / "artifacts" / "smoke"
-    if all((base / p).exists() for p in ("zoo/slm/config.json", "zoo/llm/config.json", "samples.parquet")):
-        return base
-    return request.getfixturevalue("smoke_pipeline") / "artifacts" / "smoke"
-
-
 def test_cascade_reproduces_the_offline_samples_it_was_evaluated_on(smoke: Path) -> None:
     """Same prompts, generation parameters, rows and router: the served answer is the evaluated one."""
     from escalate.config import load_profile
