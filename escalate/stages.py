@@ -127,8 +127,8 @@ def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     cost = cost_model(profile, root)
     ev = profile.evaluation
     settings = EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name)
-    return evaluate(questions, samples, cost, settings, p["eval"], routers=ev.strategies or None,
-                    timings=pd.read_parquet(p["latency"]))
+    timings = pd.read_parquet(p["latency"])
+    return evaluate(questions, samples, cost, settings, p["eval"], timings, routers=ev.strategies or None)
 
 
 def _sample_once(cfg: ModelConfig, role: str, zoo_dir: Path, questions: pd.DataFrame,

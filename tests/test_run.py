@@ -29,6 +29,11 @@ STRATEGIES = [name for name, cls in ROUTERS.items() if cls.mode == "cascade"] + 
 PROBABILITY_ROUTERS = tuple(name for name in STRATEGIES if ROUTERS[name].is_probability)
 
 
+def timings(samples: pd.DataFrame) -> pd.DataFrame:
+    """The synthetic samples' latencies, which are constructed per request, as the latency-model input."""
+    return samples[["model", "n_prompt_tokens", "n_output_tokens", "latency_s"]]
+
+
 def synthetic_tables(informative: bool = True, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """calib and test questions with difficulty 1..4: the SLM is right on 1-2 and wrong on 3-4.
 
@@ -76,7 +81,7 @@ def sample_row(qid: str, model: str, split: str, k: int, answer: str, correct: b
 def result(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     questions, samples = synthetic_tables()
     out = tmp_path_factory.mktemp("eval") / "eval"
-    return evaluate(questions, samples, COST, SETTINGS, out, routers=STRATEGIES), out
+    return evaluate(questions, samples, COST, SETTINGS, out, timings(samples), routers=STRATEGIES), out
 
 
 def summary_row(metrics: dict, strategy: str) -> dict:
@@ -175,7 +180,7 @@ def test_report_names_profile_split_strategies_and_plots(result: tuple[dict, Pat
 
 def test_uninformative_score_does_not_beat_random(tmp_path: Path) -> None:
     questions, samples = synthetic_tables(informative=False)
-    metrics = evaluate(questions, samples, COST, SETTINGS, tmp_path / "eval", routers=["p_true_token"])
+    metrics = evaluate(questions, samples, COST, SETTINGS, tmp_path / "eval", timings(samples), routers=["p_true_token"])
     row = summary_row(metrics, "p_true_token")
     assert row["apgr"] < 0.5
     assert row["auroc"] == pytest.approx(0.0)

@@ -111,16 +111,16 @@ def evaluate(
     cost: CostModel,
     settings: EvalSettings,
     out_dir: Path,
+    timings: pd.DataFrame,
     routers: list[str] | None = None,
-    timings: pd.DataFrame | None = None,
 ) -> dict:
     """Run every strategy on `settings.split`, write records, curves, plots and the report; return metrics.
 
-    `timings` are single-request latencies (sampling.measure_latency) for the deterministic latency
-    model; without them the model is fitted on the samples' own (batch-amortised) latencies.
+    `timings` are single-request latencies (sampling.measure_latency) that fit the deterministic
+    latency model; batch-amortised sample latencies cannot separate prefill from decode.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    latency = fit_latency_model(timings if timings is not None else samples)
+    latency = fit_latency_model(timings)
     test, test_llm = inputs_for(questions, samples, settings.split)
     calib, calib_llm = inputs_for(questions, samples, "calib")
     fitted = fitted_routers(calib, settings.seed, routers)
