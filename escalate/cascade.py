@@ -165,7 +165,7 @@ class Cascade:
         """The router's decision (its own threshold rule) and score per question, and the time they took."""
         start = time.perf_counter()
         scores = np.asarray(self.router.score(inputs), dtype=float)
-        escalated = np.asarray(self.router.escalate(inputs, self.threshold), dtype=bool)
+        escalated = self.router.decide(scores, self.threshold)
         return escalated, scores, time.perf_counter() - start
 
     @staticmethod

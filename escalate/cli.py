@@ -16,6 +16,7 @@ from pathlib import Path
 from escalate.data.schema import TABLES
 from escalate.registry.cli import add_registry_commands
 from escalate.routers.cli import add_router_commands
+from escalate.serving.cli import add_serving_commands
 from escalate.telemetry import disable_telemetry
 
 EPILOG = """\
@@ -26,12 +27,18 @@ typical use:
   escalate sample --profile tiny            K generations per question per model
   escalate evaluate --profile tiny          every baseline strategy on the test split, plots, report
   escalate sater train --profile tiny       SATER stages I (DPO) and II (refusal SFT), test samples, metrics
+  escalate corea train --profile tiny       COREA: confidence warm-up, GRPO with (COREA) and without (RLVR)
+                                            a calibration reward, cascades in and out of domain, report
+  escalate citer train --profile tiny       CITER: token labels, two rounds of token routers, τ sweep, report
+  escalate citer log --profile tiny         the CITER figures and files into an MLflow run, under citer/
   escalate data validate FILE --table samples   validate any table file
   escalate registry list                    registered cascades, their gates and aliases
   escalate registry promote 3 --reason ...  move @champion to version 3 (its gates must have passed)
   escalate registry rollback --reason ...   move @champion back to the previous champion
   escalate routers evaluate-cached --table FILE --prompt-col C --weak-col W --strong-col S
                                             pre-generation routers, k-fold, from cached correctness
+  escalate promote --alias champion         serve @champion: vLLM servers, gateway switch, smoke queries
+  escalate serve --detach | --stop          the OpenAI-compatible gateway in the background, or stop serving
 
 the whole pipeline under Prefect, with MLflow tracking:  python -m flows.retrain --profile tiny
 """
@@ -67,8 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     sater = sub.add_parser("sater", help="SATER: train the SLM to answer short and refuse").add_subparsers(
         dest="action", required=True)
     _profile_arg(sater.add_parser("train", help="stage I (DPO) and stage II (refusal SFT) from the zoo SLM; metrics"))
+    corea = sub.add_parser("corea", help="COREA: train the SLM to state a calibrated confidence").add_subparsers(
+        dest="action", required=True)
+    _profile_arg(corea.add_parser("train", help="warm-up, RLVR and COREA GRPO runs; cascades evaluated; report"))
+    citer = sub.add_parser("citer", help="CITER: token-level routing between the SLM and the LLM").add_subparsers(
+        dest="action", required=True)
+    _profile_arg(citer.add_parser("train", help="token labels, routers of rounds 1 and 2, τ sweep, comparison, report"))
+    citer_log = citer.add_parser("log", help="log the finished stage's figures and files to MLflow under citer/")
+    _profile_arg(citer_log)
+    citer_log.add_argument("--run-id", default=None, help="an existing MLflow run (default: a new run citer-<profile>)")
     add_registry_commands(sub)
     add_router_commands(sub)
+    add_serving_commands(sub)
     return parser
 
 
@@ -89,8 +106,11 @@ def _is_user_error(exc: Exception) -> bool:
     from escalate.data.adapters import DataSourceError
     from escalate.data.validation import ValidationError
     from escalate.models.backends import BackendError
+    from escalate.registry.bundle import BundleError
+    from escalate.serving.vllm_server import ServerError
 
-    return isinstance(exc, (ConfigError, DataSourceError, ValidationError, BackendError, FileNotFoundError))
+    return isinstance(exc, (ConfigError, DataSourceError, ValidationError, BackendError, BundleError, ServerError,
+                            FileNotFoundError))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -101,7 +121,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate_file(args)
     if args.group == "registry":
         return args.handler(args)
-    if args.group == "routers":
+    if args.group in ("routers", "serve", "promote", "export"):
         return args.handler(args)
     profile = load_profile(args.profile, args.root)
     os.chdir(args.root)
@@ -125,6 +145,20 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.group == "sater":
         metrics = stages.build_sater(profile)
         print(metrics.read_text())
+    elif args.group == "corea":
+        from escalate.evaluation.report import format_cell, format_table
+        from escalate.train.corea_report import COLUMNS
+
+        metrics = json.loads(stages.build_corea(profile).read_text())
+        print(format_table(metrics["rows"], list(COLUMNS)))
+        for name, target in metrics["targets"].items():
+            print(f"{name}: {format_cell(target['value'])} (needs {target['relation']} {target['limit']}): "
+                  f"{'met' if target['met'] else 'missed'}")
+        print(f"report: {stages.paths(profile)['corea'] / 'report.md'}")
+    elif args.group == "citer":
+        from escalate.citer.stage import run_command
+
+        print(run_command(profile, args.action, getattr(args, "run_id", None)))
     return 0
 
 

@@ -20,6 +20,8 @@ import yaml
 from escalate.data.schema import SPLITS
 
 if TYPE_CHECKING:
+    from escalate.citer.config import CiterConfig
+    from escalate.train.corea import CoreaConfig
     from escalate.train.sater import SaterConfig
 
 
@@ -156,6 +158,9 @@ class ModelConfig:
     device: str = "cpu"  # cpu | cuda | auto
     chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
     n_params: int | None = None  # parameter count for the FLOPs cost model when it cannot be read
+    # Alternatives per token an HTTP backend asks for; entropy is computed over them, so it equals the
+    # in-process (full-vocabulary) entropy only when this covers the vocabulary (the zoo's 400 tokens do).
+    top_logprobs: int = 5
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
@@ -165,6 +170,7 @@ class ModelConfig:
         _check(self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), "device",
                f"must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         _check(self.n_params is None or self.n_params > 0, "n_params", f"must be > 0, got {self.n_params}")
+        _check(1 <= self.top_logprobs <= 1_000_000, "top_logprobs", f"must be >= 1, got {self.top_logprobs}")
 
 
 @dataclass
@@ -204,7 +210,8 @@ class CostConfig:
 
 @dataclass
 class EvaluationConfig:
-    """The held-out evaluation: which split, the iso-accuracy margin and the sweep resolution."""
+    """The held-out evaluation: which split, the iso-accuracy margin, the sweep resolution and the
+    targets of the threshold policies reported beside the objective (escalate/evaluation/thresholds.py)."""
 
     split: str = "test"
     delta: float = 0.02  # "comparable accuracy": within delta of LLM-only
@@ -212,6 +219,10 @@ class EvaluationConfig:
     seed: int = 0  # for the random router
     # Routers to evaluate (and register as candidates); empty means every registered router.
     strategies: list[str] = field(default_factory=list)
+    budget: float = 0.5  # the budget policy: LLM call rate <= budget
+    error_cost: float = 10.0  # the cost-optimal policy: one wrong answer costs this many LLM calls
+    risk_epsilon: float = 0.05  # the risk-controlled policy: accuracy loss vs LLM-only <= epsilon ...
+    risk_alpha: float = 0.1  # ... with probability >= 1 - alpha over the calib draw
 
     def __post_init__(self) -> None:
         from escalate.routers import ROUTERS
@@ -221,6 +232,10 @@ class EvaluationConfig:
         _check(self.split in SPLITS, "split", f"must be one of {list(SPLITS)}, got {self.split!r}")
         _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
         _check(self.n_thresholds >= 101, "n_thresholds", f"must be >= 101 (METRICS.md), got {self.n_thresholds}")
+        _check(0 <= self.budget <= 1, "budget", f"must be in [0, 1], got {self.budget}")
+        _check(self.error_cost >= 0, "error_cost", f"must be >= 0, got {self.error_cost}")
+        _check(0 < self.risk_epsilon < 1, "risk_epsilon", f"must be in (0, 1), got {self.risk_epsilon}")
+        _check(0 < self.risk_alpha < 1, "risk_alpha", f"must be in (0, 1), got {self.risk_alpha}")
 
 
 @dataclass
@@ -270,6 +285,8 @@ class Profile:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     gates: GateLimits = field(default_factory=GateLimits)
     sater: SaterConfig | None = None  # SATER training (`escalate sater train`); None: the profile has none
+    corea: CoreaConfig | None = None  # COREA training (`escalate corea train`); None: the profile has none
+    citer: CiterConfig | None = None  # CITER token-level routing (`escalate citer train`); None: the profile has none
 
     def __post_init__(self) -> None:
         missing = {"slm", "llm"} - set(self.models)
@@ -322,9 +339,11 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
 
 def _late_types() -> dict[str, type]:
     """Section types defined in modules that import this one (their configs use `_check`), so imported late."""
+    from escalate.citer.config import CiterConfig
+    from escalate.train.corea import CoreaConfig
     from escalate.train.sater import SaterConfig
 
-    return {"SaterConfig": SaterConfig}
+    return {"SaterConfig": SaterConfig, "CoreaConfig": CoreaConfig, "CiterConfig": CiterConfig}
 
 
 def _join(where: str, key: str) -> str:

@@ -19,7 +19,7 @@ from escalate.config import ConfigError, ModelConfig, Profile, SamplingConfig
 from escalate.data.adapters import get_adapter
 from escalate.data.validation import ValidationError, ensure_valid, validate
 from escalate.evaluation.cost import CostModel, from_config
-from escalate.evaluation.run import EvalSettings, evaluate
+from escalate.evaluation.run import EvalSettings, evaluate, to_json
 from escalate.models.backends import make_backend, model_path
 from escalate.prompts import format_prompt
 from escalate.sampling import measure_latency, sample
@@ -41,6 +41,7 @@ def paths(profile: Profile, root: Path | str = ".") -> dict[str, Path]:
         "latency": base / "latency.parquet",
         "eval": base / "eval",
         "sater": base / "sater",
+        "corea": base / "corea",
     }
 
 
@@ -119,6 +120,14 @@ def cost_model(profile: Profile, root: Path | str = ".") -> CostModel:
     return from_config(profile.cost.kind, profile.cost.prices, {r: m.get("n_params") for r, m in manifest.items()})
 
 
+def eval_settings(profile: Profile) -> EvalSettings:
+    """The profile's evaluation settings, the same for every stage that evaluates cascades."""
+    ev = profile.evaluation
+    return EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name,
+                        budget=ev.budget, error_cost=ev.error_cost, risk_epsilon=ev.risk_epsilon,
+                        risk_alpha=ev.risk_alpha)
+
+
 def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     p = paths(profile, root)
     questions = load_questions(profile, root)
@@ -126,9 +135,13 @@ def run_evaluation(profile: Profile, root: Path | str = ".") -> dict:
     ensure_valid(samples, "samples", source=str(p["samples"]), model_ids=list(profile.models))
     cost = cost_model(profile, root)
     ev = profile.evaluation
-    settings = EvalSettings(split=ev.split, delta=ev.delta, n_points=ev.n_thresholds, seed=ev.seed, profile=profile.name)
+    settings = eval_settings(profile)
     timings = pd.read_parquet(p["latency"])
-    return evaluate(questions, samples, cost, settings, p["eval"], timings, routers=ev.strategies or None)
+    # Absolute, so a pickled hidden-state probe finds its checkpoint from any working directory.
+    slm = model_path(profile.models["slm"], "slm", p["zoo"])
+    model_dir = str(Path(slm).resolve()) if Path(slm).exists() else slm
+    return evaluate(questions, samples, cost, settings, p["eval"], timings, routers=ev.strategies or None,
+                    model_dir=model_dir)
 
 
 def _sample_once(cfg: ModelConfig, role: str, zoo_dir: Path, questions: pd.DataFrame,
@@ -243,6 +256,122 @@ def build_sater(profile: Profile, root: Path | str = ".") -> Path:
     return out / "metrics.json"
 
 
+def build_corea(profile: Profile, root: Path | str = ".") -> Path:
+    """COREA (issue 5): teach the SLM to state its confidence, then GRPO with and without a calibration reward.
+
+    Writes under artifacts/<profile>/corea/: the warm-up's train samples and targets (validated),
+    checkpoints warmup/, rlvr/ and corea/ (RLVR and COREA both from the warm-up checkpoint, with the
+    same steps, data and seed), their greedy samples on calib and the evaluation split, each model's
+    cascade evaluated per domain under eval/<model>/<domain>/, metrics.json and report.md. Questions
+    of difficulty >= corea.ood_min_difficulty are left out of RL: the out-of-domain slice. The
+    warm-up, which only teaches the format, sees every train question; trained on the easier ones
+    alone it made the SLM forget how to solve the held-out ones before RL began.
+    """
+    from escalate.train import corea_report
+    from escalate.train.corea_grpo import train_grpo
+    from escalate.train.corea_warmup import train_warmup, warmup_targets
+
+    if profile.corea is None:
+        raise ConfigError(f"profile {profile.name!r} has no corea section; add one to its YAML to train COREA")
+    cfg, p = profile.corea, paths(profile, root)
+    out = p["corea"]
+    out.mkdir(parents=True, exist_ok=True)
+    if not p["samples"].is_file():
+        raise FileNotFoundError(f"{p['samples']}: missing; run `escalate sample --profile {profile.name}` first")
+    questions = load_questions(profile, root)
+    masks = corea_report.domain_masks(questions, cfg.ood_min_difficulty)
+    train = questions[questions["split"] == "train"]
+    rl_train = train[masks[corea_report.TARGET_DOMAIN]].reset_index(drop=True)
+    if rl_train.empty:
+        raise ConfigError(f"corea.ood_min_difficulty {cfg.ood_min_difficulty} leaves no train question for RL")
+    train = train.reset_index(drop=True)
+    slm = profile.models["slm"]
+    dirs = {v: out / v for v in corea_report.VARIANTS}
+    start = time.perf_counter()
+    progress = tqdm(total=5, desc="corea", unit="step", dynamic_ncols=True)
+
+    def step(what: str) -> None:
+        progress.set_postfix_str(what)
+        progress.update()
+
+    train_samples = _sample_once(slm, "slm", p["zoo"], train, dataclasses.replace(profile.sampling, k=cfg.k_train),
+                                 profile.seed)
+    _write_validated(train_samples, "samples", out / "train_samples.parquet", out / "train_samples_report.json",
+                     model_ids=["slm"])
+    targets = warmup_targets(train_samples, train)
+    _write_validated(targets, "refusal_sft", out / "warmup.parquet", out / "warmup_report.json")
+    training = {"warmup": train_warmup(model_path(slm, "slm", p["zoo"]), targets, cfg.warmup, dirs["warmup"])}
+    step("warm-up trained")
+    for name, calibrated in (("rlvr", False), ("corea", True)):
+        training[name] = train_grpo(dirs["warmup"], rl_train, dataclasses.replace(cfg.grpo, calibration=calibrated),
+                                    dirs[name])
+        step(f"{name} trained")
+
+    evaluated = questions[questions["split"].isin(["calib", profile.evaluation.split])].reset_index(drop=True)
+    greedy_only = dataclasses.replace(profile.sampling, k=1)  # the router reads the greedy response alone
+    samples = pd.concat([_sample_once(dataclasses.replace(slm, source=str(dirs[v])), v, p["zoo"], evaluated,
+                                      greedy_only, profile.seed) for v in corea_report.VARIANTS], ignore_index=True)
+    _write_validated(samples, "samples", out / "samples.parquet", out / "samples_report.json",
+                     model_ids=list(corea_report.VARIANTS))
+    step("sampled every model on calib and test")
+
+    rows, plots = _corea_evaluations(profile, root, questions, masks, samples)
+    context = {"profile": profile.name, "split": profile.evaluation.split,
+               "cost_model": cost_model(profile, root).describe(), "seed": profile.seed,
+               "delta": profile.evaluation.delta, "ood_min_difficulty": cfg.ood_min_difficulty,
+               "n_warmup_questions": len(train), "n_rl_questions": len(rl_train)}
+    verdicts = corea_report.check_targets(rows)
+    corea_report.write_corea_report(out / "report.md", context=context, rows=rows, targets=verdicts,
+                                    training=training, plots=plots)
+    metrics = {"context": context, "rows": rows, "targets": verdicts, "training": training,
+               "warmup_target_mean": float(targets["p_correct"].mean()), "seconds": time.perf_counter() - start}
+    (out / "metrics.json").write_text(to_json(metrics))
+    step("evaluated; report written")
+    progress.close()
+    return out / "metrics.json"
+
+
+def _corea_evaluations(profile: Profile, root: Path | str, questions: pd.DataFrame, masks: dict[str, pd.Series],
+                       samples: pd.DataFrame) -> tuple[list[dict], dict[str, str]]:
+    """Every model's cascade on every non-empty domain (evaluation.run.evaluate), as report rows and plot paths."""
+    from escalate.train import corea_report
+
+    p, ev = paths(profile, root), profile.evaluation
+    vanilla = pd.read_parquet(p["samples"])
+    ensure_valid(vanilla, "samples", source=str(p["samples"]), model_ids=list(profile.models))
+    slm_samples = {"base": vanilla[vanilla["model"] == "slm"],
+                   **{v: samples[samples["model"] == v].assign(model="slm") for v in corea_report.VARIANTS}}
+    llm = vanilla[vanilla["model"] == "llm"]
+    cost, timings = cost_model(profile, root), pd.read_parquet(p["latency"])
+    settings = eval_settings(profile)
+    rows, plots = [], {}
+    for domain in masks:
+        domain_questions = corea_report.eval_questions(questions, masks, domain, ev.split)
+        tested = domain_questions.loc[domain_questions["split"] == ev.split, "id"]
+        if tested.empty:
+            continue
+        for model, slm in slm_samples.items():
+            router, where = corea_report.ROUTER[model], Path("eval") / model / domain
+            result = evaluate(domain_questions, pd.concat([slm, llm], ignore_index=True), cost, settings,
+                              p["corea"] / where, timings, routers=[router])
+            greedy = slm[(slm["sample_idx"] == 0) & slm["id"].isin(tested)]
+            rows.append(corea_report.model_row(model, domain, result, greedy))
+            if domain != "all":  # the report shows the domains apart; "all" has its diagrams on disk
+                plots[f"Reliability: {model}, {domain}"] = str(where / f"reliability_{router}.png")
+    return rows, plots
+
+
+def corea_candidate(profile: Profile, root: Path | str = ".") -> tuple[Profile, Path]:
+    """What registers COREA's cascade: the profile with the COREA checkpoint as its SLM, and the evaluation
+    of that cascade on the whole evaluation split (threshold fitted on all of calib).
+
+    `registry.publish.register_candidate("corea_confidence", profile=..., eval_dir=..., ...)` takes both.
+    """
+    out = paths(profile, root)["corea"]
+    slm = dataclasses.replace(profile.models["slm"], source=str(Path(out / "corea").resolve()))
+    return dataclasses.replace(profile, models={**profile.models, "slm": slm}), out / "eval" / "corea" / "all"
+
+
 def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
     """What a finished stage contributes to its MLflow run: metrics, curves and artifact paths."""
     p = paths(profile, root)
@@ -276,4 +405,13 @@ def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
                         for row in result["accuracy_by_difficulty"] for m, v in row.items()
                         if m in ("slm", "llm")})
         return {"metrics": metrics, "artifacts": [p["eval"]]}
+    if stage == "corea":
+        result = json.loads((p["corea"] / "metrics.json").read_text())
+        metrics = {f"{row['model']}/{row['domain']}/{k}": v for row in result["rows"]
+                   for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics.update({f"corea/targets/{name}": t["value"] for name, t in result["targets"].items()})
+        series = {f"{run}/train/{k}": v for run, s in result["training"].items()
+                  for k, v in {"loss": s["losses"], **s.get("rewards", {})}.items()}
+        return {"metrics": metrics, "series": series,
+                "artifacts": [p["corea"] / "report.md", p["corea"] / "metrics.json", p["corea"] / "eval"]}
     raise KeyError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")

@@ -1,9 +1,12 @@
-"""The `promote` flow, run by hand: move @champion to a registered version whose gates passed.
+"""The `promote` flow: serve a registry alias behind the gateway (optionally moving @champion first).
 
-    python -m flows.promote --version 7 --reason "reviewed in the MLflow UI"
+    python -m flows.promote                       # serve @champion (also: escalate promote)
+    python -m flows.promote --version 7 --reason "reviewed in the MLflow UI"   # make v7 champion, then serve it
 
-A version that does not exist or failed a gate is refused with the reason, and no alias moves.
-(Serving the champion behind the gateway builds on this flow.)
+Resolve the alias, export its bundle, start vLLM for the self-hosted models, switch the gateway,
+send smoke queries, record the deployment on the version and move @serving. On any failure the
+servers this run started are stopped, the gateway keeps the previous bundle, no alias moves, and
+the flow run fails with the reason (the process exits 1).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ disable_telemetry()
 from prefect import flow, task  # noqa: E402
 
 from escalate.config import load_profile  # noqa: E402
-from escalate.registry.aliases import Registry  # noqa: E402
+from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
+from escalate.serving.promote import Promotion, PromotionFailed, promote_alias  # noqa: E402
 from escalate.tracking import resolve_uri  # noqa: E402
 
 
@@ -28,13 +32,23 @@ def move_champion(registry: Registry, version: str, reason: str | None, by: str 
     return registry.promote(version, by=by, reason=reason).summary(registry.name)
 
 
+# No retries: a half-done promotion is undone inside the task, and a retry would start servers twice.
+@task(name="promote-to-serving")
+def serve_alias(registry: Registry, root: Path, alias: str, timeout_s: float, by: str | None) -> Promotion:
+    return promote_alias(registry, root, alias, timeout_s, by)
+
+
 @flow(name="promote", log_prints=True)
-def promote(version: str, reason: str | None = None, by: str | None = None, profile: str = "tiny",
-            root: str = ".", tracking_uri: str | None = None) -> str:
-    """Make `version` the champion; refuses versions that are missing or failed their gates."""
+def promote(alias: str = CHAMPION, version: str | None = None, reason: str | None = None, by: str | None = None,
+            profile: str = "tiny", root: str = ".", tracking_uri: str | None = None,
+            timeout_s: float = 300.0) -> str:
+    """Serve @alias; with `version`, first make that version the champion (refused if it failed its gates)."""
     root_path = Path(root).resolve()
     uri = resolve_uri(tracking_uri or load_profile(profile, root_path).tracking.uri, root_path)
-    summary = move_champion(Registry(uri), str(version), reason, by)
+    registry = Registry(uri)
+    if version is not None:
+        print(move_champion(registry, str(version), reason, by))
+    summary = serve_alias(registry, root_path, alias, timeout_s, by).summary()
     print(summary)
     return summary
 
@@ -42,15 +56,21 @@ def promote(version: str, reason: str | None = None, by: str | None = None, prof
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.promote", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", required=True, help="the model version to make @champion")
+    parser.add_argument("--alias", default=CHAMPION, help="the registry alias to serve (default: champion)")
+    parser.add_argument("--version", default=None, help="first make this version @champion (gates must have passed)")
     parser.add_argument("--reason", default=None, help="why (recorded on the version)")
     parser.add_argument("--by", default=None, help="who (default: $USER)")
     parser.add_argument("--profile", default="tiny", help="profile whose tracking URI holds the registry")
     parser.add_argument("--root", default=".")
     parser.add_argument("--tracking-uri", default=None)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds each vLLM server may take to start")
     args = parser.parse_args(argv)
-    promote(version=args.version, reason=args.reason, by=args.by, profile=args.profile, root=args.root,
-            tracking_uri=args.tracking_uri)
+    try:
+        promote(alias=args.alias, version=args.version, reason=args.reason, by=args.by, profile=args.profile,
+                root=args.root, tracking_uri=args.tracking_uri, timeout_s=args.timeout)
+    except PromotionFailed as exc:
+        print(f"promote: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -24,11 +24,11 @@ from prefect import flow  # noqa: E402
 from escalate.config import Profile, load_profile  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
-from escalate.registry.aliases import Registry  # noqa: E402
+from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
 from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
 from escalate.stages import STAGES, cost_model, paths  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
-from tasks.registry import ask_champion, register  # noqa: E402
+from tasks.registry import ask_champion, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
 from tasks.tracking import log_stage  # noqa: E402
 
@@ -69,7 +69,8 @@ def retrain(
 
 
 def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:
-    """Every evaluated strategy becomes a registered candidate; the objective's pick goes last."""
+    """Every evaluated strategy becomes a registered candidate (the objective's pick last, so @challenger
+    ends on it); then @champion moves to the best-ranked one that passed every gate."""
     p = paths(cfg, root)
     result = json.loads((p["eval"] / "metrics.json").read_text())
     ranked = rank_candidates(result["summary"], cfg.gates.delta)
@@ -86,7 +87,12 @@ def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str
         registry=registry,
         root=root,
     )
-    return [register(s, may_take_champion=(s == ranked[0]), **shared) for s in reversed(ranked)]
+    registered = {s: register(s, may_take_champion=False, **shared) for s in reversed(ranked)}
+    best = move_champion(registry, [registered[s] for s in ranked])
+    if best is not None:
+        print(f"@champion -> version {best.registration.version} ({best.strategy}): the best-ranked candidate "
+              "on calib that passed every gate")
+    return list(registered.values())
 
 
 def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates: list) -> dict:
@@ -95,6 +101,8 @@ def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates
     metrics = json.loads((p["eval"] / "metrics.json").read_text())
     table = format_table(metrics["summary"], list(SUMMARY_COLUMNS))
     verdicts = "\n".join(f"  {c.strategy:<18} {c.registration.summary()}" for c in reversed(candidates))
+    champion = registry.aliases().get(CHAMPION)
+    verdicts += f"\n  @champion: {'version ' + champion if champion else 'unset (no candidate passed every gate)'}"
     questions = pd.read_parquet(p["questions"])
     asked = list(questions.loc[questions["split"] == cfg.evaluation.split, "question"].head(3))
     answers = ask_champion(registry, asked)

@@ -208,6 +208,7 @@ def test_paths_live_under_the_profile_artifacts(tmp_path: Path) -> None:
         "latency": base / "latency.parquet",
         "eval": base / "eval",
         "sater": base / "sater",
+        "corea": base / "corea",
     }
 
 

@@ -14,7 +14,7 @@ import pytest
 from escalate.routers import ROUTERS, RouterInputs, make_router
 from escalate.routers.embedding import get_encoder
 
-EMBEDDING_ROUTERS = ("embedding_lr", "embedding_knn", "embedding_mlp")
+EMBEDDING_ROUTERS = ("embedding_lr", "embedding_knn", "embedding_mlp", "embedding_features")
 TOPICS_EASY = ["apples in a basket", "pages in a book", "cars in a parking lot", "birds on a wire",
                "coins in a jar", "chairs in a room", "pencils in a box", "eggs in a carton"]
 TOPICS_HARD = ["integrals of trigonometric functions", "eigenvalues of a symmetric matrix",
@@ -95,3 +95,33 @@ def test_encoder_returns_unit_vectors_and_caches_each_text_once() -> None:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(vectors[0], vectors[2])
     assert get_encoder() is encoder and "a matrix eigenvalue" in encoder._cache
+
+
+def test_difficulty_features_count_the_work_a_question_asks_for() -> None:
+    from escalate.routers.embedding_features import N_FEATURES, difficulty_features
+
+    one_step = difficulty_features("Ann has 3 cups. How many cups does she have?")
+    many = difficulty_features("Ann buys 12 pens at $1.50 each and 3 books, 20% off. "
+                               "She pays twice a week for 4 weeks. How much does she spend in 2 months?")
+    assert len(one_step) == len(many) == N_FEATURES
+    assert many[1] > one_step[1] and many[2] > one_step[2] and many[3] > one_step[3]  # numbers, distinct, sentences
+    assert many[0] > one_step[0] and many[4] > one_step[4]  # length and the largest number
+
+
+def test_embedding_features_learns_the_number_of_steps_the_embedding_barely_shows() -> None:
+    """Same topic, same words: the SLM fails the questions with more numbers in them."""
+    rng = np.random.default_rng(0)
+
+    def questions(n: int) -> tuple[list[str], np.ndarray]:
+        texts, correct = [], []
+        for i in range(n):
+            steps = 1 + i % 4
+            parts = [f"then gets {rng.integers(2, 9)} more" for _ in range(steps)]
+            texts.append(f"Ann has {rng.integers(2, 9)} apples, " + ", ".join(parts) + ". How many apples now?")
+            correct.append(steps <= 2)
+        return texts, np.array(correct)
+
+    texts, correct = questions(120)
+    test_texts, test_correct = questions(40)
+    router = make_router("embedding_features").fit(calib_inputs(texts, correct))
+    assert auroc(router.score(scoring_inputs(test_texts)), test_correct) > 0.95

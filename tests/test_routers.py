@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from escalate.evaluation.run import required_args
 from escalate.routers import ROUTERS, Router, RouterInputs, make_router
 from escalate.routers.base import majority
 
@@ -19,7 +20,10 @@ LN = math.log
 
 def sample(qid: str, idx: int, answer: str | None, correct: bool, answer_lp: float | None = None,
            entropy: float = 1.0, token_lps: list[float] | None = None) -> dict:
+    """One SLM sample; its text states the answer probability as its confidence (COREA's format)."""
+    stated = math.exp(answer_lp) if answer_lp is not None and not math.isnan(answer_lp) else 0.0
     return {"id": qid, "model": "slm", "split": "test", "sample_idx": idx, "parsed_answer": answer,
+            "text": f"The answer is {answer}. Confidence: {stated:.2f}",
             "correct": correct, "answer_logprob": answer_lp, "mean_entropy": entropy,
             "token_logprobs": token_lps if token_lps is not None else [-0.1, -0.2]}
 
@@ -48,7 +52,11 @@ def sure_vs_unsure() -> RouterInputs:
     return inputs(rows, ["q_unsure", "q_sure"])
 
 
-@pytest.mark.parametrize("name", [n for n, cls in ROUTERS.items() if cls.mode == "cascade"])
+# Routers that read the SLM's hidden states need a checkpoint: tests/test_pik_probe.py covers them.
+SELF_CONTAINED = [n for n in ROUTERS if not required_args(n)]
+
+
+@pytest.mark.parametrize("name", [n for n in SELF_CONTAINED if ROUTERS[n].mode == "cascade"])
 def test_every_signal_router_ranks_the_confident_answer_higher(name: str, sure_vs_unsure: RouterInputs) -> None:
     router = make_router(name).fit(sure_vs_unsure)
     unsure, sure = router.score(sure_vs_unsure)
@@ -59,7 +67,7 @@ def test_every_signal_router_ranks_the_confident_answer_higher(name: str, sure_v
 
 @pytest.mark.parametrize("name", list(ROUTERS))
 def test_every_router_declares_itself(name: str) -> None:
-    router = make_router(name)
+    router = make_router(name, **dict.fromkeys(required_args(name), "unused"))
     assert isinstance(router, Router)
     assert router.name == name
     assert router.mode in ("cascade", "pregen")
@@ -165,6 +173,6 @@ def test_make_router_unknown_name_lists_known() -> None:
 def test_registry_names_match_classes() -> None:
     assert set(ROUTERS) == {"p_true_token", "mean_logprob", "min_logprob", "entropy", "self_consistency", "random",
                             "sater_refusal", "sater_vote", "prompt_length", "embedding_lr", "embedding_knn",
-                            "embedding_mlp"}
+                            "embedding_mlp", "embedding_features", "corea_confidence", "pik_probe", "joint_pik_pt"}
     for name, cls in ROUTERS.items():
         assert cls.name == name

@@ -5,6 +5,7 @@ track its correctness. An informative router must then beat random mixing, and e
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from pathlib import Path
@@ -24,8 +25,10 @@ COST = TokenPriceCost({"slm": (0.05, 0.05), "llm": (1.0, 1.0)})
 # figures asserted here do not depend on the resolution.
 SETTINGS = EvalSettings(split="test", delta=0.02, n_points=26, seed=0, profile="synthetic-profile")
 # The SLM-signal routers and random: the prompts here are ids, nothing a pre-generation router could learn
-# from (tests/test_pregen_routers.py covers those).
-STRATEGIES = [name for name, cls in ROUTERS.items() if cls.mode == "cascade"] + ["random"]
+# from (tests/test_pregen_routers.py covers those), and there is no SLM checkpoint for the hidden-state
+# probes (tests/test_pik_probe.py evaluates those).
+STRATEGIES = [name for name, cls in ROUTERS.items()
+              if cls.mode == "cascade" and "model_dir" not in inspect.signature(cls).parameters] + ["random"]
 PROBABILITY_ROUTERS = tuple(name for name in STRATEGIES if ROUTERS[name].is_probability)
 
 
@@ -38,7 +41,7 @@ def synthetic_tables(informative: bool = True, seed: int = 0) -> tuple[pd.DataFr
     """calib and test questions with difficulty 1..4: the SLM is right on 1-2 and wrong on 3-4.
 
     The LLM is right except on every tenth question. SLM confidence (answer probability, token
-    probabilities, entropy, agreement of K=3 samples) is high when it is right; with
+    probabilities, entropy, agreement of K=3 samples, the confidence a response states) is high when it is right; with
     `informative=False` the answer probability is inverted, so P(T) ranks wrong answers first.
     """
     rng = np.random.default_rng(seed)
@@ -70,7 +73,8 @@ def sample_row(qid: str, model: str, split: str, k: int, answer: str, correct: b
                n_output: int, latency: float, answer_lp: float, confident: bool,
                rng: np.random.Generator) -> dict:
     token_p = rng.uniform(0.85, 0.99, n_output) if confident else rng.uniform(0.2, 0.6, n_output)
-    return {"id": qid, "model": model, "split": split, "sample_idx": k, "text": f"The answer is {answer}.",
+    text = f"The answer is {answer}. Confidence: {math.exp(answer_lp):.2f}"
+    return {"id": qid, "model": model, "split": split, "sample_idx": k, "text": text,
             "parsed_answer": answer, "correct": correct, "n_prompt_tokens": n_prompt, "n_output_tokens": n_output,
             "token_logprobs": np.log(token_p).tolist(), "answer_logprob": answer_lp,
             "mean_entropy": float(rng.uniform(0.05, 0.3) if confident else rng.uniform(1.0, 2.0)),
@@ -185,3 +189,45 @@ def test_uninformative_score_does_not_beat_random(tmp_path: Path) -> None:
     assert row["apgr"] < 0.5
     assert row["auroc"] == pytest.approx(0.0)
     assert [r["strategy"] for r in metrics["summary"]] == ["p_true_token", "SLM-only", "LLM-only", "oracle"]
+
+
+def test_every_threshold_policy_is_fitted_on_calib_and_checked_on_test(result: tuple[dict, Path]) -> None:
+    metrics, out = result
+    rows = {r["policy"]: r for r in metrics["threshold_policies"] if r["strategy"] == "p_true_token"}
+    assert list(rows) == ["accuracy", "budget", "cost", "risk"]
+    # the objective's pick is the summary's threshold; `met` compares the test figure with the target
+    assert rows["accuracy"]["threshold"] == summary_row(metrics, "p_true_token")["threshold"]
+    assert rows["accuracy"]["met"] == (rows["accuracy"]["accuracy_loss"] <= SETTINGS.delta + 1e-9)
+    assert rows["accuracy"]["accuracy"] == summary_row(metrics, "p_true_token")["accuracy"]
+    assert rows["budget"]["calib_call_rate"] <= SETTINGS.budget and rows["cost"]["met"] is None
+    # 40 calib questions cannot certify keeping anything at ε = 0.05, α = 0.1 ((1 − ε)^40 > α): LLM-only
+    assert rows["risk"]["threshold"] == math.inf and rows["risk"]["call_rate"] == 1.0 and rows["risk"]["met"]
+    assert len(metrics["threshold_policies"]) == 4 * len(STRATEGIES)
+    assert "## Threshold policies" in (out / "report.md").read_text()
+
+
+def test_uncertainty_benchmark_covers_every_strategy_and_band(result: tuple[dict, Path]) -> None:
+    metrics, out = result
+    rows = metrics["uncertainty_benchmark"]
+    assert {(r["task"], r["band"]) for r in rows} == {("arith", b) for b in ("all", "1", "2", "3", "4")}
+    assert len(rows) == 5 * len(STRATEGIES)
+    cell = {(r["strategy"], r["band"]): r for r in rows}
+    assert cell[("p_true_token", "all")]["auroc"] == pytest.approx(1.0)
+    assert cell[("p_true_token", "all")]["n"] == N_PER_SPLIT
+    # the SLM is always right on difficulty 1: AUROC is undefined there, and said to be
+    assert cell[("p_true_token", "1")]["slm_accuracy"] == 1.0 and math.isnan(cell[("p_true_token", "1")]["auroc"])
+    assert "## Uncertainty benchmark" in (out / "report.md").read_text()
+
+
+def test_threshold_transfer_holds_each_difficulty_out(result: tuple[dict, Path]) -> None:
+    metrics, out = result
+    rows = [r for r in metrics["threshold_transfer"] if r["strategy"] == "p_true_token"]
+    assert [(r["policy"], r["calibration"]) for r in rows] == [
+        (p, c) for p in ("budget", "accuracy") for c in ("in-domain", "constructed", "single source")]
+    assert all(r["datasets"] == 4 for r in rows)
+    cell = {(r["policy"], r["calibration"]): r for r in rows}
+    # P(T) separates right from wrong perfectly in every band, so a band's own calib threshold meets the
+    # accuracy target on its test queries
+    assert cell[("accuracy", "in-domain")]["met"] == 1.0
+    assert all(0 <= r["met"] <= 1 and 0 <= r["call_rate"] <= 1 for r in rows)
+    assert "## Threshold transfer" in (out / "report.md").read_text()

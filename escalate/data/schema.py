@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 SPLITS = ("train", "calib", "test")
 REFUSAL = "I don't know; escalating."
+# CITER's token labels: how each was decided -> the label it implies (1: the LLM should write the token).
+TOKEN_LABEL_CASES = {"slm_match": 0, "llm_match": 1, "slm_rollout": 0, "llm_rollout": 1, "neither": 0}
 
 
 @dataclass(frozen=True)
@@ -65,11 +67,16 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("split", "str"),
         Column("slm_correct", "bool"),
     ),
-    "token_labels": (
+    "token_labels": (  # CITER: one row per reference-solution token of one labelling round
         Column("id", "str"),
-        Column("position", "int"),
-        Column("hidden_index", "int"),
-        Column("label", "int"),
+        Column("position", "int"),  # the token's index in the reference solution
+        Column("hidden_index", "int"),  # row of the SLM hidden-state array stored beside the table
+        Column("label", "int"),  # 1: the LLM should write this token
+        Column("token_id", "int", required=False),  # the reference token
+        Column("slm_top", "int", required=False),  # each model's top token, teacher-forced
+        Column("llm_top", "int", required=False),
+        Column("case", "str", required=False),  # how the label was decided (TOKEN_LABEL_CASES)
+        Column("round", "int", required=False),  # the labelling round (2: rollouts under round 1's router)
     ),
 }
 

@@ -33,7 +33,7 @@ from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column as Col
 
-from escalate.data.schema import SPLITS, Column, columns
+from escalate.data.schema import SPLITS, TOKEN_LABEL_CASES, Column, columns
 
 MAX_IDS = 20  # offending row ids kept per failure; the count says how many there are in all
 ROW = "_gx_row"  # positional row number, names a row whose id is missing or null
@@ -409,13 +409,30 @@ def _calibration(opts: _Options) -> list[gxe.Expectation]:
 
 
 def _token_labels(opts: _Options) -> list[gxe.Expectation]:
-    return [
+    rules = [
         *_non_empty("id"),
         _at_least("position", 0),
         _at_least("hidden_index", 0),
         _expect(gxe.ExpectColumnValuesToBeInSet, "must be 0 or 1", column="label", value_set=[0, 1]),
         _unique("id", "position"),
+        *(_at_least(name, 0) for name in ("token_id", "slm_top", "llm_top")),
+        _at_least("round", 1),
+        _expect(gxe.ExpectColumnValuesToBeInSet, f"must be one of {', '.join(TOKEN_LABEL_CASES)}", column="case",
+                value_set=list(TOKEN_LABEL_CASES)),
+        # The shortcut cases are facts about the teacher-forced top tokens, not judgements.
+        _expect(gxe.ExpectColumnPairValuesToBeEqual, "slm_match rows: slm_top must equal token_id",
+                column_A="slm_top", column_B="token_id", row_condition=Col("case").is_in(["slm_match"]),
+                report="slm_top", needs=["slm_top", "token_id", "case"]),
+        _expect(gxe.ExpectColumnPairValuesToBeEqual, "llm_match rows: llm_top must equal token_id",
+                column_A="llm_top", column_B="token_id", row_condition=Col("case").is_in(["llm_match"]),
+                report="llm_top", needs=["llm_top", "token_id", "case"]),
     ]
+    for value in (0, 1):
+        cases = [c for c, v in TOKEN_LABEL_CASES.items() if v == value]
+        rules.append(_expect(gxe.ExpectColumnValuesToBeInSet, f"must be {value} where case is {' or '.join(cases)}",
+                             column="label", value_set=[value], row_condition=Col("case").is_in(cases),
+                             needs=["label", "case"]))
+    return rules
 
 
 _TABLE_RULES: dict[str, Callable[[_Options], list[gxe.Expectation]]] = {

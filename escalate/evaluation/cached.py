@@ -10,7 +10,6 @@ standard records (unit costs: the SLM costs 1/ratio of the LLM, latencies 0) and
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +19,8 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 
 from escalate.data.adapters.base import DataSourceError, read_table
 from escalate.evaluation import curves, metrics, plots
-from escalate.evaluation.run import to_json
-from escalate.routers import ROUTERS, Router, RouterInputs, make_router
+from escalate.evaluation.run import build_router, required_args, to_json
+from escalate.routers import ROUTERS, RouterInputs
 
 TABLE_COLUMNS = ("router", "apgr", "cpt50", "cpt80", "auroc", "ece", "togr")
 ANALYTIC_RANDOM = "random (analytic)"
@@ -51,7 +50,8 @@ class CachedResult:
 
 
 def pregen_routers() -> list[str]:
-    return [name for name, cls in ROUTERS.items() if cls.mode == "pregen"]
+    """Routers that decide from the prompt alone: pre-generation ones that need no SLM checkpoint."""
+    return [name for name, cls in ROUTERS.items() if cls.mode == "pregen" and not required_args(name)]
 
 
 def check_router_names(names: list[str]) -> list[str]:
@@ -121,17 +121,12 @@ def _inputs(table: CachedTable, idx: np.ndarray, *, with_labels: bool) -> Router
     return RouterInputs(questions, samples)
 
 
-def _build(name: str, seed: int) -> Router:
-    accepts_seed = "seed" in inspect.signature(ROUTERS[name]).parameters
-    return make_router(name, seed=seed) if accepts_seed else make_router(name)
-
-
 def out_of_fold_scores(table: CachedTable, name: str, splits: list[tuple[np.ndarray, np.ndarray]],
                        seed: int) -> np.ndarray:
     """Every row's score from a router fitted on the other folds."""
     scores = np.full(len(table.prompts), np.nan)
     for train, test in splits:
-        router = _build(name, seed).fit(_inputs(table, train, with_labels=True))
+        router = build_router(name, seed=seed).fit(_inputs(table, train, with_labels=True))
         scores[test] = router.score(_inputs(table, test, with_labels=False))
     return scores
 

@@ -96,6 +96,39 @@ class FlopsCost(CostModel):
         return f"FLOPs = 2 · parameters · tokens (parameters: {parts})"
 
 
+@dataclass(frozen=True)
+class BytesMovedCost(CostModel):
+    """Bytes moved by greedy decoding (CITER's measure): per forward pass, every weight and the KV cache.
+
+    Decoding n_output tokens after an n_prompt-token prompt takes n_output passes (prefill, then one
+    per token but the last), and pass j's token attends to n_prompt + j positions, so the cost is
+    n_output · weight_bytes + kv_bytes_per_token · (n_output · n_prompt + n_output · (n_output − 1) / 2).
+    Small models on real hardware are bound by memory traffic, not arithmetic, which FLOPs miss.
+    """
+
+    weight_bytes: dict[str, int]
+    kv_bytes_per_token: dict[str, int]
+
+    def __post_init__(self) -> None:
+        if not self.weight_bytes or set(self.weight_bytes) != set(self.kv_bytes_per_token):
+            raise ValueError("weight_bytes and kv_bytes_per_token must name the same model roles, at least one")
+        for model in self.weight_bytes:
+            if self.weight_bytes[model] <= 0 or self.kv_bytes_per_token[model] < 0:
+                raise ValueError(f"{model!r}: weight bytes must be > 0 and KV bytes >= 0, got "
+                                 f"{self.weight_bytes[model]!r}, {self.kv_bytes_per_token[model]!r}")
+
+    def cost(self, model: str, n_prompt_tokens: int, n_output_tokens: int) -> float:
+        _check_tokens(n_prompt_tokens, n_output_tokens)
+        passes = max(n_output_tokens, 1)  # an empty answer still paid for its prefill
+        kv_positions = passes * n_prompt_tokens + passes * (passes - 1) // 2
+        return float(passes * _lookup(self.weight_bytes, model) + _lookup(self.kv_bytes_per_token, model) * kv_positions)
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{m} {_human(w)}B weights + {_human(self.kv_bytes_per_token[m])}B KV per position"
+                          for m, w in sorted(self.weight_bytes.items()))
+        return f"bytes moved per decoding pass: weights + KV cache read ({parts})"
+
+
 COST_MODELS: dict[str, type[CostModel]] = {
     "token_price": TokenPriceCost,
     "flops": FlopsCost,

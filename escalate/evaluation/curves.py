@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from escalate.evaluation import metrics
+from escalate.evaluation.thresholds import quantile_grid, totals
 
 CURVE_COLUMNS = (
     "threshold",
@@ -48,29 +49,35 @@ def _point(outcome: pd.DataFrame, total_llm_cost: float) -> dict[str, float]:
     }
 
 
-def thresholds(scores: np.ndarray, n_points: int = 101) -> np.ndarray:
-    """Score quantiles at n_points evenly spaced levels (both ends), then +inf.
-
-    The 0-quantile escalates nothing (escalation is score < threshold) and +inf escalates
-    everything, so call rates 0 and 1 are always on the curve.
-    """
-    if n_points < 2:
-        raise ValueError(f"n_points must be >= 2 to include both endpoints, got {n_points}")
-    return np.append(np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, n_points)), np.inf)
-
-
 def sweep(records: pd.DataFrame, mode: str, n_points: int = 101) -> pd.DataFrame:
     """The strategy's curve: one row per threshold (n_points + 1 rows), columns CURVE_COLUMNS.
 
-    Cost is normalized, Σ cost / Σ llm_cost, so LLM-only is 1 and a cascade can exceed it.
+    Cost is normalized, Σ cost / Σ llm_cost, so LLM-only is 1 and a cascade can exceed it. Each
+    query's outcome kept and escalated comes from metrics.outcomes (at −inf and +inf), so the
+    curve prices queries exactly as a single threshold does; the sums over thresholds are prefix
+    sums in score order (thresholds.totals).
     """
     metrics.check_records(records, mode)
     total = _total_llm_cost(records)
-    rows = [
-        {"threshold": t, **_point(metrics.outcomes(records, mode, t, check=False), total)}
-        for t in thresholds(records["score"].to_numpy(float), n_points)
-    ]
-    return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+    grid = quantile_grid(records["score"].to_numpy(float), n_points)
+    columns = ["escalated", "cost", "correct", "latency_s", "overhead_s", "latency_model_s", "overhead_model_s"]
+    kept, escalated = (metrics.outcomes(records, mode, t, check=False)[columns].to_numpy(float)
+                       for t in (-math.inf, math.inf))
+    means = totals(records["score"].to_numpy(float), kept, escalated, grid) / len(records)
+    mean_llm_cost = total / len(records)
+    return pd.DataFrame(
+        {
+            "threshold": grid,
+            "call_rate": means[:, 0],
+            "cost": means[:, 1] / mean_llm_cost,
+            "accuracy": means[:, 2],
+            "agl_s": means[:, 3],
+            "arol_s": means[:, 4],
+            "agl_model_s": means[:, 5],
+            "arol_model_s": means[:, 6],
+        },
+        columns=list(CURVE_COLUMNS),
+    )
 
 
 def oracle_records(records: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
+from escalate.evaluation.thresholds import TOL, cheapest_meeting
+
 MODES = ("cascade", "pregen")
 RECORD_COLUMNS = (
     "id",
@@ -32,9 +34,6 @@ RECORD_COLUMNS = (
     "slm_latency_model_s",
     "llm_latency_model_s",
 )
-# Accuracies are ratios k/n; a target such as A_LLM − δ can land one rounding error above a point
-# that meets it exactly, which must still count as meeting it.
-_TOL = 1e-9
 
 
 def check_records(records: pd.DataFrame, mode: str) -> None:
@@ -146,14 +145,14 @@ def _by_call_rate(curve: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Call rates and accuracies sorted by call rate; the curve must span call rates 0 to 1."""
     ordered = curve.sort_values("call_rate", kind="stable")
     x, a = ordered["call_rate"].to_numpy(float), ordered["accuracy"].to_numpy(float)
-    if x[0] > _TOL or x[-1] < 1 - _TOL:
+    if x[0] > TOL or x[-1] < 1 - TOL:
         raise ValueError(f"curve must span call rates 0 and 1, spans [{x[0]}, {x[-1]}]")
     return x, a
 
 
 def apgr(curve: pd.DataFrame, a_slm: float, a_llm: float) -> float:
     """APGR = (∫₀¹ A(x) dx − A_SLM) / (A_LLM − A_SLM), trapezoid rule; NaN when A_LLM == A_SLM."""
-    if math.isclose(a_llm, a_slm, abs_tol=_TOL):
+    if math.isclose(a_llm, a_slm, abs_tol=TOL):
         return math.nan
     x, a = _by_call_rate(curve)
     area = float(np.sum(np.diff(x) * (a[1:] + a[:-1]) / 2))
@@ -166,11 +165,11 @@ def cpt(curve: pd.DataFrame, p: float, a_slm: float, a_llm: float) -> float:
     NaN when no point reaches the target, and when A_LLM == A_SLM (no gap to close, so any call
     rate would "reach" it and the figure would flatter the strategy).
     """
-    if math.isclose(a_llm, a_slm, abs_tol=_TOL):
+    if math.isclose(a_llm, a_slm, abs_tol=TOL):
         return math.nan
     target = a_slm + p * (a_llm - a_slm)
     x, a = _by_call_rate(curve)
-    reached = np.flatnonzero(a >= target - _TOL)
+    reached = np.flatnonzero(a >= target - TOL)
     if reached.size == 0:
         return math.nan
     i = reached[0]
@@ -199,17 +198,15 @@ def togr(toa_strategy: float, toa_random: float, toa_oracle: float) -> float:
     NaN when the oracle does no better than random mixing (e.g. the LLM is never right where the
     SLM is wrong), since no strategy can then be ranked between them.
     """
-    if math.isclose(toa_oracle, toa_random, abs_tol=_TOL):
+    if math.isclose(toa_oracle, toa_random, abs_tol=TOL):
         return math.nan
     return float((toa_strategy - toa_random) / (toa_oracle - toa_random))
 
 
 def operating_point(curve: pd.DataFrame, a_llm: float, delta: float = 0.02) -> pd.Series | None:
     """The cheapest curve point with A ≥ A_LLM − δ (first by threshold on ties), None if none."""
-    eligible = curve[curve["accuracy"] >= a_llm - delta - _TOL]
-    if eligible.empty:
-        return None
-    return eligible.iloc[int(np.argmin(eligible["cost"].to_numpy(float)))]
+    i = cheapest_meeting(curve["accuracy"], curve["cost"], a_llm, delta)
+    return None if i is None else curve.iloc[i]
 
 
 def saving_at_iso_accuracy(curve: pd.DataFrame, a_llm: float, delta: float = 0.02) -> float:

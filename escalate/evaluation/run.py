@@ -2,11 +2,14 @@
 
 Inputs are the `questions` and `samples` tables; nothing is generated here. Outputs, under one
 directory: `records.parquet` (per query, per strategy), `curves.json`, `metrics.json` (the summary
-table plus model accuracies by difficulty), PNG plots and `report.md`.
+table, model accuracies by difficulty, every threshold policy's calib pick and its test figures, the
+uncertainty benchmark per dataset and difficulty band, and threshold transfer to held-out datasets), the
+fitted routers, PNG plots and `report.md`.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import pickle
@@ -16,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from escalate.evaluation import curves, plots
+from escalate.evaluation import curves, plots, thresholds
 from escalate.evaluation.cost import CostModel
-from escalate.evaluation.records import LatencyModel, build_records, fit_latency_model
-from escalate.evaluation.report import format_table, write_report
+from escalate.evaluation.records import build_records, fit_latency_model
+from escalate.evaluation.report import format_table, markdown_table, write_report
 from escalate.routers import ROUTERS, Router, RouterInputs, make_router
 
 SUMMARY_COLUMNS = (
@@ -38,6 +41,10 @@ SUMMARY_COLUMNS = (
     "agl_s",
     "arol_s",
 )
+POLICY_COLUMNS = ("strategy", "policy", "target", "threshold", "calib_call_rate", "calib_accuracy", "call_rate",
+                  "accuracy", "cost", "accuracy_loss", "met")
+BENCHMARK_COLUMNS = ("task", "band", "strategy", "n", "slm_accuracy", "auroc", "ece", "apgr", "togr")
+TRANSFER_COLUMNS = ("strategy", "policy", "calibration", "datasets", "call_rate", "accuracy_loss", "met")
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,11 @@ class EvalSettings:
     n_points: int
     seed: int
     profile: str
+    # The other threshold policies' targets (thresholds.py); `delta` is the objective's.
+    budget: float = 0.5
+    error_cost: float = 10.0
+    risk_epsilon: float = 0.05
+    risk_alpha: float = 0.1
 
 
 def inputs_for(questions: pd.DataFrame, samples: pd.DataFrame, split: str) -> tuple[RouterInputs, pd.DataFrame]:
@@ -71,38 +83,147 @@ def accuracy_by_difficulty(questions: pd.DataFrame, samples: pd.DataFrame, split
     return rows
 
 
-def fitted_routers(calib: RouterInputs, seed: int, names: list[str] | None = None) -> dict[str, Router]:
-    routers = {}
-    for name in names or list(ROUTERS):
-        router = make_router(name, seed=seed) if name == "random" else make_router(name)
-        routers[name] = router.fit(calib)
-    return routers
+def _constructor_args(name: str) -> dict[str, inspect.Parameter]:
+    return {k: p for k, p in inspect.signature(ROUTERS[name]).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def calib_operating_point(
-    router: Router,
-    calib: RouterInputs,
-    calib_llm: pd.DataFrame,
-    cost: CostModel,
-    latency: LatencyModel,
-    settings: EvalSettings,
-) -> dict[str, float]:
-    """What the profile's objective picks on calib: the cheapest point within δ of LLM-only accuracy.
+def required_args(name: str) -> list[str]:
+    """What router `name` cannot be built without (the hidden-state probes need the SLM checkpoint)."""
+    return [k for k, p in _constructor_args(name).items() if p.default is p.empty]
 
-    Returns the threshold (inf when no point qualifies: escalate everything) and its calib figures,
-    which rank candidates before the test split confirms them.
+
+def build_router(name: str, **available: object) -> Router:
+    """Router `name`, given those of `available` (seed, model_dir, ...) its constructor takes.
+
+    One call site serves every router: the random and embedding routers take the seed, the hidden-
+    state probes the SLM checkpoint. A required argument that is not available is named.
     """
-    records = build_records(router, calib, calib_llm, cost, latency)
-    a_llm = float(records["llm_correct"].mean())
-    point = curves.metrics.operating_point(curves.sweep(records, router.mode, settings.n_points), a_llm, settings.delta)
-    if point is None:
-        return {"threshold": math.inf, "calib_accuracy": a_llm, "calib_cost": math.nan, "calib_llm_accuracy": a_llm}
+    missing = [k for k in required_args(name) if available.get(k) is None]
+    if missing:
+        raise ValueError(f"router {name!r} needs {', '.join(missing)}, which this evaluation was not given")
+    params = _constructor_args(name)
+    return make_router(name, **{k: v for k, v in available.items() if k in params and v is not None})
+
+
+def fitted_routers(calib: RouterInputs, seed: int, names: list[str] | None = None,
+                   model_dir: str | None = None) -> dict[str, Router]:
+    return {name: build_router(name, seed=seed, model_dir=model_dir).fit(calib) for name in names or list(ROUTERS)}
+
+
+def calib_picks(records: pd.DataFrame, mode: str, settings: EvalSettings) -> dict[str, thresholds.Pick]:
+    """Every threshold policy's pick on one strategy's calib records; "accuracy" is the profile's objective."""
+    out = thresholds.Outcomes.from_records(records, mode)
     return {
-        "threshold": float(point["threshold"]),
-        "calib_accuracy": float(point["accuracy"]),
-        "calib_cost": float(point["cost"]),
-        "calib_llm_accuracy": a_llm,
+        "accuracy": thresholds.by_accuracy(out, settings.delta, settings.n_points),
+        "budget": thresholds.by_budget(out, settings.budget, settings.n_points),
+        "cost": thresholds.cost_optimal(out, settings.error_cost, settings.n_points),
+        "risk": thresholds.risk_controlled(out, settings.risk_epsilon, settings.risk_alpha),
     }
+
+
+def policy_rows(strategy: str, picks: dict[str, thresholds.Pick], test: thresholds.Outcomes,
+                settings: EvalSettings) -> list[dict]:
+    """Each policy's calib pick applied unchanged to the test split, and whether test meets its target.
+
+    The cost-optimal policy has an objective, not a target, so `met` is undefined for it.
+    """
+    targets = {
+        "accuracy": f"accuracy >= LLM-only - {settings.delta:g}",
+        "budget": f"call rate <= {settings.budget:g}",
+        "cost": f"least cost + {settings.error_cost:g} x error rate",
+        "risk": f"accuracy loss <= {settings.risk_epsilon:g} w.p. >= {1 - settings.risk_alpha:g}",
+    }
+    rows = []
+    for policy, pick in picks.items():
+        figures = thresholds.realized(test, pick.threshold)
+        met = {
+            "accuracy": figures["accuracy_loss"] <= settings.delta + thresholds.TOL,
+            "budget": figures["call_rate"] <= settings.budget + thresholds.TOL,
+            "risk": figures["accuracy_loss"] <= settings.risk_epsilon + thresholds.TOL,
+        }.get(policy)
+        rows.append({"strategy": strategy, "policy": policy, "target": targets[policy], "threshold": pick.threshold,
+                     "calib_call_rate": pick.call_rate, "calib_accuracy": pick.accuracy, **figures, "met": met})
+    return rows
+
+
+def bands(questions: pd.DataFrame, ids: pd.Series) -> dict[tuple[str, str], pd.Series]:
+    """The ids of each dataset (task) as a whole and of each of its difficulty levels, among `ids`."""
+    meta = questions.set_index("id").loc[ids, ["task", "difficulty"]]
+    out: dict[tuple[str, str], pd.Series] = {}
+    for task, part in meta.groupby("task", sort=True):
+        out[(str(task), "all")] = pd.Series(part.index)
+        for level, level_part in part.dropna(subset=["difficulty"]).groupby("difficulty", sort=True):
+            out[(str(task), str(int(level)))] = pd.Series(level_part.index)
+    return out
+
+
+def uncertainty_benchmark(records: dict[str, pd.DataFrame], routers: dict[str, Router], base: pd.DataFrame,
+                          questions: pd.DataFrame, settings: EvalSettings) -> list[dict]:
+    """Every strategy on every dataset and difficulty band: AUROC, ECE, APGR, ToGR (arXiv 2502.04428's table).
+
+    Each band's APGR is measured against that band's own SLM-only and LLM-only accuracies (the
+    greedy base records), so a band where the SLM is nearly always right says so instead of
+    borrowing the whole split's gap.
+    """
+    rows = []
+    for (task, band), ids in bands(questions, base["id"]).items():
+        ref = base[base["id"].isin(ids)]
+        a_slm, a_llm = float(ref["slm_correct"].mean()), float(ref["llm_correct"].mean())
+        for name, router in routers.items():
+            part = records[name][records[name]["id"].isin(ids)]
+            summary = curves.summarize(part, router.mode, a_slm=a_slm, a_llm=a_llm, delta=settings.delta,
+                                       n_points=settings.n_points, is_probability=router.is_probability)
+            rows.append({"task": task, "band": band, "strategy": name, "n": len(part), "slm_accuracy": a_slm,
+                         **{k: summary[k] for k in ("auroc", "ece", "apgr", "togr")}})
+    return rows
+
+
+def transfer_groups(questions: pd.DataFrame, ids: pd.Series) -> dict[str, pd.Series]:
+    """The finest datasets threshold transfer holds out: each task's difficulty levels, or the task if it has none."""
+    by_band = bands(questions, ids)
+    graded = {task for task, band in by_band if band != "all"}
+    return {f"{task}/{band}": part for (task, band), part in by_band.items() if band != "all" or task not in graded}
+
+
+def threshold_transfer(strategy: str, mode: str, calib: pd.DataFrame, test: pd.DataFrame, questions: pd.DataFrame,
+                       settings: EvalSettings) -> list[dict]:
+    """Thresholds fitted without a dataset, applied to it: do the call rate and accuracy targets still hold?
+
+    Each dataset (transfer_groups) is held out in turn, and the budget and accuracy policies fit
+    their threshold on: its own calib queries ("in-domain", the reference); a balanced mixture of
+    every other dataset's calib queries ("constructed", arXiv 2502.04428's calibration set); or one
+    other dataset's alone ("single source", every choice). The held-out dataset's test queries then
+    give the realized call rate and accuracy loss; `met` is the share of held-out cases meeting the
+    target. Empty when fewer than two datasets have both calib and test queries.
+    """
+    calib_groups, test_groups = transfer_groups(questions, calib["id"]), transfer_groups(questions, test["id"])
+    names = [g for g in test_groups if g in calib_groups]
+    if len(names) < 2:
+        return []
+    cal = {g: thresholds.Outcomes.from_records(calib[calib["id"].isin(calib_groups[g])], mode) for g in names}
+    tst = {g: thresholds.Outcomes.from_records(test[test["id"].isin(test_groups[g])], mode) for g in names}
+    policies = {
+        "budget": (lambda o: thresholds.by_budget(o, settings.budget, settings.n_points),
+                   lambda f: f["call_rate"] <= settings.budget + thresholds.TOL),
+        "accuracy": (lambda o: thresholds.by_accuracy(o, settings.delta, settings.n_points),
+                     lambda f: f["accuracy_loss"] <= settings.delta + thresholds.TOL),
+    }
+    rows = []
+    for policy, (fit, meets) in policies.items():
+        outcomes: dict[str, list[dict]] = {"in-domain": [], "constructed": [], "single source": []}
+        for target in names:
+            others = [cal[g] for g in names if g != target]
+            sources = {"in-domain": [cal[target]], "constructed": [thresholds.balanced_mixture(others, settings.seed)],
+                       "single source": others}
+            for calibration, fitted_on in sources.items():
+                outcomes[calibration] += [thresholds.realized(tst[target], fit(o).threshold) for o in fitted_on]
+        for calibration, figures in outcomes.items():
+            rows.append({"strategy": strategy, "policy": policy, "calibration": calibration, "datasets": len(names),
+                         "call_rate": float(np.mean([f["call_rate"] for f in figures])),
+                         "accuracy_loss": float(np.mean([f["accuracy_loss"] for f in figures])),
+                         "met": float(np.mean([meets(f) for f in figures]))})
+    return rows
 
 
 def evaluate(
@@ -113,19 +234,22 @@ def evaluate(
     out_dir: Path,
     timings: pd.DataFrame,
     routers: list[str] | None = None,
+    *,
+    model_dir: str | None = None,
 ) -> dict:
     """Run every strategy on `settings.split`, write records, curves, plots and the report; return metrics.
 
     `timings` are single-request latencies (sampling.measure_latency) that fit the deterministic
     latency model; batch-amortised sample latencies cannot separate prefill from decode.
+    `model_dir` is the SLM checkpoint, for routers that read its hidden states (the P(IK) probe).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     latency = fit_latency_model(timings)
     test, test_llm = inputs_for(questions, samples, settings.split)
     calib, calib_llm = inputs_for(questions, samples, "calib")
-    fitted = fitted_routers(calib, settings.seed, routers)
+    fitted = fitted_routers(calib, settings.seed, routers, model_dir)
 
-    all_records, curve_map, rows = [], {}, []
+    all_records, curve_map, rows, policies, transfer, by_strategy = [], {}, [], [], [], {}
     base = build_records(fitted.get("p_true_token") or make_router("p_true_token"), test, test_llm, cost, latency)
     refs = curves.reference_points(base)
     a_slm, a_llm = float(refs.at[curves.SLM_ONLY, "accuracy"]), float(refs.at[curves.LLM_ONLY, "accuracy"])
@@ -135,6 +259,7 @@ def evaluate(
         with (out_dir / "routers" / f"{name}.pkl").open("wb") as fh:
             pickle.dump(router, fh)
         records = build_records(router, test, test_llm, cost, latency)
+        by_strategy[name] = records
         all_records.append(records.assign(strategy=name))
         curve_map[name] = curves.sweep(records, router.mode, settings.n_points)
         summary = curves.summarize(
@@ -146,20 +271,24 @@ def evaluate(
             n_points=settings.n_points,
             is_probability=router.is_probability,
         )
-        chosen = (
-            calib_operating_point(router, calib, calib_llm, cost, latency, settings)
-            if len(calib.questions)
-            else {"threshold": math.inf}
-        )
-        at = curves.metrics.outcomes(records, router.mode, chosen["threshold"])
+        chosen: dict[str, float] = {"threshold": math.inf}
+        if len(calib.questions):
+            calib_records = build_records(router, calib, calib_llm, cost, latency)
+            picks = calib_picks(calib_records, router.mode, settings)
+            policies += policy_rows(name, picks, thresholds.Outcomes.from_records(records, router.mode), settings)
+            transfer += threshold_transfer(name, router.mode, calib_records, records, questions, settings)
+            objective = picks["accuracy"]
+            chosen = {"threshold": objective.threshold, "calib_accuracy": objective.accuracy,
+                      "calib_cost": objective.cost, "calib_llm_accuracy": float(calib_records["llm_correct"].mean())}
+        at = thresholds.realized(thresholds.Outcomes.from_records(records, router.mode), chosen["threshold"])
         rows.append(
             {
                 "strategy": name,
                 "mode": router.mode,
                 **chosen,
-                "accuracy": float(at["correct"].mean()),
-                "cost": float(at["cost"].sum() / records["llm_cost"].sum()),
-                "call_rate": float(at["escalated"].mean()),
+                "accuracy": at["accuracy"],
+                "cost": at["cost"],
+                "call_rate": at["call_rate"],
                 **summary,
             }
         )
@@ -217,6 +346,7 @@ def evaluate(
         {f"Reliability: {p.stem.removeprefix('reliability_')}": p for p in sorted(out_dir.glob("reliability_*.png"))}
     )
     by_difficulty = accuracy_by_difficulty(questions, samples, settings.split)
+    benchmark = uncertainty_benchmark(by_strategy, fitted, base, questions, settings)
     context = {
         "profile": settings.profile,
         "split": settings.split,
@@ -234,6 +364,12 @@ def evaluate(
         plots={k: Path(v).name for k, v in png.items()},
         extra_sections={
             "Accuracy by difficulty (greedy)": "```\n" + format_table(by_difficulty) + "\n```",
+            "Threshold policies (fitted on calib, applied to this split)": POLICY_GUIDE
+            + "\n\n" + markdown_table(policies, POLICY_COLUMNS),
+            "Uncertainty benchmark (by dataset and difficulty band)": BENCHMARK_GUIDE
+            + "\n\n" + markdown_table(benchmark, BENCHMARK_COLUMNS),
+            "Threshold transfer (to a dataset not seen when fitting)": TRANSFER_GUIDE + "\n\n"
+            + (markdown_table(transfer, TRANSFER_COLUMNS) if transfer else "Fewer than two datasets: nothing to transfer."),
             "Latency model": "\n".join(
                 f"- {m}: {p * 1e3:.3f} ms/prompt token, {d * 1e3:.3f} ms/output token"
                 for m, (p, d) in latency.coef.items()
@@ -247,6 +383,9 @@ def evaluate(
         "a_llm": a_llm,
         "summary": rows,
         "accuracy_by_difficulty": by_difficulty,
+        "threshold_policies": policies,
+        "uncertainty_benchmark": benchmark,
+        "threshold_transfer": transfer,
         "latency_model": latency.coef,
     }
     (out_dir / "metrics.json").write_text(to_json(metrics))
@@ -258,7 +397,30 @@ READING_GUIDE = """\
   point within δ of LLM-only accuracy there), applied unchanged to this split.
 - `apgr`, `cpt50`, `cpt80`, `togr`, `saving_at_iso_accuracy`: over the whole threshold sweep on this split.
 - `agl_s`, `arol_s`: measured wall time at this split's own iso-accuracy operating point.
-- Random is the analytic expectation of random mixing; oracle escalates exactly the SLM's mistakes."""
+- Random is the analytic expectation of random mixing; oracle escalates exactly the SLM's mistakes.
+- Threshold policies: every strategy's threshold fitted on calib by each policy (evaluation/thresholds.py)
+  and what it gives here; `met` says whether this split meets the policy's target.
+- Uncertainty benchmark: the same figures per dataset and difficulty band, each band against its own
+  SLM-only and LLM-only accuracies."""
+
+POLICY_GUIDE = """\
+`accuracy` is the profile's objective (the threshold in the summary). `budget` and `accuracy` are plug-in
+rules: on a finite calib split they miss their target on new data about as often as they meet it.
+`risk` is Learn-then-Test with an exact binomial test: with probability at least 1 − α over the calib
+draw, its accuracy loss against LLM-only stays within ε on data from the same distribution.
+`cost` minimizes cost plus the price of an error (in LLM calls) and has no target."""
+
+TRANSFER_GUIDE = """\
+Each dataset (a task's difficulty level) is held out in turn; the budget and accuracy policies fit their
+threshold on its own calib queries (`in-domain`), on a balanced mixture of the other datasets' calib
+queries (`constructed`, as arXiv 2502.04428 builds its calibration set) or on one other dataset alone
+(`single source`). `call_rate` and `accuracy_loss` (vs LLM-only) are means over the held-out cases on
+their test queries; `met` is the share of cases meeting the policy's target. Only the threshold is
+refitted: a learned router (embedding, probe) was fitted on all of calib, the held-out dataset included."""
+
+BENCHMARK_GUIDE = """\
+After arXiv 2502.04428: how well each strategy's score tracks SLM correctness (AUROC, ECE where the score
+is a probability) and what that buys when routing (APGR, ToGR), per dataset and difficulty band."""
 
 
 def to_json(value: object) -> str:

@@ -33,7 +33,7 @@ from escalate.registry.gates import GateResult, all_passed
 from escalate.telemetry import disable_telemetry
 
 DEFAULT_NAME = "escalate-cascade"
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, SERVING = "champion", "challenger", "serving"
 GATE_PREFIX = "gate."
 TAG_PASSED = "gates.passed"
 TAG_FAILED = "gates.failed"
@@ -69,11 +69,9 @@ class Registration:
         if self.passed and self.champion == self.version:
             was = f" (was version {self.previous_champion})" if self.previous_champion else " (first champion)"
             return f"{name} version {self.version}: every gate passed; @champion -> {self.version}{was}"
-        kept = f"stays at version {self.champion}" if self.champion else "is still unset"
         if self.passed:
-            return f"{name} version {self.version}: every gate passed, not this run's pick; @champion {kept}"
-        kept = f"stays at version {self.champion}" if self.champion else "is still unset"
-        return f"{name} version {self.version}: rejected by {', '.join(self.failed)}; @champion {kept}"
+            return f"{name} version {self.version}: every gate passed"
+        return f"{name} version {self.version}: rejected by {', '.join(self.failed)}"
 
 
 def who(by: str | None = None) -> str:
@@ -345,6 +343,20 @@ class Registry:
                                  "escalate.restored_reason": why, "escalate.restored_from": str(current)})))
         self._move({CHAMPION: str(previous)}, before, f"roll back to version {previous}")
         return str(current), str(previous)
+
+    def resolve(self, alias: str) -> ModelVersion:
+        """The version behind @alias; RegistryError naming the aliases that exist when it is unset."""
+        mv = self._by_alias(alias)
+        if mv is None:
+            known = ", ".join(f"@{a} -> v{v}" for a, v in sorted(self.aliases().items())) or "none"
+            raise RegistryError(f"{self.name} has no @{alias} (aliases: {known})")
+        return mv
+
+    def mark_serving(self, version: str | int, tags: Mapping[str, str]) -> None:
+        """Record a deployment on the version (tags) and move @serving to it."""
+        before = self.aliases()
+        self._write(f"tag version {version}'s deployment (no alias moved)", lambda: self._tag(version, tags))
+        self._move({SERVING: str(version)}, before, f"move @serving to version {version}")
 
     # ---- helpers -----------------------------------------------------------------------------
     def _registered_model(self) -> Any:

@@ -192,34 +192,46 @@ def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Rou
     return Cascade(backends["slm"], backends["llm"], router, spec.threshold, spec.cost, spec.sampling, spec.seed)
 
 
+def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Router, dict[str, str]]:
+    """A bundle's spec, fitted router and checkpoint dirs from its artifact paths (key -> local path).
+
+    Checks every bundled checkpoint file against the sizes cascade.json lists before any weights
+    load, so an incomplete upload or export fails here, naming the file.
+    """
+    missing = [key for key in ("cascade", "router") if key not in artifacts]
+    if missing:
+        raise BundleError(f"bundle lacks artifacts {missing}")
+    spec_path, router_path = Path(artifacts["cascade"]), Path(artifacts["router"])
+    for path in (spec_path, router_path):
+        if not path.is_file():
+            raise BundleError(f"bundle artifact {path.name} is missing at {path}")
+    try:
+        raw = json.loads(spec_path.read_text())
+        with router_path.open("rb") as fh:
+            router = pickle.load(fh)
+    except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError) as exc:
+        raise BundleError(f"bundle artifact unreadable ({spec_path.parent}): {type(exc).__name__}: {exc}") from None
+    spec = CascadeSpec.from_dict(raw)
+    checkpoints = {role: artifacts[role] for role in ROLES if role in artifacts}
+    for role in ROLES:
+        if getattr(spec, role).backend != "openai" and role not in checkpoints:
+            raise BundleError(f"bundle lacks the {role} checkpoint")
+    for role, files in raw.get("checkpoint_files", {}).items():
+        if role not in checkpoints:
+            raise BundleError(f"bundle lacks the {role} checkpoint its {SPEC_FILE} lists")
+        check_files(Path(checkpoints[role]), files, role)
+    if "slm" in checkpoints:
+        router.bind_slm(str(checkpoints["slm"]))  # not the path it was fitted with, which may not exist here
+    return spec, router, checkpoints
+
+
 class CascadeModel(mlflow.pyfunc.PythonModel):
     """The pyfunc wrapper: load_context builds the Cascade from the artifacts, predict answers a DataFrame."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         disable_telemetry()
-        artifacts = context.artifacts
-        missing = [key for key in ("cascade", "router") if key not in artifacts]
-        if missing:
-            raise BundleError(f"bundle lacks artifacts {missing}")
-        spec_path, router_path = Path(artifacts["cascade"]), Path(artifacts["router"])
-        for path in (spec_path, router_path):
-            if not path.is_file():
-                raise BundleError(f"bundle artifact {path.name} is missing at {path}")
-        raw = json.loads(spec_path.read_text())
-        spec = CascadeSpec.from_dict(raw)
-        with router_path.open("rb") as fh:
-            router = pickle.load(fh)
-        checkpoints = {role: artifacts[role] for role in ROLES if role in artifacts}
-        for role in ROLES:
-            if getattr(spec, role).backend != "openai" and role not in checkpoints:
-                raise BundleError(f"bundle lacks the {role} checkpoint")
-        # Fail before loading any weights when a file is missing or truncated (an incomplete upload).
-        for role, files in raw.get("checkpoint_files", {}).items():
-            if role not in checkpoints:
-                raise BundleError(f"bundle lacks the {role} checkpoint its {SPEC_FILE} lists")
-            check_files(Path(checkpoints[role]), files, role)
-        self.spec = spec
-        self.cascade = build_cascade(spec, checkpoints, router, (context.model_config or {}).get("overrides"))
+        self.spec, router, checkpoints = read_bundle(context.artifacts)
+        self.cascade = build_cascade(self.spec, checkpoints, router, (context.model_config or {}).get("overrides"))
 
     # A DataFrame hint: MLflow 3 derives no schema from it, so the bundle's explicit signature applies.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:

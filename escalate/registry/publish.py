@@ -1,9 +1,10 @@
 """From an evaluation to registered candidates: rank them by the profile's objective, gate, register.
 
-Every evaluated strategy is a candidate. The objective is fixed on the calib split (the lowest cost
-at accuracy >= LLM-only - delta there); the test split confirms it through the gates. Candidates are
-registered in reverse rank order, so the objective's pick is registered last: @challenger ends on it,
-and it alone may take @champion, only if every gate passed.
+Every evaluated strategy is a candidate. The objective ranks them on the calib split (the lowest
+cost at accuracy >= LLM-only - delta there); the test split checks them through the gates.
+Candidates are registered in reverse rank order, so the objective's pick is registered last and
+@challenger ends on it; then @champion moves to the best-ranked candidate that passed every gate
+(champion_pick), or stays where it is when none did.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pandas as pd
 
 from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
+from escalate.evaluation.thresholds import meets_accuracy
 from escalate.registry.aliases import Registration, Registry, lineage_tags
 from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
 from escalate.registry.gates import candidate_gates, load_gate, per_query_outcomes
@@ -37,7 +39,7 @@ def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str
         ok = (
             cost is not None
             and math.isfinite(float(cost))
-            and float(row["calib_accuracy"]) >= float(row["calib_llm_accuracy"]) - delta - 1e-9
+            and bool(meets_accuracy(float(row["calib_accuracy"]), float(row["calib_llm_accuracy"]), delta))
         )
         return (0, float(cost), row["strategy"]) if ok else (1, math.inf, row["strategy"])
 
@@ -57,6 +59,11 @@ class Candidate:
     registration: Registration
     model_uri: str
     gates: list
+
+
+def champion_pick(ranked: Sequence[Candidate]) -> Candidate | None:
+    """The first candidate, in the objective's calib order, whose every gate passed; None when none did."""
+    return next((c for c in ranked if c.registration.passed), None)
 
 
 def router_kwargs(strategy: str, seed: int) -> dict[str, Any]:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from escalate.routers.base import Router, RouterInputs
+from escalate.routers.corea_confidence import CoreaConfidenceRouter
+from escalate.routers.embedding_features import EmbeddingFeaturesRouter
 from escalate.routers.embedding_knn import EmbeddingKNNRouter
 from escalate.routers.embedding_lr import EmbeddingLRRouter
 from escalate.routers.embedding_mlp import EmbeddingMLPRouter
 from escalate.routers.entropy import EntropyRouter
+from escalate.routers.joint_pik_pt import JointPIKPTRouter
 from escalate.routers.logprob import MeanLogprobRouter, MinLogprobRouter
+from escalate.routers.pik_probe import PIKProbeRouter
 from escalate.routers.prompt_length import PromptLengthRouter
 from escalate.routers.random_router import RandomRouter
 from escalate.routers.sater_refusal import SaterRefusalRouter
@@ -28,6 +32,10 @@ ROUTERS: dict[str, type[Router]] = {
     "embedding_lr": EmbeddingLRRouter,
     "embedding_knn": EmbeddingKNNRouter,
     "embedding_mlp": EmbeddingMLPRouter,
+    "embedding_features": EmbeddingFeaturesRouter,
+    "corea_confidence": CoreaConfidenceRouter,
+    "pik_probe": PIKProbeRouter,
+    "joint_pik_pt": JointPIKPTRouter,
 }
 
 

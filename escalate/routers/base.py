@@ -46,7 +46,16 @@ class Router(ABC):
         """One score per question, in `inputs.questions` order; higher = keep with the SLM."""
 
     def escalate(self, inputs: RouterInputs, threshold: float) -> np.ndarray:
-        return self.score(inputs) < threshold
+        return self.decide(self.score(inputs), threshold)
+
+    @staticmethod
+    def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
+        """The one threshold rule, for callers that already hold the scores."""
+        return np.asarray(scores, dtype=float) < threshold
+
+    def bind_slm(self, checkpoint: str) -> None:  # noqa: B027 (an optional hook, a no-op for most routers)
+        """Read the SLM from `checkpoint` from now on; routers that read the SLM's weights override this,
+        so a bundle re-points them at its own copy of the SLM wherever it is loaded."""
 
     def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
         """Per question: the answer this strategy's SLM side gives and whether it is correct."""

@@ -11,6 +11,7 @@ from abc import abstractmethod
 
 import numpy as np
 from sklearn.base import ClassifierMixin
+from threadpoolctl import threadpool_limits
 
 from escalate.routers.base import Router, RouterInputs
 
@@ -41,7 +42,10 @@ class ClassifierRouter(Router):
         if len(np.unique(y)) < 2:
             self._clf, self._constant = None, float(y.mean()) if len(y) else 0.5
         else:
-            self._clf, self._constant = self._classifier(len(y)).fit(self._features(calib), y), None
+            features = self._features(calib)
+            # Many small fits (inner grid searches): one BLAS thread each beats a thread pool's start-up.
+            with threadpool_limits(1):
+                self._clf, self._constant = self._classifier(len(y)).fit(features, y), None
         return self
 
     def score(self, inputs: RouterInputs) -> np.ndarray:

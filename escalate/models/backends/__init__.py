@@ -27,7 +27,7 @@ def _vllm(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
 def _openai(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
     from escalate.models.backends.openai_http import OpenAIBackend
 
-    return OpenAIBackend(cfg.endpoint or "", model=cfg.name, api_key_env=cfg.api_key_env)
+    return OpenAIBackend(cfg.endpoint or "", model=cfg.name, api_key_env=cfg.api_key_env, top_logprobs=cfg.top_logprobs)
 
 
 BACKENDS = {"hf": _hf, "vllm": _vllm, "openai": _openai}

@@ -182,6 +182,8 @@ class OpenAIBackend(GenerationBackend):
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         if not prompts:
             return []
+        if len(prompts) == 1:  # the gateway's case: no pool to start and stop
+            return [self._complete(prompts[0], params)]
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts)))
         try:
             return list(pool.map(lambda prompt: self._complete(prompt, params), prompts))

@@ -1,0 +1,163 @@
+"""P(IK), "I know": a probe on the SLM's own hidden states that predicts, before it answers, whether
+it will be right (arXiv 2602.22090's P(IK)).
+
+The SLM reads the prompt once (prefill only, no generation) and a logistic regression on one layer's
+hidden state gives P(SLM correct). Which layer, how the prompt's tokens are pooled (the last token,
+or the mean over all of them) and the regularization are chosen by AUROC on held-out folds of the
+calib split, then the probe is refitted on all of calib. It decides before generating, so it is a
+pre-generation router; the prefill it costs is not priced (records carry no router cost yet).
+
+The probe needs the SLM checkpoint (`model_dir`, which the evaluation stage passes); the checkpoint
+is loaded once per process and each distinct prompt is read once, as for the embedding routers. A
+pickled probe holds the path and the fitted regression, not the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from escalate.prompts import format_prompt
+from escalate.routers.base import Router, RouterInputs
+
+POOLINGS = ("last", "mean")
+C_GRID = (0.01, 0.1, 1.0)
+
+
+class HiddenStates:
+    """Prompt -> hidden states of every layer (embeddings first), pooled both ways: (poolings, layers + 1, hidden)."""
+
+    def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 32) -> None:
+        from escalate.models.backends.hf import HFBackend  # torch: only when a probe runs
+
+        # The backend's prompt encoding (bos token or chat template) is what sampling fed the SLM.
+        self.backend = HFBackend(model_dir, device=device, batch_size=batch_size)
+        self.batch_size = batch_size
+        self._cache: dict[str, np.ndarray] = {}
+
+    def pooled(self, prompts: Sequence[str]) -> np.ndarray:
+        new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        for start in range(0, len(new), self.batch_size):
+            part = new[start : start + self.batch_size]
+            self._cache.update(zip(part, self._forward(part)))
+        return np.stack([self._cache[p] for p in prompts])
+
+    def _forward(self, prompts: list[str]) -> np.ndarray:
+        import torch
+
+        encoded = [self.backend.encode_prompt(p) for p in prompts]
+        width = max(len(ids) for ids in encoded)
+        pad = self.backend.tokenizer.pad_token_id
+        device = self.backend.device
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        # Left padding must not shift positions, or a prompt's states would depend on its batch.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            out = self.backend.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                     output_hidden_states=True)
+        states = torch.stack(out.hidden_states, dim=1).float()  # (batch, layers + 1, tokens, hidden)
+        weights = mask[:, None, :, None].float()
+        mean = (states * weights).sum(2) / weights.sum(2)
+        return torch.stack([states[:, :, -1], mean], dim=1).cpu().numpy()  # left padding: last = prompt's end
+
+
+@cache
+def get_hidden_states(model_dir: str, device: str = "auto") -> HiddenStates:
+    """The process-wide hidden-state reader of one checkpoint."""
+    return HiddenStates(model_dir, device)
+
+
+def prompts_of(inputs: RouterInputs) -> list[str]:
+    """The prompts the SLM was given, built exactly as sampling built them."""
+    q = inputs.questions
+    choices = q["choices"] if "choices" in q else [None] * len(q)
+    return [format_prompt(str(text), c if isinstance(c, str) else None) for text, c in zip(q["question"], choices)]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The probe's chosen layer, pooling and C, their held-out AUROC, and out-of-fold calib scores."""
+
+    pooling: str
+    layer: int
+    c: float
+    auroc: float
+    out_of_fold: np.ndarray
+
+
+def _probe(c: float) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+
+
+def select(features: np.ndarray, correct: np.ndarray, seed: int) -> Selection:
+    """Every (pooling, layer, C) scored by out-of-fold AUROC on calib; the best wins (the earliest on ties).
+
+    features: (questions, poolings, layers + 1, hidden); both classes must occur at least twice.
+    """
+    folds = min(5, int(correct.sum()), int((~correct).sum()))
+    splits = list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(features, correct))
+    candidates = []
+    # Hundreds of small fits: one BLAS thread each is several times faster than a pool on a busy machine.
+    with threadpool_limits(1):
+        for p, pooling in enumerate(POOLINGS):
+            for layer in range(features.shape[2]):
+                x = features[:, p, layer]
+                for c in C_GRID:
+                    oof = np.empty(len(correct))
+                    for train, held in splits:
+                        oof[held] = _probe(c).fit(x[train], correct[train]).predict_proba(x[held])[:, 1]
+                    candidates.append(Selection(pooling, layer, c, float(roc_auc_score(correct, oof)), oof))
+    return max(candidates, key=lambda s: s.auroc)  # max keeps the first of equals
+
+
+class PIKProbeRouter(Router):
+    """Score = P(SLM correct) from a logistic regression on one layer of the SLM's prompt hidden states."""
+
+    name = "pik_probe"
+    mode = "pregen"
+    is_probability = True
+
+    selection: Selection | None = None
+    _clf: Pipeline | None = None
+    _constant: float | None = None
+
+    def __init__(self, model_dir: str, seed: int = 0, device: str = "auto") -> None:
+        self.model_dir = model_dir
+        self.seed = seed
+        self.device = device
+
+    def bind_slm(self, checkpoint: str) -> None:
+        self.model_dir = checkpoint
+
+    def features(self, inputs: RouterInputs) -> np.ndarray:
+        """(questions, poolings, layers + 1, hidden) prompt hidden states."""
+        return get_hidden_states(self.model_dir, self.device).pooled(prompts_of(inputs))
+
+    def fit(self, calib: RouterInputs) -> PIKProbeRouter:
+        y = calib.greedy()["correct"].to_numpy(bool)
+        if min(y.sum(), (~y).sum()) < 2:  # too few of one class to hold any out: its rate is all we know
+            self.selection, self._clf, self._constant = None, None, float(y.mean()) if len(y) else 0.5
+            return self
+        features = self.features(calib)
+        self.selection = select(features, y, self.seed)
+        x = features[:, POOLINGS.index(self.selection.pooling), self.selection.layer]
+        self._clf, self._constant = _probe(self.selection.c).fit(x, y), None
+        return self
+
+    def score(self, inputs: RouterInputs) -> np.ndarray:
+        if self._constant is not None:
+            return np.full(len(inputs.questions), self._constant)
+        if self._clf is None or self.selection is None:
+            raise RuntimeError(f"router {self.name!r} must be fitted on a calib split before scoring")
+        x = self.features(inputs)[:, POOLINGS.index(self.selection.pooling), self.selection.layer]
+        return self._clf.predict_proba(x)[:, 1]

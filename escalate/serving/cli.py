@@ -1,0 +1,121 @@
+"""`escalate serve` (the gateway) and `escalate promote` (the Prefect flow `promote`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from escalate.serving.deployment import CURRENT_FILE, SERVING_DIR
+
+
+def add_serving_commands(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway in front of the deployed cascade",
+                           description="Run the gateway. It serves serving/current.json (the last promotion) "
+                                       "and is switched by `escalate promote`. The API key is $ESCALATE_API_KEY, "
+                                       "else the one kept in serving/gateway.key.")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--root", type=Path, default=Path("."), help="project root holding serving/")
+    serve.add_argument("--deployment", type=Path, default=None, help="a deployment.json to serve (default: current)")
+    serve.add_argument("--no-current", action="store_true", help="start without a deployment (promote loads one)")
+    serve.add_argument("--detach", action="store_true", help="start in the background; serving/gateway.json says where")
+    serve.add_argument("--stop", action="store_true",
+                       help="stop the background gateway and the vLLM servers of the current deployment")
+    serve.add_argument("--max-concurrency", type=int, default=8, help="requests answered at once")
+    serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond that before 429s")
+    serve.add_argument("--max-body-bytes", type=int, default=64_000, help="larger bodies get 413")
+    serve.set_defaults(handler=_serve)
+
+    promote = sub.add_parser("promote", help="serve a registry alias: vLLM servers, gateway switch, smoke test",
+                             description="Runs the Prefect flow `promote`: resolve the alias, export its bundle, start "
+                                         "vLLM for the self-hosted models, switch the gateway, send smoke queries, "
+                                         "record the deployment and move @serving. On any failure everything is "
+                                         "left as it was and the exit status is 1.")
+    promote.add_argument("--alias", default="champion", help="registry alias to serve (default: champion)")
+    promote.add_argument("--profile", default="tiny", help="profile whose tracking URI holds the registry")
+    promote.add_argument("--root", type=Path, default=Path("."))
+    promote.add_argument("--timeout", type=float, default=300.0, help="seconds each server may take to be healthy")
+    promote.set_defaults(handler=_promote)
+
+    export = sub.add_parser("export", help="write a deployment (bundle + deployment.json) for servers run elsewhere",
+                            description="Export @alias's bundle to DIR with a deployment.json naming the servers "
+                                        "(Kubernetes, compose) that serve its models; `escalate serve --deployment "
+                                        "DIR/deployment.json` then serves it. vLLM must serve each model under "
+                                        "its role name (--served-model-name slm / llm).")
+    export.add_argument("--alias", default="champion")
+    export.add_argument("--to", type=Path, required=True, help="directory to write (a volume the gateway mounts)")
+    export.add_argument("--endpoint", action="append", default=[], metavar="ROLE=URL", required=True,
+                        help="where a model's OpenAI server is, e.g. slm=http://vllm-slm:8000 (repeat per model)")
+    export.add_argument("--profile", default="tiny", help="profile whose tracking URI holds the registry")
+    export.add_argument("--root", type=Path, default=Path("."))
+    export.set_defaults(handler=_export)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from escalate.serving import gateway_process
+    from escalate.serving.deployment import current
+
+    root = args.root.resolve()
+    if args.stop:
+        gateway = gateway_process.running(root)
+        if gateway is not None:
+            gateway.stop()
+            print(f"stopped the gateway at {gateway.url} (pid {gateway.pid})")
+        from escalate.serving.promote import retire
+
+        deployment = current(root)
+        retire(deployment)
+        if deployment is not None:
+            (root / SERVING_DIR / CURRENT_FILE).unlink(missing_ok=True)
+            print(f"stopped the servers of {deployment.label}")
+        return 0
+    if args.detach:
+        gateway = gateway_process.running(root) or gateway_process.start(root, args.port, args.host)
+        print(f"gateway at {gateway.url}/v1 (pid {gateway.pid}, log {gateway.log})")
+        return 0
+    return _run_gateway(args, root)
+
+
+def _run_gateway(args: argparse.Namespace, root: Path) -> int:
+    import uvicorn
+
+    from escalate.serving.deployment import current
+    from escalate.serving.gateway import GatewaySettings, create_app, load_current
+    from escalate.serving.gateway_process import api_key
+
+    settings = GatewaySettings(api_keys=(api_key(root),), max_body_bytes=args.max_body_bytes,
+                               max_concurrency=args.max_concurrency, max_queue=args.max_queue)
+    app = create_app(settings)
+    deployment = args.deployment or (None if args.no_current else (current(root) and Path(current(root).path)))
+    if deployment:
+        print(f"loading {deployment}: {load_current(app, Path(deployment))}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from escalate.config import load_profile
+    from escalate.registry.aliases import Registry
+    from escalate.serving.promote import export
+    from escalate.tracking import resolve_uri
+
+    endpoints = dict(item.split("=", 1) for item in args.endpoint if "=" in item)
+    bad = [item for item in args.endpoint if "=" not in item] + [r for r in endpoints if r not in ("slm", "llm")]
+    if bad:
+        print(f"escalate: error: --endpoint takes ROLE=URL with ROLE slm or llm; got {bad}", file=sys.stderr)
+        return 2
+    root = args.root.resolve()
+    registry = Registry(resolve_uri(load_profile(args.profile, root).tracking.uri, root))
+    deployment = export(registry, args.alias, root, args.to.resolve(), endpoints)
+    print(f"wrote {deployment.path} ({deployment.label}, endpoints {deployment.endpoints})")
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    """The flow lives in flows/ (escalate itself never imports Prefect): run it as its own process."""
+    command = [sys.executable, "-m", "flows.promote", "--alias", args.alias, "--profile", args.profile,
+               "--root", str(args.root), "--timeout", str(args.timeout)]
+    return subprocess.call(command, env=os.environ.copy())

@@ -1,0 +1,90 @@
+"""The gateway as a background process: started by `escalate serve --detach` or by `promote`, found again
+through serving/gateway.json, stopped by its PID.
+
+The API key comes from $ESCALATE_API_KEY; without one, a random key is made once and kept in
+serving/gateway.key (mode 600), so the demo is authenticated without any set-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from escalate.serving.deployment import GATEWAY_FILE, SERVING_DIR, write_json
+from escalate.serving.gateway import API_KEY_ENV
+from escalate.serving.vllm_server import ServerError, free_port, stop_group, wait_gone
+
+KEY_FILE = "gateway.key"
+
+
+def api_key(root: Path) -> str:
+    """$ESCALATE_API_KEY, else the key kept in serving/gateway.key (made on first use)."""
+    if os.environ.get(API_KEY_ENV):
+        return os.environ[API_KEY_ENV]
+    path = root / SERVING_DIR / KEY_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"esk-{secrets.token_urlsafe(24)}\n")
+    return path.read_text().strip()
+
+
+@dataclass
+class GatewayProcess:
+    url: str
+    pid: int
+    log: str
+
+    def alive(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        if stop_group(self.pid):
+            wait_gone(self.pid)
+
+
+def running(root: Path) -> GatewayProcess | None:
+    """The gateway recorded in serving/gateway.json, if it still answers."""
+    import json
+
+    path = root / SERVING_DIR / GATEWAY_FILE
+    if not path.is_file():
+        return None
+    process = GatewayProcess(**json.loads(path.read_text()))
+    return process if process.alive() else None
+
+
+def start(root: Path, port: int | None = None, host: str = "127.0.0.1", timeout_s: float = 120.0) -> GatewayProcess:
+    """Start `escalate serve` in the background (no deployment yet: promote switches it) and wait for /health."""
+    port = port or free_port(host)
+    log = root / SERVING_DIR / "gateway.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, API_KEY_ENV: api_key(root)}
+    command = [sys.executable, "-m", "escalate.cli", "serve", "--host", host, "--port", str(port), "--root", str(root),
+               "--no-current"]
+    with log.open("ab") as fh:
+        proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                cwd=root)
+    process = GatewayProcess(url=f"http://{host}:{port}", pid=proc.pid, log=str(log))
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise ServerError(f"the gateway exited with code {proc.returncode} while starting; {log}:\n{tail}")
+        if process.alive():
+            write_json(root / SERVING_DIR / GATEWAY_FILE, {"url": process.url, "pid": process.pid, "log": process.log})
+            return process
+        time.sleep(0.5)
+    process.stop()
+    raise ServerError(f"the gateway did not answer /health on {process.url} within {timeout_s:.0f} s; see {log}")

@@ -1,0 +1,49 @@
+"""The gateway's Prometheus metrics: requests, escalations, cost and latency, per route and model.
+
+Each app gets its own CollectorRegistry, so two gateways in one process (tests) do not share counts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+COST_BUCKETS = (0.0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("escalate_requests_total", "requests by route and HTTP status", ["route", "status"],
+                                registry=r)
+        self.answers = Counter("escalate_answers_total", "answers by the model that gave them and the strategy",
+                               ["model", "strategy"], registry=r)
+        self.escalations = Counter("escalate_escalations_total",
+                                   "requests sent to the LLM, by reason (router: the strategy; slm_down: fallback)",
+                                   ["reason"], registry=r)
+        self.model_errors = Counter("escalate_model_unavailable_total", "requests that found a model down",
+                                    ["model"], registry=r)
+        self.latency = Histogram("escalate_request_latency_seconds", "gateway wall time per request, by route",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.step_latency = Histogram("escalate_step_latency_seconds", "time of each step of the cascade",
+                                      ["step"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cost = Histogram("escalate_cost", "cost per answered request (the bundle's cost model), by model",
+                              ["model"], buckets=COST_BUCKETS, registry=r)
+        self.in_flight = Gauge("escalate_in_flight_requests", "requests answering or waiting for a worker", registry=r)
+
+    def observe_answer(self, result: dict[str, Any], fallback: str | None) -> None:
+        model = result["model"]
+        self.answers.labels(model, result["strategy"]).inc()
+        if result["escalated"]:
+            self.escalations.labels(fallback or "router").inc()
+        self.cost.labels(model).observe(float(result["cost"]))
+        for step in ("slm", "router", "llm"):
+            seconds = float(result[f"latency_{step}_s"])
+            if seconds > 0:
+                self.step_latency.labels(step).observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
