@@ -204,3 +204,16 @@ def test_rank_candidates_puts_the_cheapest_qualifying_calib_point_first() -> Non
     ]
     # p_true_token is cheapest but misses LLM - delta on calib; random found no threshold; oracle is no router.
     assert rank_candidates(rows, delta=0.02) == ["mean_logprob", "entropy", "p_true_token", "random"]
+
+
+def test_champion_pick_is_the_best_ranked_candidate_that_passed_every_gate() -> None:
+    from escalate.registry.aliases import Registration
+    from escalate.registry.publish import Candidate, champion_pick
+
+    def candidate(name: str, passed: bool) -> Candidate:
+        return Candidate(name, Registration(name, passed, None, None, [] if passed else ["accuracy"]), "m", [])
+
+    ranked = [candidate("embedding_lr", False), candidate("pik_probe", False), candidate("entropy", True),
+              candidate("embedding_features", True)]
+    assert champion_pick(ranked).strategy == "entropy"
+    assert champion_pick(ranked[:2]) is None and champion_pick([]) is None
