@@ -352,7 +352,9 @@ def _corea_evaluations(profile: Profile, root: Path | str, questions: pd.DataFra
             continue
         for model, slm in slm_samples.items():
             router, where = corea_report.ROUTER[model], Path("eval") / model / domain
-            result = evaluate(domain_questions, pd.concat([slm, llm], ignore_index=True), cost, settings,
+            # the label names the model and domain in each plot's title, which otherwise names only the router
+            labelled = dataclasses.replace(settings, profile=f"{profile.name}, {model}, {domain}")
+            result = evaluate(domain_questions, pd.concat([slm, llm], ignore_index=True), cost, labelled,
                               p["corea"] / where, timings, routers=[router])
             greedy = slm[(slm["sample_idx"] == 0) & slm["id"].isin(tested)]
             rows.append(corea_report.model_row(model, domain, result, greedy))
@@ -368,7 +370,8 @@ def corea_candidate(profile: Profile, root: Path | str = ".") -> tuple[Profile, 
     `registry.publish.register_candidate("corea_confidence", profile=..., eval_dir=..., ...)` takes both.
     """
     out = paths(profile, root)["corea"]
-    slm = dataclasses.replace(profile.models["slm"], source=str(Path(out / "corea").resolve()))
+    base = profile.models["slm"]
+    slm = dataclasses.replace(base, name=f"{base.name}-corea", source=str(Path(out / "corea").resolve()))
     return dataclasses.replace(profile, models={**profile.models, "slm": slm}), out / "eval" / "corea" / "all"
 
 

@@ -155,6 +155,7 @@ def test_candidate_is_the_corea_checkpoint_with_its_whole_split_evaluation(corea
     profile = load_profile("smoke", root=corea_project)
     candidate, eval_dir = stages.corea_candidate(profile, corea_project)
     assert Path(candidate.models["slm"].source) == (stages.paths(profile, corea_project)["corea"] / "corea").resolve()
+    assert candidate.models["slm"].name == f"{profile.models['slm'].name}-corea"
     assert candidate.models["llm"] == profile.models["llm"]
     result = json.loads((eval_dir / "metrics.json").read_text())
     assert [r["strategy"] for r in result["summary"]][0] == "corea_confidence"
