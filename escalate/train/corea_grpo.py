@@ -27,8 +27,7 @@ from escalate.config import _check
 from escalate.prompts import format_prompt
 from escalate.sampling import grader_kind
 from escalate.train.corea_rewards import reward_functions
-from escalate.train.loop import LoopConfig, train_and_save, trainer_args
-from escalate.train.sater_dpo import with_bos
+from escalate.train.loop import LoopConfig, train_and_save, trainer_args, with_bos
 
 
 @dataclass

@@ -18,8 +18,7 @@ import pandas as pd
 
 from escalate.prompts import format_prompt
 from escalate.train.confidence import with_confidence
-from escalate.train.loop import LoopConfig, train_and_save, trainer_args
-from escalate.train.sater_dpo import with_bos
+from escalate.train.loop import LoopConfig, train_on_completions
 
 # The table has the refusal_sft contract's columns (prompt, completion, p_correct), and is validated by that suite.
 WARMUP_COLUMNS = ["id", "prompt", "completion", "p_correct"]
@@ -66,16 +65,4 @@ def train_warmup(model_dir: str | Path, targets: pd.DataFrame, cfg: CoreaWarmupC
 
     Returns the summary of escalate.train.loop.train_and_save (steps, final loss, losses, seconds).
     """
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    data = Dataset.from_dict({
-        "prompt": with_bos(targets["prompt"], tokenizer.bos_token),
-        "completion": list(targets["completion"]),
-    })
-    args = SFTConfig(**trainer_args(cfg, out_dir), completion_only_loss=True)
-    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=data, processing_class=tokenizer)
-    return train_and_save(trainer, out_dir)
+    return train_on_completions(model_dir, targets, cfg, out_dir)

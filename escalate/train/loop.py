@@ -7,9 +7,12 @@ tiny models train on CPUs in fp32, so both are opt-in here.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from escalate.config import _check
 
@@ -54,6 +57,30 @@ def trainer_args(cfg: LoopConfig, out_dir: Path) -> dict[str, Any]:
         "report_to": "none",  # MLflow logging is the pipeline's job, from the returned summary
         "disable_tqdm": True,
     }
+
+
+def with_bos(prompts: Iterable[str], bos: str | None) -> list[str]:
+    """Prompts as the model saw them in pretraining and sees them at inference: after its bos token.
+
+    The zoo's tokenizer adds no special tokens itself, and TRL tokenizes plain text as given.
+    """
+    return [f"{bos or ''}{p}" for p in prompts]
+
+
+def train_on_completions(model_dir: str | Path, table: pd.DataFrame, cfg: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Supervised fine-tuning on a (prompt, completion) table, the loss on the completion only (the
+    question is given, not learned); saves model + tokenizer to out_dir and returns train_and_save's summary."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    out_dir = Path(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    data = Dataset.from_dict({"prompt": with_bos(table["prompt"], tokenizer.bos_token),
+                              "completion": list(table["completion"])})
+    args = SFTConfig(**trainer_args(cfg, out_dir), completion_only_loss=True)
+    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=data, processing_class=tokenizer)
+    return train_and_save(trainer, out_dir)
 
 
 def train_and_save(trainer: Any, out_dir: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from escalate.config import _check
-from escalate.train.loop import LoopConfig, train_and_save, trainer_args
+from escalate.train.loop import LoopConfig, train_and_save, trainer_args, with_bos
 
 
 @dataclass
@@ -26,14 +26,6 @@ class SaterDPOConfig(LoopConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 < self.beta <= 10, "beta", f"must be in (0, 10], got {self.beta}")
-
-
-def with_bos(prompts: pd.Series, bos: str | None) -> list[str]:
-    """Prompts as the model saw them in pretraining and sees them at inference: after its bos token.
-
-    The zoo's tokenizer adds no special tokens itself, and TRL tokenizes plain text as given.
-    """
-    return [f"{bos or ''}{p}" for p in prompts]
 
 
 def train_dpo(model_dir: str | Path, preferences: pd.DataFrame, cfg: SaterDPOConfig,

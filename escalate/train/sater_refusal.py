@@ -14,8 +14,7 @@ from typing import Any
 import pandas as pd
 
 from escalate.config import _check
-from escalate.train.loop import LoopConfig, train_and_save, trainer_args
-from escalate.train.sater_dpo import with_bos
+from escalate.train.loop import LoopConfig, train_on_completions
 
 
 @dataclass
@@ -38,16 +37,4 @@ def train_refusal(model_dir: str | Path, refusal_sft: pd.DataFrame, cfg: SaterRe
 
     Returns the summary of escalate.train.loop.train_and_save (steps, final loss, losses, seconds).
     """
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
-
-    out_dir = Path(out_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    data = Dataset.from_dict({
-        "prompt": with_bos(refusal_sft["prompt"], tokenizer.bos_token),
-        "completion": list(refusal_sft["completion"]),
-    })
-    args = SFTConfig(**trainer_args(cfg, out_dir), completion_only_loss=True)
-    trainer = SFTTrainer(model=str(model_dir), args=args, train_dataset=data, processing_class=tokenizer)
-    return train_and_save(trainer, out_dir)
+    return train_on_completions(model_dir, refusal_sft, cfg, out_dir)
