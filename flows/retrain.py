@@ -1,4 +1,6 @@
-"""The `retrain` flow: questions -> zoo -> samples -> evaluate -> gate and register, in one MLflow run.
+"""The `retrain` flow: questions -> zoo -> samples -> evaluate [-> corea] -> gate and register, in one MLflow run.
+
+A profile with a `corea:` section also trains COREA's SLM, and its cascade is one more candidate.
 
 Each stage is a DVC stage run by a task, so a second run with unchanged inputs skips finished
 stages and a killed run resumes from the last finished one. Run it with:
@@ -26,7 +28,7 @@ from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
 from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
-from escalate.stages import STAGES, cost_model, paths  # noqa: E402
+from escalate.stages import STAGES, corea_candidate, cost_model, paths  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
@@ -51,7 +53,7 @@ def retrain(
     tracker.params(run_id, {"profile": profile, **asdict(cfg)})
     ok = False
     try:
-        for stage in STAGES:
+        for stage in STAGES + trained_stages(cfg):
             run_stage(stage, profile, str(root_path))
             log_stage(tracker, run_id, stage, cfg, str(root_path))
             champion = registry.champion() if stage == "questions" and skip_if_unchanged else None
@@ -68,17 +70,33 @@ def retrain(
     return finish(cfg, root_path, run_id, registry, candidates)
 
 
+def trained_stages(cfg: Profile) -> tuple[str, ...]:
+    """Training stages whose SLM becomes a candidate: those the profile configures."""
+    return ("corea",) if cfg.corea is not None else ()
+
+
+def candidate_sources(cfg: Profile, root: Path) -> tuple[list[dict], dict[str, tuple[Profile, Path]]]:
+    """Every candidate's summary row, and the profile and evaluation it is registered from."""
+    eval_dir = paths(cfg, root)["eval"]
+    rows = json.loads((eval_dir / "metrics.json").read_text())["summary"]
+    sources = {row["strategy"]: (cfg, eval_dir) for row in rows}
+    if cfg.corea is not None:
+        corea_profile, corea_eval = corea_candidate(cfg, root)
+        corea_rows = json.loads((corea_eval / "metrics.json").read_text())["summary"]
+        rows = rows + [r for r in corea_rows if r["strategy"] == "corea_confidence"]
+        sources["corea_confidence"] = (corea_profile, corea_eval)
+    return rows, sources
+
+
 def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:
     """Every evaluated strategy becomes a registered candidate (the objective's pick last, so @challenger
     ends on it); then @champion moves to the best-ranked one that passed every gate."""
     p = paths(cfg, root)
-    result = json.loads((p["eval"] / "metrics.json").read_text())
-    ranked = rank_candidates(result["summary"], cfg.gates.delta)
+    rows, sources = candidate_sources(cfg, root)
+    ranked = rank_candidates(rows, cfg.gates.delta)
     validation = {name: json.loads(p[f"{name}_report"].read_text()) for name in ("questions", "samples")}
     shared = dict(
-        profile=cfg,
         cost=cost_model(cfg, root),
-        eval_dir=p["eval"],
         zoo_dir=p["zoo"],
         questions=pd.read_parquet(p["questions"]),
         validation=validation,
@@ -87,7 +105,8 @@ def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str
         registry=registry,
         root=root,
     )
-    registered = {s: register(s, may_take_champion=False, **shared) for s in reversed(ranked)}
+    registered = {s: register(s, may_take_champion=False, profile=sources[s][0], eval_dir=sources[s][1], **shared)
+                  for s in reversed(ranked)}
     best = move_champion(registry, [registered[s] for s in ranked])
     if best is not None:
         print(f"@champion -> version {best.registration.version} ({best.strategy}): the best-ranked candidate "

@@ -44,7 +44,8 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert any(k.startswith("dvc.artifacts/smoke/samples.parquet") for k in run.data.tags), run.data.tags
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     names = {c.info.run_name for c in children}
-    assert names >= {"questions", "zoo", "samples", "evaluate", "candidate-entropy", "candidate-random"}
+    assert names >= {"questions", "zoo", "samples", "evaluate", "corea", "candidate-entropy", "candidate-random",
+                     "candidate-corea_confidence"}
     evaluate_run = next(c for c in children if c.info.run_name == "evaluate")
     logged = {a.path for a in client.list_artifacts(evaluate_run.info.run_id, "evaluate")}
     assert "evaluate/report.md" in logged and "evaluate/accuracy_vs_cost.png" in logged
@@ -55,7 +56,9 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     # answered in a fresh process (the load gate); the version traces to its run, data and code.
     registry = Registry(mlflow_uri)
     first = registry.champion()
-    assert first is not None and len(registry.list_versions()) == 3
+    assert first is not None and len(registry.list_versions()) == 4  # smoke's 3 strategies + COREA's cascade
+    corea = next(v for v in registry.list_versions() if v["strategy"] == "corea_confidence")
+    assert registry.version(corea["version"]).tags["escalate.slm"] == "zoo-slm-smoke-corea"
     assert first.tags["gates.passed"] == "true" and first.tags["gate.bundle_load"].startswith("pass")
     assert first.tags["git.commit"] and first.tags["dvc.artifacts/smoke/questions.parquet"]
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
