@@ -186,6 +186,21 @@ def sater_metrics(vanilla: pd.DataFrame, sater: pd.DataFrame, split: str, tau: f
     }
 
 
+def _training_inputs(profile: Profile, root: Path | str, method: str) -> tuple[object, dict[str, Path], Path]:
+    """A training stage's profile section, the pipeline paths and its (created) output directory;
+    a clear error when the profile has no such section or the samples it starts from are missing."""
+    cfg = getattr(profile, method)
+    if cfg is None:
+        raise ConfigError(f"profile {profile.name!r} has no {method} section; add one to its YAML to train "
+                          f"{method.upper()}")
+    p = paths(profile, root)
+    out = p[method]
+    out.mkdir(parents=True, exist_ok=True)
+    if not p["samples"].is_file():
+        raise FileNotFoundError(f"{p['samples']}: missing; run `escalate sample --profile {profile.name}` first")
+    return cfg, p, out
+
+
 def build_sater(profile: Profile, root: Path | str = ".") -> Path:
     """SATER (issue 4): stage I prefers the SLM's shortest correct response (DPO), stage II answers or refuses (SFT).
 
@@ -197,13 +212,7 @@ def build_sater(profile: Profile, root: Path | str = ".") -> Path:
     from escalate.train.sater_dpo import train_dpo
     from escalate.train.sater_refusal import train_refusal
 
-    if profile.sater is None:
-        raise ConfigError(f"profile {profile.name!r} has no sater section; add one to its YAML to train SATER")
-    cfg, p = profile.sater, paths(profile, root)
-    out = p["sater"]
-    out.mkdir(parents=True, exist_ok=True)
-    if not p["samples"].is_file():
-        raise FileNotFoundError(f"{p['samples']}: missing; run `escalate sample --profile {profile.name}` first")
+    cfg, p, out = _training_inputs(profile, root, "sater")
     vanilla = pd.read_parquet(p["samples"])
     questions = load_questions(profile, root)
     train = questions[questions["split"] == "train"].reset_index(drop=True)
@@ -271,13 +280,7 @@ def build_corea(profile: Profile, root: Path | str = ".") -> Path:
     from escalate.train.corea_grpo import train_grpo
     from escalate.train.corea_warmup import train_warmup, warmup_targets
 
-    if profile.corea is None:
-        raise ConfigError(f"profile {profile.name!r} has no corea section; add one to its YAML to train COREA")
-    cfg, p = profile.corea, paths(profile, root)
-    out = p["corea"]
-    out.mkdir(parents=True, exist_ok=True)
-    if not p["samples"].is_file():
-        raise FileNotFoundError(f"{p['samples']}: missing; run `escalate sample --profile {profile.name}` first")
+    cfg, p, out = _training_inputs(profile, root, "corea")
     questions = load_questions(profile, root)
     masks = corea_report.domain_masks(questions, cfg.ood_min_difficulty)
     train = questions[questions["split"] == "train"]

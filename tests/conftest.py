@@ -63,13 +63,26 @@ def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
 
 
+def dvc_repro(project: Path, target: str) -> Path:
+    """`dvc repro target` in a project made by make_project, with this venv's escalate on PATH."""
+    dvc = Path(sys.executable).with_name("dvc")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    subprocess.run([str(dvc), "repro", "-q", target], cwd=project, check=True, env=env)
+    return project
+
+
 @pytest.fixture(scope="session")
 def smoke_pipeline(smoke_project: Path) -> Path:
     """The smoke profile's stages run once through DVC (shared by tests that need its outputs)."""
-    dvc = Path(sys.executable).with_name("dvc")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(dvc), "repro", "-q", "evaluate@smoke"], cwd=smoke_project, check=True, env=env)
-    return smoke_project
+    return dvc_repro(smoke_project, "evaluate@smoke")
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised one-layer Llama checkpoint for the training tests to train."""
+    from tests.checkpoints import random_checkpoint
+
+    return random_checkpoint(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="session")

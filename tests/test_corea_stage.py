@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
-from transformers import AutoModelForCausalLM
 
 from escalate import stages
 from escalate.cli import main
@@ -22,6 +17,8 @@ from escalate.data.validation import ensure_valid
 from escalate.tracking import Tracker
 from escalate.train import corea_report
 from escalate.train.confidence import parse_confidence
+from tests.checkpoints import weights_changed
+from tests.conftest import dvc_repro
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,16 +77,7 @@ def test_train_without_a_corea_section_exits_2_saying_so(tmp_path: Path, monkeyp
 @pytest.fixture(scope="module")
 def corea_project(smoke_pipeline: Path) -> Path:
     """The smoke project after `dvc repro corea@smoke`: the DVC stage, the CLI and build_corea, for real."""
-    dvc = Path(sys.executable).with_name("dvc")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    subprocess.run([str(dvc), "repro", "-q", "corea@smoke"], cwd=smoke_pipeline, check=True, env=env)
-    return smoke_pipeline
-
-
-def weights_differ(before: Path, after: Path) -> bool:
-    old = AutoModelForCausalLM.from_pretrained(before).state_dict()
-    new = AutoModelForCausalLM.from_pretrained(after).state_dict()
-    return old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
+    return dvc_repro(smoke_pipeline, "corea@smoke")
 
 
 @pytest.mark.slow
@@ -97,8 +85,8 @@ def test_stage_trains_every_model_and_writes_validated_outputs(corea_project: Pa
     profile = load_profile("smoke", root=corea_project)
     p = stages.paths(profile, corea_project)
     out = p["corea"]
-    assert weights_differ(p["zoo"] / "slm", out / "warmup")
-    assert weights_differ(out / "warmup", out / "rlvr") and weights_differ(out / "warmup", out / "corea")
+    assert weights_changed(p["zoo"] / "slm", out / "warmup")
+    assert weights_changed(out / "warmup", out / "rlvr") and weights_changed(out / "warmup", out / "corea")
     for table, name in (("samples", "train_samples"), ("refusal_sft", "warmup"), ("samples", "samples")):
         assert json.loads((out / f"{name}_report.json").read_text())["ok"]
         ensure_valid(pd.read_parquet(out / f"{name}.parquet"), table)

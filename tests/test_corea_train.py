@@ -8,14 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
-from escalate.config import ArchConfig, ArithConfig, ConfigError, from_dict, load_profile
-from escalate.models import zoo
+from escalate.config import ConfigError, from_dict, load_profile
 from escalate.train.corea import CoreaConfig
 from escalate.train.corea_grpo import CoreaGRPOConfig, grpo_dataset, train_grpo
 from escalate.train.corea_warmup import CoreaWarmupConfig, train_warmup, warmup_targets
+from tests.checkpoints import weights_changed
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = pd.DataFrame({
@@ -24,25 +22,6 @@ QUESTIONS = pd.DataFrame({
     "answer": [str(n + 2) for n in range(4)],
     "split": "train", "choices": None,
 })
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised one-layer Llama with a zoo tokenizer, saved as an HF checkpoint."""
-    pairs = zoo.corpus(ArithConfig(max_operand=9), 200, seed=1, exclude=set())
-    tokenizer = zoo.train_tokenizer((p + c for p, c in pairs), vocab_size=300)
-    model = zoo.build_model(ArchConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64), tokenizer, 0)
-    path = tmp_path_factory.mktemp("base")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def changed(before: Path, after: Path) -> bool:
-    old = AutoModelForCausalLM.from_pretrained(before).state_dict()
-    new = AutoModelForCausalLM.from_pretrained(after).state_dict()
-    assert old.keys() == new.keys()
-    return any(not torch.equal(old[k], new[k]) for k in old)
 
 
 def test_warmup_targets_append_the_sampled_accuracy_to_the_greedy_response() -> None:
@@ -81,7 +60,7 @@ def test_warmup_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_
                           "p_correct": [0.0, 0.1, 0.2, 0.3]})
     summary = train_warmup(base_model, table, CoreaWarmupConfig(steps=3, batch_size=2, max_length=96), tmp_path / "w")
     assert summary["steps"] == 3 and all(math.isfinite(x) for x in summary["losses"])
-    assert changed(base_model, tmp_path / "w")
+    assert weights_changed(base_model, tmp_path / "w")
 
 
 @pytest.mark.parametrize("calibrated", [True, False])
@@ -91,7 +70,7 @@ def test_grpo_trains_real_steps_on_the_smoke_config_and_changes_the_weights(
     cfg = replace(smoke, calibration=calibrated)
     summary = train_grpo(base_model, QUESTIONS, cfg, tmp_path / "grpo")
     assert summary["steps"] == smoke.steps and len(summary["losses"]) == smoke.steps
-    assert changed(base_model, tmp_path / "grpo")
+    assert weights_changed(base_model, tmp_path / "grpo")
     names = {"reward", "correctness", "format_ok"} | ({"calibration"} if calibrated else set())
     assert set(summary["rewards"]) == names
     assert all(len(v) == smoke.steps for v in summary["rewards"].values())

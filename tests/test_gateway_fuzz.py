@@ -4,12 +4,12 @@ real-model run of 1,000 requests is bench/gateway_fuzz.py)."""
 from __future__ import annotations
 
 from fastapi.testclient import TestClient
-from gateway_requests import raw_requests
 from hypothesis import HealthCheck, given, settings
-from test_gateway import KEY, StandInEngine
 
 from escalate.serving.engine import EngineHolder
 from escalate.serving.gateway import GatewaySettings, create_app
+from tests.gateway_requests import raw_requests
+from tests.test_gateway import KEY, StandInEngine
 
 holder = EngineHolder()
 holder.swap(StandInEngine())

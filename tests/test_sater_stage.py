@@ -7,22 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
 from escalate import stages
 from escalate.config import load_profile
 from escalate.data.validation import ensure_valid
+from tests.checkpoints import weights_changed
 from tests.conftest import make_project
 
 METRIC_KEYS = {"tokens_before", "tokens_after", "accuracy_before", "accuracy_after", "token_reduction",
                "token_reduction_claimed", "refusal_rate", "accuracy_when_answering", "tau"}
-
-
-def weights_differ(before: Path, after: Path) -> bool:
-    old = AutoModelForCausalLM.from_pretrained(before).state_dict()
-    new = AutoModelForCausalLM.from_pretrained(after).state_dict()
-    return old.keys() == new.keys() and any(not torch.equal(old[k], new[k]) for k in old)
 
 
 @pytest.mark.slow
@@ -34,8 +27,8 @@ def test_build_sater_trains_both_stages_and_writes_validated_outputs(tmp_path: P
     metrics_path = stages.build_sater(profile, smoke_project)
 
     out, zoo_slm = stages.paths(profile, smoke_project)["sater"], stages.paths(profile, smoke_project)["zoo"] / "slm"
-    assert weights_differ(zoo_slm, out / "stage1")
-    assert weights_differ(out / "stage1", out / "stage2")
+    assert weights_changed(zoo_slm, out / "stage1")
+    assert weights_changed(out / "stage1", out / "stage2")
     for table, name in (("preferences", "preferences"), ("refusal_sft", "refusal_sft"), ("samples", "samples")):
         assert json.loads((out / f"{name}_report.json").read_text())["ok"]
         ensure_valid(pd.read_parquet(out / f"{name}.parquet"), table)

@@ -8,35 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from transformers import AutoModelForCausalLM
 
-from escalate.config import ArchConfig, ArithConfig, ConfigError, from_dict
-from escalate.models import zoo
+from escalate.config import ConfigError, from_dict
 from escalate.train.preferences import REFUSAL_COMPLETION
 from escalate.train.sater_dpo import SaterDPOConfig, train_dpo
 from escalate.train.sater_refusal import SaterRefusalConfig, train_refusal
+from tests.checkpoints import weights_changed
 
 PROMPTS = [f"Question: Ann has {n} cups. Then buys 2. How many cups does Ann have now?\nAnswer:" for n in range(4)]
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised one-layer Llama with a zoo tokenizer, saved as an HF checkpoint."""
-    pairs = zoo.corpus(ArithConfig(max_operand=9), 200, seed=1, exclude=set())
-    tokenizer = zoo.train_tokenizer((p + c for p, c in pairs), vocab_size=300)
-    model = zoo.build_model(ArchConfig(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=64), tokenizer, 0)
-    path = tmp_path_factory.mktemp("base")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def changed(before: Path, after: Path) -> bool:
-    old = AutoModelForCausalLM.from_pretrained(before).state_dict()
-    new = AutoModelForCausalLM.from_pretrained(after).state_dict()
-    assert old.keys() == new.keys()
-    return any(not torch.equal(old[k], new[k]) for k in old)
 
 
 def test_dpo_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_path: Path) -> None:
@@ -50,7 +29,7 @@ def test_dpo_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_pat
     summary = train_dpo(base_model, prefs, cfg, tmp_path / "dpo")
     assert summary["steps"] == 3 and len(summary["losses"]) == 3
     assert summary["losses"][0] == pytest.approx(math.log(2), abs=1e-3)  # policy == reference at step 1
-    assert changed(base_model, tmp_path / "dpo")
+    assert weights_changed(base_model, tmp_path / "dpo")
     assert json.loads((tmp_path / "dpo" / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
 
 
@@ -63,7 +42,7 @@ def test_refusal_sft_trains_real_steps_and_changes_the_weights(base_model: Path,
     cfg = SaterRefusalConfig(learning_rate=1e-3, steps=3, batch_size=2, max_length=128)
     summary = train_refusal(base_model, table, cfg, tmp_path / "sft")
     assert summary["steps"] == 3 and all(math.isfinite(x) for x in summary["losses"])
-    assert changed(base_model, tmp_path / "sft")
+    assert weights_changed(base_model, tmp_path / "sft")
 
 
 @pytest.mark.parametrize(("cls", "data", "key"), [

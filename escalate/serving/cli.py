@@ -89,7 +89,8 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
     settings = GatewaySettings(api_keys=(api_key(root),), max_body_bytes=args.max_body_bytes,
                                max_concurrency=args.max_concurrency, max_queue=args.max_queue)
     app = create_app(settings)
-    deployment = args.deployment or (None if args.no_current else (current(root) and Path(current(root).path)))
+    live = None if args.deployment or args.no_current else current(root)
+    deployment = args.deployment or (Path(live.path) if live else None)
     if deployment:
         print(f"loading {deployment}: {load_current(app, Path(deployment))}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
