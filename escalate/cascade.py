@@ -17,7 +17,7 @@ import json
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,9 @@ from escalate.routers.base import Router, RouterInputs
 from escalate.sampling import generation_params, generation_rows
 
 ROLES = ("slm", "llm")
+# A token-level answer (escalate.citer) that both models wrote tokens of; `model` is otherwise the one role.
+MIXED = "slm+llm"
+ANSWERED_BY = (*ROLES, MIXED)
 ONLINE_SPLIT = "online"
 # Columns of ungraded sample rows (sampling.generation_rows without a gold answer, plus `correct`).
 ROW_COLUMNS = ("id", "model", "split", "sample_idx", "text", "parsed_answer", "correct", "n_prompt_tokens",
@@ -39,6 +42,15 @@ RESULT_FIELDS = ("question", "answer", "parsed_answer", "model", "escalated", "c
                  "threshold", "cost_slm", "cost_llm", "cost_router", "cost", "latency_slm_s", "latency_router_s",
                  "latency_llm_s", "latency_s", "slm_prompt_tokens", "slm_output_tokens", "llm_prompt_tokens",
                  "llm_output_tokens")
+
+
+class Answerer(Protocol):
+    """What a bundle builds and the gateway calls: `Cascade` (query level) or
+    `escalate.citer.cascade.TokenLevelCascade` (token level); both answer with RESULT_FIELDS."""
+
+    def answer(self, questions: list[str], choices: list[Any] | None = None) -> list[dict]: ...
+
+    def close(self) -> None: ...
 
 
 def question_frame(questions: list[str], choices: list[Any] | None = None) -> pd.DataFrame:

@@ -86,6 +86,14 @@ def base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def model_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny random SLM and LLM sharing one tokenizer, for token-level routing (CITER) tests."""
+    from tests.checkpoints import random_pair
+
+    return random_pair(tmp_path_factory.mktemp("pair"))
+
+
+@pytest.fixture(scope="session")
 def smoke(smoke_pipeline: Path) -> Path:
     """The smoke profile's outputs (zoo checkpoints, samples, evaluation), built once per session."""
     return smoke_pipeline / "artifacts" / "smoke"

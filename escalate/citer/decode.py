@@ -18,7 +18,7 @@ left-padded; when any of them needs the LLM, the LLM catches up on all of them, 
 this machine computes but not what each sequence is charged, nor its tokens.
 
 Serving needs no pipeline state: `TokenLevelDecoder.from_checkpoints(slm_dir, llm_dir, router_dir,
-tau).generate(prompts, max_new_tokens)`.
+tau).generate(prompts, max_new_tokens)`; escalate.citer.cascade wraps it as a registrable cascade.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 ROLES = ("slm", "llm", "router")
 
@@ -86,6 +86,7 @@ class TokenLevelGeneration:
     flops: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     llm_passes: int = 0  # forward passes the LLM made for this sequence (each catch-up is one)
     latency_s: float = 0.0  # the batch's wall time shared evenly among its sequences
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))  # of it, in each role
     finish_reason: str = "stop"
 
     @property
@@ -95,6 +96,20 @@ class TokenLevelGeneration:
     @property
     def n_llm_tokens(self) -> int:
         return self.sources.count("llm")
+
+
+def load_pair(slm_dir: str | Path, llm_dir: str | Path, device: str = "cpu", slm_dtype: str = "float32",
+              llm_dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase]:
+    """The SLM, the LLM and their one tokenizer, on one device (the decoder mixes both models' tokens)."""
+    from escalate.models.backends.hf import DTYPES, resolve_device
+
+    tokenizer = AutoTokenizer.from_pretrained(str(slm_dir))
+    if AutoTokenizer.from_pretrained(str(llm_dir)).get_vocab() != tokenizer.get_vocab():
+        raise ValueError(f"{slm_dir} and {llm_dir} have different tokenizers; token-level routing needs one")
+    device = resolve_device(device)
+    slm, llm = (AutoModelForCausalLM.from_pretrained(str(d), dtype=DTYPES[t]).to(device).eval()
+                for d, t in ((slm_dir, slm_dtype), (llm_dir, llm_dtype)))
+    return slm, llm, tokenizer
 
 
 def _forward(model: PreTrainedModel, cache: DynamicCache, seq: torch.Tensor, mask: torch.Tensor,
@@ -135,17 +150,14 @@ class TokenLevelDecoder:
 
     @classmethod
     def from_checkpoints(cls, slm_dir: str | Path, llm_dir: str | Path, router_dir: str | Path | None, tau: float,
-                         batch_size: int = 64, device: str = "cpu", chat_template: bool = False) -> TokenLevelDecoder:
+                         batch_size: int = 64, device: str = "cpu", chat_template: bool = False,
+                         dtype: str = "float32") -> TokenLevelDecoder:
         """A decoder from two HF checkpoints and a saved router (None: FixedRouter, τ alone decides)."""
         from escalate.citer.router import FixedRouter, TokenRouter
 
-        tokenizer = AutoTokenizer.from_pretrained(str(slm_dir))
-        if AutoTokenizer.from_pretrained(str(llm_dir)).get_vocab() != tokenizer.get_vocab():
-            raise ValueError(f"{slm_dir} and {llm_dir} have different tokenizers; token-level routing needs one")
-        slm = AutoModelForCausalLM.from_pretrained(str(slm_dir)).to(device)
-        llm = AutoModelForCausalLM.from_pretrained(str(llm_dir)).to(device)
+        slm, llm, tokenizer = load_pair(slm_dir, llm_dir, device, dtype, dtype)
         router = FixedRouter() if router_dir is None else TokenRouter.load(router_dir)
-        return cls(slm, llm, tokenizer, router.to(device), tau, batch_size, chat_template)
+        return cls(slm, llm, tokenizer, router.to(slm.device), tau, batch_size, chat_template)
 
     def encode(self, prompt: str) -> list[int]:
         """Prompt token ids as the models were trained on them: the chat template, or after the bos token."""
@@ -187,19 +199,25 @@ class TokenLevelDecoder:
         active = list(range(len(contexts)))  # original indices of the rows still in the batch
         context = [len(c) for c in contexts]  # per original row: real tokens so far
         llm_seen = [0] * len(contexts)  # per original row: tokens its own LLM cache would hold
+        spent = dict.fromkeys(ROLES, 0.0)  # the batch's seconds in each role's forward passes
         start = time.perf_counter()
         while active:
+            t0 = time.perf_counter()
             hidden, logits = _forward(self.models["slm"], caches["slm"], seq, mask, seen["slm"])
             seen["slm"] = seq.shape[1]
+            t1 = time.perf_counter()
             router_logits = self.router(hidden.float()).float()
             if not torch.isfinite(router_logits).all():
                 raise ValueError("the router gave a non-finite score")
             use_llm = router_logits > self.threshold
             chosen = logits.argmax(-1)
+            t2 = time.perf_counter()
+            spent["slm"], spent["router"] = spent["slm"] + t1 - t0, spent["router"] + t2 - t1
             if use_llm.any():
                 _, llm_logits = _forward(self.models["llm"], caches["llm"], seq, mask, seen["llm"])
                 seen["llm"] = seq.shape[1]
                 chosen = torch.where(use_llm, llm_logits.argmax(-1), chosen)
+                spent["llm"] += time.perf_counter() - t2
             scores = torch.sigmoid(router_logits).tolist()
             finished = []
             for row, (i, token, llm, score) in enumerate(zip(active, chosen.tolist(), use_llm.tolist(), scores)):
@@ -230,6 +248,7 @@ class TokenLevelDecoder:
             text_ids = g.token_ids[:-1] if g.finish_reason == "stop" else g.token_ids
             g.text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
             g.latency_s = latency
+            g.seconds = {role: t / len(contexts) for role, t in spent.items()}
         return gens
 
     def _charge(self, g: TokenLevelGeneration, role: str, context: int, new_tokens: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from escalate.citer.cascade import billed_tokens, token_level_cost
 from escalate.citer.decode import ModelCost, TokenLevelDecoder
 from escalate.data.graders import GRADERS
 from escalate.evaluation import curves
@@ -29,7 +30,10 @@ from escalate.routers import Router, RouterInputs
 from escalate.routers.sater_refusal import SaterRefusalRouter
 from escalate.sampling import grader_kind
 
-RECORD_COLUMNS = ("tau", "id", "correct", "n_prompt_tokens", "n_output_tokens", "n_llm_tokens", "llm_passes",
+# n_llm_input_tokens: what the LLM read that it did not write (cascade.billed_tokens), so a record can be
+# priced under token prices as the served cascade prices its answer.
+RECORD_COLUMNS = ("tau", "id", "correct", "n_prompt_tokens", "n_output_tokens", "n_llm_tokens", "n_llm_input_tokens",
+                  "llm_passes",
                   "bytes_slm", "bytes_llm", "bytes_router", "flops_slm", "flops_llm", "flops_router", "latency_s",
                   "finish_reason", "text")
 CURVE_COLUMNS = ("threshold", "accuracy", "cost", "flops", "llm_token_share", "call_rate", "wall_s")
@@ -66,7 +70,8 @@ def decode_records(slm, llm, tokenizer, router, taus: list[float], questions: pd
             rows.append({
                 "tau": tau, "id": qid, "correct": bool(grade(gen.text, str(answer))),
                 "n_prompt_tokens": gen.n_prompt_tokens, "n_output_tokens": gen.n_output_tokens,
-                "n_llm_tokens": gen.n_llm_tokens, "llm_passes": gen.llm_passes,
+                "n_llm_tokens": gen.n_llm_tokens, "n_llm_input_tokens": billed_tokens(gen.n_prompt_tokens, gen.sources)["llm"][0],
+                "llm_passes": gen.llm_passes,
                 **{f"bytes_{r}": v for r, v in gen.bytes_moved.items()}, **{f"flops_{r}": v for r, v in gen.flops.items()},
                 "latency_s": gen.latency_s, "finish_reason": gen.finish_reason, "text": gen.text,
             })
@@ -202,3 +207,33 @@ def bytes_and_flops(costs: dict[str, ModelCost]) -> tuple[BytesMovedCost, FlopsC
     roles = ("slm", "llm")
     return (BytesMovedCost({r: costs[r].weight_bytes for r in roles}, {r: costs[r].kv_bytes_per_token for r in roles}),
             FlopsCost({r: costs[r].n_params for r in roles}))
+
+
+def priced_point(records: pd.DataFrame, tau: float, cost: CostModel) -> tuple[dict[str, float], pd.DataFrame]:
+    """CITER at one swept τ of one round on one split, priced under a query-level cost model (the registry's).
+
+    Returns the figures (accuracy; cost over LLM-only; call rate, the share of queries the LLM wrote
+    any token of; the LLM's share of tokens; LLM-only accuracy) and the per-query outcomes (id,
+    correct, escalated, cost). Each answer is priced as the served cascade prices it
+    (cascade.token_level_cost), LLM-only as the LLM alone writing τ = 0's tokens, as `references` does.
+    """
+    missing = sorted({"n_llm_input_tokens", "tau"} - set(records.columns))
+    if missing:
+        raise ValueError(f"CITER records lack columns {missing}; rerun `escalate citer train` to write them")
+    taus = records["tau"].drop_duplicates().to_numpy(float)
+    near = taus[np.isclose(taus, tau, rtol=0, atol=1e-12)]
+    if 0.0 not in taus or not len(near):
+        raise ValueError(f"τ = {tau} and τ = 0 (LLM-only) must both be swept in these records; swept: {sorted(taus)}")
+    at = records[records["tau"] == near[0]].reset_index(drop=True)
+    llm_only = records[records["tau"] == 0.0].set_index("id").loc[at["id"]]
+    paid = [sum(token_level_cost(cost, {"slm": (int(r.n_prompt_tokens), int(r.n_output_tokens)),
+                                       "llm": (int(r.n_llm_input_tokens), int(r.n_llm_tokens))}).values())
+            for r in at.itertuples(index=False)]
+    alone = sum(cost.cost("llm", int(p), int(o)) for p, o in zip(llm_only["n_prompt_tokens"], llm_only["n_output_tokens"]))
+    outcomes = pd.DataFrame({"id": at["id"], "correct": at["correct"].astype(bool), "escalated": at["n_llm_tokens"] > 0,
+                             "cost": np.asarray(paid, float)})
+    figures = {"accuracy": float(outcomes["correct"].mean()), "cost": float(outcomes["cost"].sum() / alone),
+               "call_rate": float(outcomes["escalated"].mean()),
+               "llm_token_share": float(at["n_llm_tokens"].sum() / at["n_output_tokens"].sum()),
+               "llm_accuracy": float(llm_only["correct"].mean())}
+    return figures, outcomes

@@ -5,6 +5,7 @@ token_labels_r{1,2}.parquet (validated, with their GX reports) and hidden_states
 hidden state of every labelled position, indexed by the tables' hidden_index), router_r{1,2}/,
 records.parquet (one row per question per τ per round per split), metrics.json, report.md and plots.
 `escalate citer log --profile tiny` puts the figures and files in an MLflow run under `citer/`.
+`citer_candidate` turns these outputs into one more registry candidate (escalate.registry.publish).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from escalate import stages
+from escalate.citer import STRATEGY
 from escalate.citer import evaluate as ev
 from escalate.citer.decode import ModelCost, TokenLevelDecoder
 from escalate.citer.labels import label, reference_solutions, teacher_force
@@ -27,8 +31,10 @@ from escalate.citer.router import FixedRouter, fit_router
 from escalate.config import ConfigError, Profile
 from escalate.data.graders import GRADERS
 from escalate.evaluation import metrics, plots
+from escalate.evaluation.cost import CostModel
 from escalate.evaluation.report import format_cell, markdown_table, write_report
 from escalate.evaluation.run import to_json
+from escalate.evaluation.thresholds import meets_accuracy
 from escalate.models.backends import make_backend, model_path
 from escalate.models.backends.hf import DTYPES
 from escalate.sampling import grader_kind
@@ -382,3 +388,60 @@ def run_command(profile: Profile, action: str, run_id: str | None = None) -> str
         lines.append(f"cheapest query-level strategy within δ of LLM-only accuracy: {comparison['best_at_iso_accuracy']} "
                      f"(CITER moves {format_cell(comparison['citer_over_best_at_iso_accuracy'])}× its bytes)")
     return "\n".join(lines + [f"report: {citer_dir(profile) / 'report.md'}"])
+
+
+@dataclass(frozen=True)
+class CiterCandidate:
+    """The CITER cascade as a registry candidate: one round's router at its τ chosen on the selection split."""
+
+    round: int
+    tau: float
+    row: dict[str, Any]  # its summary row, shaped like the evaluate stage's (rank_candidates and the gates read it)
+    llm_accuracy: float  # LLM-only (τ = 0) accuracy on the evaluation split
+    outcomes: pd.DataFrame  # per evaluation-split query at τ: id, correct, escalated, cost
+    router_dir: Path
+
+
+def candidate_figures(profile: Profile, cost: CostModel, out: Path) -> CiterCandidate:
+    """The candidate from the stage's outputs in `out`, priced under `cost` (the registry's cost model).
+
+    Each round's τ is the one the stage chose on the selection split (in bytes moved, CITER's measure);
+    here both rounds are re-priced under `cost` and the round registered is the one the registry's
+    objective prefers on the selection split: within gates.delta of LLM-only accuracy at the lowest
+    cost (the later round on a tie, the last round when neither is within δ). The test split only
+    confirms it. The call rate is the share of queries the LLM wrote any token of.
+    """
+    for name in ("metrics.json", "records.parquet"):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"{out / name} is missing; run `escalate citer train --profile {profile.name}` first")
+    result = json.loads((out / "metrics.json").read_text())
+    records = pd.read_parquet(out / "records.parquet")
+    select, split = result["context"]["select_split"], result["context"]["split"]
+    found = {}
+    for r in ROUNDS:
+        tau = float(result["rounds"][f"r{r}"]["tau"])
+        part = records[records["round"] == r]
+        calib, _ = ev.priced_point(part[part["split"] == select], tau, cost)
+        test, outcomes = ev.priced_point(part[part["split"] == split], tau, cost)
+        found[r] = (tau, calib, test, outcomes)
+    within = [r for r, (_, calib, _, _) in found.items()
+              if meets_accuracy(calib["accuracy"], calib["llm_accuracy"], profile.gates.delta)]
+    chosen = min(within, key=lambda r: (found[r][1]["cost"], -r)) if within else ROUNDS[-1]
+    tau, calib, test, outcomes = found[chosen]
+    row = {"strategy": STRATEGY, "mode": "token", "round": chosen, "threshold": tau,
+           "calib_accuracy": calib["accuracy"], "calib_cost": calib["cost"], "calib_llm_accuracy": calib["llm_accuracy"],
+           "accuracy": test["accuracy"], "cost": test["cost"], "call_rate": test["call_rate"],
+           "llm_token_share": test["llm_token_share"], "ece": None}
+    return CiterCandidate(chosen, tau, row, test["llm_accuracy"], outcomes, out / f"router_r{chosen}")
+
+
+def citer_candidate(profile: Profile, root: Path | str = ".") -> tuple[dict[str, Any], Path]:
+    """The CITER cascade as one more gated registry candidate: its summary row, which rank_candidates ranks
+    with the evaluate stage's, and the directory register_candidate registers it from. The flow:
+
+        row, citer_eval = citer_candidate(cfg, root)
+        rows.append(row)
+        sources["citer"] = (cfg, citer_eval)  # register_candidate("citer", profile=cfg, eval_dir=citer_eval, ...)
+    """
+    out = citer_dir(profile, root)
+    return candidate_figures(profile, stages.cost_model(profile, root), out).row, out

@@ -5,12 +5,23 @@ A bundle holds everything `Cascade` needs, so a fresh process can answer questio
     model = mlflow.pyfunc.load_model("models:/escalate-cascade@champion")
     model.predict(pd.DataFrame({"question": ["Eva has 7 cups. ..."]}))
 
-Its artifacts: `cascade.json` (strategy, threshold, both models' settings, cost model, sampling,
-seed), `router.pkl` (the fitted router), the SLM checkpoint and, for a self-hosted LLM, the LLM's
-(an HTTP LLM is its endpoint and model name in cascade.json; its key stays in the environment),
-the evaluation report, and optionally `outcomes.parquet` (per-query test outcomes at the chosen
-threshold, which the regression gate compares against the next candidate). The escalate package
-travels as code, and pip requirements are pinned explicitly so MLflow does not infer them.
+Its artifacts: `cascade.json` (kind, strategy, threshold, both models' settings, cost model,
+sampling, seed), the router, the SLM checkpoint and, for a self-hosted LLM, the LLM's (an HTTP LLM
+is its endpoint and model name in cascade.json; its key stays in the environment), the evaluation
+report, and optionally `outcomes.parquet` (per-query test outcomes at the chosen threshold, which
+the regression gate compares against the next candidate). The escalate package travels as code,
+and pip requirements are pinned explicitly so MLflow does not infer them.
+
+Two kinds of strategy share this one format. A query-level bundle (`kind: query`) routes whole
+questions: its router is `router.pkl` (a fitted escalate.routers Router) and it builds an
+escalate.cascade.Cascade. A token-level bundle (`kind: token`, CITER) routes each token: its router
+is `router/` (escalate.citer.router.TokenRouter's saved directory, its file sizes listed in
+cascade.json like the checkpoints'), its threshold is τ, both models are self-hosted, and it builds
+an escalate.citer.cascade.TokenLevelCascade. Both answer with the same RESULT_FIELDS.
+
+Format version 2 added `kind`. Version-1 files (written before token-level bundles) have none and
+are read as query-level; an escalate that knows only version 1 refuses a version-2 file by its
+version instead of misreading a token-level bundle as a query-level one.
 """
 
 from __future__ import annotations
@@ -36,7 +47,8 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 import escalate
-from escalate.cascade import RESULT_FIELDS, ROLES, Cascade
+from escalate.cascade import RESULT_FIELDS, ROLES, Answerer, Cascade
+from escalate.citer import STRATEGY as CITER
 from escalate.config import ModelConfig, SamplingConfig
 from escalate.evaluation.cost import COST_MODELS, CostModel
 from escalate.routers import Router, make_router
@@ -44,9 +56,13 @@ from escalate.telemetry import disable_telemetry
 
 BUNDLE_NAME = "cascade"  # the logged model's name inside its run
 SPEC_FILE = "cascade.json"
-ROUTER_FILE = "router.pkl"
+ROUTER_FILE = "router.pkl"  # a query-level bundle's router
+ROUTER_DIR = "router"  # a token-level bundle's router (TokenRouter.save)
 OUTCOMES_FILE = "outcomes.parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: before `kind`, every bundle query-level
+QUERY_LEVEL, TOKEN_LEVEL = "query", "token"
+KINDS = (QUERY_LEVEL, TOKEN_LEVEL)
 # What a serving process imports on the cascade's path (escalate itself travels as code_paths).
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "numpy",
                 "pandas", "pyyaml", "httpx", "tqdm")
@@ -89,10 +105,10 @@ class BundleError(RuntimeError):
 
 @dataclass
 class CascadeSpec:
-    """What cascade.json records: enough, with the checkpoints, to rebuild the Cascade anywhere."""
+    """What cascade.json records: enough, with the checkpoints, to rebuild the cascade anywhere."""
 
-    strategy: str  # the router's registry name (escalate.routers.ROUTERS)
-    threshold: float  # escalate when score < threshold
+    strategy: str  # query level: the router's registry name (escalate.routers.ROUTERS); token level: "citer"
+    threshold: float  # query level: escalate when score < threshold; token level: τ (the LLM writes when P > τ)
     slm: ModelConfig
     llm: ModelConfig
     cost: CostModel
@@ -100,19 +116,32 @@ class CascadeSpec:
     seed: int = 0
     profile: str = ""
     router_kwargs: dict[str, Any] = field(default_factory=dict)
+    kind: str = QUERY_LEVEL  # QUERY_LEVEL or TOKEN_LEVEL
 
     def __post_init__(self) -> None:
         if math.isnan(float(self.threshold)):
             raise BundleError("threshold must be a number (±inf allowed), got NaN")
         if self.llm.backend == "openai" and not self.llm.endpoint:
             raise BundleError("an LLM with backend 'openai' needs an endpoint in the bundle")
+        if self.kind not in KINDS:
+            raise BundleError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == TOKEN_LEVEL:
+            if self.strategy != CITER:
+                raise BundleError(f"a token-level bundle's strategy is {CITER!r}, got {self.strategy!r}")
+            if not 0 <= self.threshold <= 1:
+                raise BundleError(f"a token-level bundle's threshold is τ in [0, 1], got {self.threshold}")
+            remote = [r for r in ROLES if getattr(self, r).backend == "openai"]
+            if remote:
+                raise BundleError(f"token-level routing steps both models in process; the {', '.join(remote)} "
+                                  "has backend 'openai': bundle its checkpoint instead")
 
     def to_dict(self) -> dict[str, Any]:
         kind = next((k for k, cls in COST_MODELS.items() if type(self.cost) is cls), None)
         if kind is None:
             raise BundleError(f"cost model {type(self.cost).__name__} is not in COST_MODELS; it cannot be bundled")
         return {
-            "format_version": FORMAT_VERSION, "strategy": self.strategy, "threshold": float(self.threshold),
+            "format_version": FORMAT_VERSION, "kind": self.kind, "strategy": self.strategy,
+            "threshold": float(self.threshold),
             "models": {"slm": asdict(self.slm), "llm": asdict(self.llm)},
             "cost": {"kind": kind, **{f.name: _plain(getattr(self.cost, f.name)) for f in fields(self.cost)},
                      "describe": self.cost.describe()},
@@ -123,8 +152,9 @@ class CascadeSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CascadeSpec:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise BundleError(f"{SPEC_FILE}: format_version {version!r} is not {FORMAT_VERSION}; rebuild the bundle")
+        if version not in READABLE_VERSIONS:
+            raise BundleError(f"{SPEC_FILE}: format_version {version!r} is not one this escalate reads "
+                              f"({', '.join(map(str, READABLE_VERSIONS))}); rebuild the bundle with this escalate")
         try:
             cost_fields = {k: v for k, v in data["cost"].items() if k not in ("kind", "describe")}
             if data["cost"]["kind"] == "token_price":
@@ -135,6 +165,7 @@ class CascadeSpec:
                 cost=COST_MODELS[data["cost"]["kind"]](**cost_fields),
                 sampling=SamplingConfig(**data["sampling"]), seed=int(data.get("seed", 0)),
                 profile=str(data.get("profile", "")), router_kwargs=dict(data.get("router_kwargs", {})),
+                kind=QUERY_LEVEL if version == 1 else data["kind"],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{SPEC_FILE} is incomplete or invalid: {type(exc).__name__}: {exc}") from None
@@ -163,13 +194,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Router | None = None,
-                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Cascade:
-    """The Cascade a spec describes; `checkpoints` maps role -> local checkpoint dir (bundled models).
+def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any = None,
+                  overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Answerer:
+    """The cascade a spec describes; `checkpoints` maps role -> local checkpoint dir (bundled models).
 
-    `overrides` replaces ModelConfig fields per role at load time, e.g. {"slm": {"device": "cuda"}},
-    so one bundle runs on a laptop CPU and a GPU server.
+    Query level: a Cascade over generation backends, with `router` the fitted Router (default:
+    make_router(spec.strategy)). Token level: a TokenLevelCascade decoding both models in this
+    process, with `router` the loaded TokenRouter (read_bundle's). `overrides` replaces ModelConfig
+    fields per role at load time, e.g. {"slm": {"device": "cuda"}}, so one bundle runs on a laptop
+    CPU and a GPU server.
     """
+    if spec.kind == TOKEN_LEVEL:
+        return _token_level(spec, checkpoints, router, overrides or {})
     from escalate.models.backends import make_backend  # heavy backends load only when a cascade is built
 
     backends = {}
@@ -192,26 +228,43 @@ def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Rou
     return Cascade(backends["slm"], backends["llm"], router, spec.threshold, spec.cost, spec.sampling, spec.seed)
 
 
-def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Router, dict[str, str]]:
-    """A bundle's spec, fitted router and checkpoint dirs from its artifact paths (key -> local path).
+def _token_level(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any,
+                 overrides: Mapping[str, Mapping[str, Any]]) -> Answerer:
+    from escalate.citer.cascade import TokenLevelCascade  # torch loads only when a token-level cascade is built
 
-    Checks every bundled checkpoint file against the sizes cascade.json lists before any weights
-    load, so an incomplete upload or export fails here, naming the file.
+    if router is None:
+        raise BundleError(f"a token-level cascade needs its token router (the bundle's {ROUTER_DIR}/, via read_bundle)")
+    missing = [role for role in ROLES if role not in checkpoints]
+    if missing:
+        raise BundleError(f"a token-level cascade decodes both models in process; no checkpoint for {missing}")
+    configs = {role: replace(getattr(spec, role), **dict(overrides.get(role, {}))) for role in ROLES}
+    try:
+        return TokenLevelCascade.from_checkpoints(configs["slm"], configs["llm"], checkpoints, router,
+                                                  spec.threshold, spec.cost, spec.sampling)
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"cannot build the token-level cascade: {type(exc).__name__}: {exc}") from None
+
+
+def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Any, dict[str, str]]:
+    """A bundle's spec, router and checkpoint dirs from its artifact paths (key -> local path).
+
+    The router is the fitted Router (query level) or the loaded TokenRouter (token level). Checks
+    every bundled checkpoint file, and a token router's, against the sizes cascade.json lists before
+    any weights load, so an incomplete upload or export fails here, naming the file.
     """
     missing = [key for key in ("cascade", "router") if key not in artifacts]
     if missing:
         raise BundleError(f"bundle lacks artifacts {missing}")
     spec_path, router_path = Path(artifacts["cascade"]), Path(artifacts["router"])
     for path in (spec_path, router_path):
-        if not path.is_file():
+        if not path.exists():
             raise BundleError(f"bundle artifact {path.name} is missing at {path}")
     try:
         raw = json.loads(spec_path.read_text())
-        with router_path.open("rb") as fh:
-            router = pickle.load(fh)
-    except (ValueError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError) as exc:
-        raise BundleError(f"bundle artifact unreadable ({spec_path.parent}): {type(exc).__name__}: {exc}") from None
+    except ValueError as exc:
+        raise BundleError(f"bundle artifact {spec_path} unreadable: {type(exc).__name__}: {exc}") from None
     spec = CascadeSpec.from_dict(raw)
+    router = _read_router(spec, router_path, raw)
     checkpoints = {role: artifacts[role] for role in ROLES if role in artifacts}
     for role in ROLES:
         if getattr(spec, role).backend != "openai" and role not in checkpoints:
@@ -220,9 +273,28 @@ def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Router, dict
         if role not in checkpoints:
             raise BundleError(f"bundle lacks the {role} checkpoint its {SPEC_FILE} lists")
         check_files(Path(checkpoints[role]), files, role)
-    if "slm" in checkpoints:
+    if spec.kind == QUERY_LEVEL and "slm" in checkpoints:
         router.bind_slm(str(checkpoints["slm"]))  # not the path it was fitted with, which may not exist here
     return spec, router, checkpoints
+
+
+def _read_router(spec: CascadeSpec, path: Path, raw: Mapping[str, Any]) -> Any:
+    """The query-level router unpickled, or the token router checked file by file and loaded."""
+    if spec.kind == QUERY_LEVEL:
+        try:
+            with path.open("rb") as fh:
+                return pickle.load(fh)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError) as exc:
+            raise BundleError(f"bundle artifact {path} unreadable: {type(exc).__name__}: {exc}") from None
+    if "router_files" not in raw:
+        raise BundleError(f"{SPEC_FILE} of a token-level bundle lists no router_files; rebuild the bundle")
+    check_files(path, raw["router_files"], "router")
+    from escalate.citer.router import TokenRouter
+
+    try:
+        return TokenRouter.load(path)
+    except Exception as exc:  # safetensors and torch raise their own types for a corrupt file
+        raise BundleError(f"the bundled token router at {path} does not load: {type(exc).__name__}: {exc}") from None
 
 
 class CascadeModel(mlflow.pyfunc.PythonModel):
@@ -254,7 +326,8 @@ class BundleInfo:
 
     def tags(self) -> dict[str, str]:
         """Model-version tags that say which cascade this is (the registry adds gates and lineage)."""
-        return {"escalate.strategy": self.spec.strategy, "escalate.threshold": f"{self.spec.threshold:.6g}",
+        return {"escalate.strategy": self.spec.strategy, "escalate.kind": self.spec.kind,
+                "escalate.threshold": f"{self.spec.threshold:.6g}",
                 "escalate.profile": self.spec.profile, "escalate.model_id": self.model_id,
                 "escalate.llm": self.spec.llm.name, "escalate.slm": self.spec.slm.name}
 
@@ -328,19 +401,22 @@ def keep_sys_path() -> Iterator[None]:
 
 
 def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints: Mapping[str, Path | str],
-               router: Router | None = None, eval_dir: Path | str | None = None,
+               router: Router | Path | None = None, eval_dir: Path | str | None = None,
                outcomes: pd.DataFrame | None = None, metrics: Mapping[str, float] | None = None,
                example_questions: list[str] | None = None) -> BundleInfo:
     """Log one candidate cascade as a pyfunc model in run `run_id` and return where it is.
 
     checkpoints: role -> local checkpoint dir for each self-hosted model (see local_checkpoint).
-    router: the fitted router (default: make_router(spec.strategy, **spec.router_kwargs)).
+    router: query level, the fitted router (default: make_router(spec.strategy, **spec.router_kwargs));
+    token level, the token router's saved directory (TokenRouter.save), required.
     eval_dir: the evaluation directory; its report, metrics, curves and plots go in the bundle.
     outcomes: per-query test outcomes at the threshold (gates.per_query_outcomes), for the next
     regression gate. metrics: the candidate's figures, logged to the run and the logged model.
     Give each candidate its own run: the run is ended (FINISHED) when the bundle is logged.
     """
     disable_telemetry()
+    if spec.kind == TOKEN_LEVEL and not (isinstance(router, (str, Path)) and (Path(router) / "config.json").is_file()):
+        raise BundleError(f"a token-level bundle needs the token router's saved directory (TokenRouter.save), got {router!r}")
     router = router or make_router(spec.strategy, **spec.router_kwargs)
     missing = [r for r in ROLES if r not in checkpoints and getattr(spec, r).backend != "openai"]
     if missing:
@@ -357,7 +433,7 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
             info = mlflow.pyfunc.log_model(
                 name=BUNDLE_NAME, python_model=str(stage / MODEL_SCRIPT), artifacts=artifacts, code_paths=[str(code)],
                 signature=SIGNATURE, input_example=example, pip_requirements=pip_requirements(),
-                params=spec.params(), tags={"escalate.strategy": spec.strategy},
+                params=spec.params(), tags={"escalate.strategy": spec.strategy, "escalate.kind": spec.kind},
             )
     if metrics:
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)
@@ -429,18 +505,25 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, Path | str], router: Router,
+def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, Path | str], router: Router | Path,
                      eval_dir: Path | str | None, outcomes: pd.DataFrame | None) -> dict[str, str]:
     """Lay the artifacts out under fixed names (MLflow names them by basename), linking the checkpoints."""
     for role, path in checkpoints.items():
         if not (Path(path) / "config.json").is_file():
             raise BundleError(f"{role} checkpoint {path} has no config.json")
-    files = {role: file_sizes(Path(path)) for role, path in sorted(checkpoints.items())}
-    (stage / SPEC_FILE).write_text(json.dumps({**spec.to_dict(), "checkpoint_files": files}, indent=2))
-    with (stage / ROUTER_FILE).open("wb") as fh:
-        pickle.dump(router, fh)
-    artifacts = {"cascade": str(stage / SPEC_FILE), "router": str(stage / ROUTER_FILE)}
-    names = {SPEC_FILE, ROUTER_FILE, "eval", OUTCOMES_FILE, *ROLES}  # basenames MLflow will store artifacts under
+    files: dict[str, Any] = {"checkpoint_files": {role: file_sizes(Path(path)) for role, path in sorted(checkpoints.items())}}
+    if spec.kind == TOKEN_LEVEL:  # a few kilobytes: copied, and listed file by file like a checkpoint
+        shutil.copytree(Path(router), stage / ROUTER_DIR)
+        files["router_files"] = file_sizes(stage / ROUTER_DIR)
+        artifacts = {"router": str(stage / ROUTER_DIR)}
+    else:
+        with (stage / ROUTER_FILE).open("wb") as fh:
+            pickle.dump(router, fh)
+        artifacts = {"router": str(stage / ROUTER_FILE)}
+    (stage / SPEC_FILE).write_text(json.dumps({**spec.to_dict(), **files}, indent=2))
+    artifacts["cascade"] = str(stage / SPEC_FILE)
+    # basenames MLflow will store artifacts under
+    names = {SPEC_FILE, ROUTER_FILE, ROUTER_DIR, "eval", OUTCOMES_FILE, *ROLES}
     for role, path in sorted(checkpoints.items()):
         if role not in ROLES:
             raise BundleError(f"unknown checkpoint role {role!r}; known: {', '.join(ROLES)}")

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from escalate.cascade import ANSWERED_BY
 from escalate.config import GateLimits
 from escalate.evaluation import metrics
 
@@ -216,7 +217,13 @@ def per_query_outcomes(records: pd.DataFrame, mode: str, threshold: float,
     `records` are one strategy's rows of records.parquet; `questions` adds the question text, so a
     later comparison pairs queries by id and text, not by id alone.
     """
-    out = metrics.outcomes(records, mode, threshold)[["id", "correct", "escalated", "cost"]]
+    return outcome_table(metrics.outcomes(records, mode, threshold), questions)
+
+
+def outcome_table(outcomes: pd.DataFrame, questions: pd.DataFrame | None = None) -> pd.DataFrame:
+    """id, (question,) correct, escalated, cost of per-query outcomes: what a bundle stores for the next
+    regression gate, whatever kind of strategy measured them (a token-level one has no score records)."""
+    out = outcomes[["id", "correct", "escalated", "cost"]]
     if questions is not None:
         out = out.merge(questions[["id", "question"]], on="id", how="left")
         out = out[["id", "question", "correct", "escalated", "cost"]]
@@ -328,22 +335,21 @@ def _judge_answers(model_uri: str, out: dict[str, Any], n: int, elapsed: float) 
     missing = sorted({"answer", "model", "confidence", "cost", "latency_s"} - set(out["columns"]))
     if missing:
         problems.append(f"output lacks columns {missing}")
-    unknown = sorted({m for m in out["models"] if m not in ("slm", "llm")})
+    unknown = sorted({m for m in out["models"] if m not in ANSWERED_BY})
     if unknown:
         problems.append(f"unknown answering models {unknown}")
     if any(a is None for a in out["answers"]):
         problems.append("some answers are not text")
     if any(not (math.isfinite(c) and c >= 0) for c in out["costs"]):
         problems.append("some costs are negative or not finite")
-    answered = sum(1 for a, m in zip(out["answers"], out["models"]) if a is not None and m in ("slm", "llm"))
+    answered = sum(1 for a, m in zip(out["answers"], out["models"]) if a is not None and m in ANSWERED_BY)
     if problems:
         return GateResult(BUNDLE_LOAD, False, float(answered), float(n),
                           f"{model_uri} loaded in a fresh process but answered badly: " + "; ".join(problems))
-    by = {m: out["models"].count(m) for m in ("slm", "llm")}
+    by = ", ".join(f"{m} {out['models'].count(m)}" for m in ANSWERED_BY)
     return GateResult(BUNDLE_LOAD, True, float(answered), float(n),
                       f"{model_uri} answered {answered}/{n} smoke questions in a fresh process "
-                      f"(slm {by['slm']}, llm {by['llm']}; load {out['load_s']:.1f} s, predict "
-                      f"{out['predict_s']:.1f} s, {elapsed:.1f} s in all)")
+                      f"({by}; load {out['load_s']:.1f} s, predict {out['predict_s']:.1f} s, {elapsed:.1f} s in all)")
 
 
 def _last_line(text: str) -> str:

@@ -5,6 +5,12 @@ cost at accuracy >= LLM-only - delta there); the test split checks them through 
 Candidates are registered in reverse rank order, so the objective's pick is registered last and
 @challenger ends on it; then @champion moves to the best-ranked candidate that passed every gate
 (champion_pick), or stays where it is when none did.
+
+A candidate comes from one of two places, and everything after is one path (register_candidate):
+a query-level strategy from the evaluate stage's directory (its summary row, score records and
+fitted router), or CITER's token-level cascade from the citer stage's directory
+(escalate.citer.stage.citer_candidate gives its summary row; its records are priced under the same
+cost model; its router is the round's saved directory).
 """
 
 from __future__ import annotations
@@ -19,20 +25,22 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.citer import STRATEGY as CITER
 from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.thresholds import meets_accuracy
 from escalate.registry.aliases import Registration, Registry, lineage_tags
-from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
-from escalate.registry.gates import candidate_gates, load_gate, per_query_outcomes
+from escalate.registry.bundle import QUERY_LEVEL, TOKEN_LEVEL, CascadeSpec, local_checkpoint, log_bundle
+from escalate.registry.gates import candidate_gates, load_gate, outcome_table, per_query_outcomes
 from escalate.routers import ROUTERS, Router, make_router
 from escalate.tracking import Tracker
 
 
 def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str]:
     """Routable strategies, best first: those meeting accuracy >= LLM-only - delta on calib by calib
-    cost, then the rest (no qualifying calib threshold) by name. Pure: rows are metrics.json's summary."""
-    strategies = [r for r in rows if r.get("strategy") in ROUTERS]
+    cost, then the rest (no qualifying calib threshold) by name. Pure: rows are metrics.json's summary
+    (plus citer_candidate's row: CITER is routable though it is no query-level router)."""
+    strategies = [r for r in rows if r.get("strategy") in ROUTERS or r.get("strategy") == CITER]
 
     def key(row: Mapping[str, Any]) -> tuple[int, float, str]:
         cost = row.get("calib_cost")
@@ -79,6 +87,51 @@ def fitted_router(eval_dir: Path, strategy: str, kwargs: dict[str, Any]) -> Rout
         return pickle.load(fh)
 
 
+@dataclass(frozen=True)
+class CandidateSource:
+    """What differs between candidates; the rest of registration is one path."""
+
+    spec: CascadeSpec
+    router: Router | Path  # a fitted query-level router, or a token router's saved directory
+    row: Mapping[str, Any]  # its summary row: accuracy, normalized cost, ECE... at its calib-chosen threshold
+    llm_accuracy: float  # LLM-only accuracy on the same test split
+    outcomes: pd.DataFrame  # per test query at the threshold (gates.outcome_table), for the regression gate
+    is_probability: bool  # whether its score is meant as P(SLM correct): the ECE gate applies
+    eval_dir: Path  # whose report, metrics and plots go in the bundle
+
+
+def _spec(strategy: str, threshold: float, profile: Profile, cost: CostModel, kind: str) -> CascadeSpec:
+    return CascadeSpec(strategy=strategy, threshold=threshold, slm=profile.models["slm"], llm=profile.models["llm"],
+                       cost=cost, sampling=profile.sampling, seed=profile.seed, profile=profile.name,
+                       router_kwargs=router_kwargs(strategy, profile.evaluation.seed), kind=kind)
+
+
+def query_level_source(strategy: str, profile: Profile, cost: CostModel, eval_dir: Path,
+                       test: pd.DataFrame) -> CandidateSource:
+    """A query-level strategy from the evaluate stage's directory (metrics.json, records.parquet, routers/)."""
+    result = json.loads((eval_dir / "metrics.json").read_text())
+    row = next(r for r in result["summary"] if r["strategy"] == strategy)
+    threshold = math.inf if row.get("threshold") is None else float(row["threshold"])
+    records = pd.read_parquet(eval_dir / "records.parquet")
+    records = records[records["strategy"] == strategy].drop(columns="strategy")
+    spec = _spec(strategy, threshold, profile, cost, QUERY_LEVEL)
+    return CandidateSource(spec, fitted_router(eval_dir, strategy, spec.router_kwargs), row, float(result["a_llm"]),
+                           per_query_outcomes(records, row["mode"], threshold, test),
+                           ROUTERS[strategy].is_probability, eval_dir)
+
+
+def citer_source(profile: Profile, cost: CostModel, citer_dir: Path, test: pd.DataFrame) -> CandidateSource:
+    """CITER's token-level cascade from the citer stage's directory, priced under `cost` (citer_candidate's row).
+
+    Its score is the router's per-token P(LLM needed), not P(SLM correct) of an answer: ECE does not apply.
+    """
+    from escalate.citer.stage import candidate_figures  # the citer stage loads torch and transformers
+
+    found = candidate_figures(profile, cost, citer_dir)
+    return CandidateSource(_spec(CITER, found.tau, profile, cost, TOKEN_LEVEL), found.router_dir, found.row,
+                           found.llm_accuracy, outcome_table(found.outcomes, test), False, citer_dir)
+
+
 def register_candidate(
     strategy: str,
     *,
@@ -94,27 +147,14 @@ def register_candidate(
     root: Path,
     may_take_champion: bool,
 ) -> Candidate:
-    """Log `strategy`'s cascade as a bundle in its own run, gate it, and register it."""
-    result = json.loads((eval_dir / "metrics.json").read_text())
-    row = next(r for r in result["summary"] if r["strategy"] == strategy)
-    threshold = math.inf if row.get("threshold") is None else float(row["threshold"])
-    records = pd.read_parquet(eval_dir / "records.parquet")
-    records = records[records["strategy"] == strategy].drop(columns="strategy")
-    test = questions[questions["split"] == profile.evaluation.split]
-    outcomes = per_query_outcomes(records, row["mode"], threshold, test)
+    """Log `strategy`'s cascade as a bundle in its own run, gate it, and register it.
 
-    kwargs = router_kwargs(strategy, profile.evaluation.seed)
-    spec = CascadeSpec(
-        strategy=strategy,
-        threshold=threshold,
-        slm=profile.models["slm"],
-        llm=profile.models["llm"],
-        cost=cost,
-        sampling=profile.sampling,
-        seed=profile.seed,
-        profile=profile.name,
-        router_kwargs=kwargs,
-    )
+    eval_dir: the evaluate stage's directory, or for "citer" the citer stage's (citer_candidate's).
+    """
+    test = questions[questions["split"] == profile.evaluation.split]
+    source = (citer_source(profile, cost, eval_dir, test) if strategy == CITER
+              else query_level_source(strategy, profile, cost, eval_dir, test))
+    spec, row, outcomes = source.spec, source.row, source.outcomes
     checkpoints = {
         role: path
         for role in ("slm", "llm")
@@ -128,8 +168,8 @@ def register_candidate(
         tracking_uri=tracker.uri,
         run_id=run_id,
         checkpoints=checkpoints,
-        router=fitted_router(eval_dir, strategy, kwargs),
-        eval_dir=eval_dir,
+        router=source.router,
+        eval_dir=source.eval_dir,
         outcomes=outcomes,
         metrics=numeric,
         example_questions=smoke,
@@ -139,8 +179,8 @@ def register_candidate(
     gates = candidate_gates(
         validation=validation,
         summary=row,
-        llm_accuracy=float(result["a_llm"]),
-        is_probability=ROUTERS[strategy].is_probability,
+        llm_accuracy=source.llm_accuracy,
+        is_probability=source.is_probability,
         candidate_correct=None if pairs is None else pairs[0],
         champion_correct=None if pairs is None else pairs[1],
         load=loaded,
