@@ -32,14 +32,21 @@ def result(model: str = "slm", answer: str = "6") -> dict[str, Any]:
     return row
 
 
+SERVED = {"slm": "v1-slm", "llm": "v1-llm"}
+
+
+def served(row: dict[str, Any], fallback: str | None = None) -> Answer:
+    """An answer as the HTTP engine gives it: served by the vLLM server of the model that answered."""
+    return Answer(row, fallback, SERVED[row["model"]])
+
+
 class StandInEngine:
     """Duck-types serving.engine.Engine; `behaviour` decides each answer."""
 
     def __init__(self, behaviour: Any = None, version: str = "1") -> None:
-        self.deployment = Deployment("escalate-cascade", version, "champion", "/nowhere",
-                                     served_names={"slm": "v1-slm", "llm": "v1-llm"})
+        self.deployment = Deployment("escalate-cascade", version, "champion", "/nowhere", served_names=SERVED)
         self.strategy = "entropy"
-        self.behaviour = behaviour or (lambda q: Answer(result(), None))
+        self.behaviour = behaviour or (lambda q: served(result()))
         self.closed = False
 
     def answer(self, question: str) -> Answer:
@@ -77,7 +84,7 @@ def test_chat_answer_says_who_answered_and_at_what_cost() -> None:
 
 
 def test_completions_and_streaming() -> None:
-    c = client(StandInEngine(lambda q: Answer(result("llm", "the answer is 6"), None)))
+    c = client(StandInEngine(lambda q: served(result("llm", "the answer is 6"))))
     r = c.post("/v1/completions", json={"model": "escalate-cascade", "prompt": QUESTION}, headers=AUTH)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == "the answer is 6"
     r = chat(c, stream=True)
@@ -90,7 +97,7 @@ def test_completions_and_streaming() -> None:
 
 
 def test_max_tokens_truncates() -> None:
-    r = chat(client(StandInEngine(lambda q: Answer(result("slm", "one two three"), None))), max_tokens=2)
+    r = chat(client(StandInEngine(lambda q: served(result("slm", "one two three")))), max_tokens=2)
     assert r.json()["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "one two"},
                                       "finish_reason": "length", "logprobs": None}
 
@@ -142,7 +149,7 @@ def test_llm_down_is_503_and_slm_down_falls_back_to_the_llm() -> None:
     c = client(StandInEngine(llm_down))
     r = chat(c)
     assert r.status_code == 503 and r.json()["error"]["code"] == "llm_unavailable"
-    c = client(StandInEngine(lambda q: Answer({**result("llm"), "threshold": float("inf")}, "slm_down")))
+    c = client(StandInEngine(lambda q: served({**result("llm"), "threshold": float("inf")}, "slm_down")))
     r = chat(c)
     assert r.status_code == 200 and r.json()["escalate"]["fallback"] == "slm_down"
     assert r.json()["escalate"]["threshold"] is None  # JSON has no inf
@@ -164,7 +171,7 @@ def test_full_queue_is_429() -> None:
 
     def slow(q: str) -> Answer:
         release.wait(10)
-        return Answer(result(), None)
+        return served(result())
 
     statuses: list[int] = []
     with client(StandInEngine(slow), max_concurrency=1, max_queue=1) as c:  # one event loop for all requests
@@ -188,9 +195,9 @@ def test_swap_lets_requests_in_flight_finish_on_the_old_engine() -> None:
     def slow(q: str) -> Answer:
         started.set()
         release.wait(10)
-        return Answer(result(answer="old"), None)
+        return served(result(answer="old"))
 
-    old, new = StandInEngine(slow, "1"), StandInEngine(lambda q: Answer(result(answer="new"), None), "2")
+    old, new = StandInEngine(slow, "1"), StandInEngine(lambda q: served(result(answer="new")), "2")
     c = client(old)
     holder = c.app.state.gateway.holder
     answers: list[str] = []

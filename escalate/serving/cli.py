@@ -44,11 +44,13 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                             description="Export @alias's bundle to DIR with a deployment.json naming the servers "
                                         "(Kubernetes, compose) that serve its models; `escalate serve --deployment "
                                         "DIR/deployment.json` then serves it. vLLM must serve each model under "
-                                        "its role name (--served-model-name slm / llm).")
+                                        "its role name (--served-model-name slm / llm). A token-level (CITER) "
+                                        "bundle is decoded in the gateway's process and takes no --endpoint.")
     export.add_argument("--alias", default="champion")
     export.add_argument("--to", type=Path, required=True, help="directory to write (a volume the gateway mounts)")
-    export.add_argument("--endpoint", action="append", default=[], metavar="ROLE=URL", required=True,
-                        help="where a model's OpenAI server is, e.g. slm=http://vllm-slm:8000 (repeat per model)")
+    export.add_argument("--endpoint", action="append", default=[], metavar="ROLE=URL",
+                        help="where a model's OpenAI server is, e.g. slm=http://vllm-slm:8000 (repeat per "
+                             "self-hosted model of a query-level bundle)")
     export.add_argument("--profile", default="tiny", help="profile whose tracking URI holds the registry")
     export.add_argument("--root", type=Path, default=Path("."))
     export.set_defaults(handler=_export)

@@ -1,9 +1,15 @@
 """Answer one request with a deployed bundle: its cascade over HTTP backends, and what to do when a model is down.
 
-The engine builds the bundle's `Cascade` with each self-hosted model pointed at its vLLM server, so
-the gateway routes exactly as evaluation scored (same prompts, router, threshold and cost model).
-When the SLM is down, requests go straight to the LLM (and say so); when the LLM is down, the
-questions the SLM keeps are still answered and the rest fail with ModelDown("llm").
+`open_engine` picks the engine by the bundle's kind. A query-level bundle gets `Engine`: the
+bundle's `Cascade` with each self-hosted model pointed at its vLLM server, so the gateway routes
+exactly as evaluation scored (same prompts, router, threshold and cost model). When the SLM is
+down, requests go straight to the LLM (and say so); when the LLM is down, the questions the SLM
+keeps are still answered and the rest fail with ModelDown("llm").
+
+A token-level bundle (CITER) gets `InProcessEngine`: its TokenLevelCascade decodes both models in
+the gateway's own process (HF, torch), since a token router steps the two models token by token
+and no vLLM server does that. There is no server to be down, so the fallbacks do not apply: a
+failure is the gateway's own (500), and /admin/deploy refuses a bundle that does not load.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 
 from escalate.models.backends.base import BackendError, Generation, GenerationBackend, SamplingParams
 from escalate.prompts import format_prompt
-from escalate.registry.bundle import build_cascade
+from escalate.registry.bundle import TOKEN_LEVEL, BundleError, CascadeSpec, build_cascade
 from escalate.routers.base import Router, RouterInputs
 from escalate.serving.deployment import Deployment
 
@@ -78,14 +84,27 @@ class Answer:
 
     result: dict[str, Any]
     fallback: str | None  # "slm_down" when the SLM was skipped, else None
+    served_by: str  # the server name of the model that answered, or IN_PROCESS
+
+
+IN_PROCESS = "in-process"
+Bundle = tuple[CascadeSpec, Any, dict[str, str]]  # read_bundle's spec, router and checkpoint dirs
+
+
+def open_engine(deployment: Deployment) -> Engine | InProcessEngine:
+    """The engine for a deployment's bundle: in process for a token-level one, over HTTP otherwise."""
+    bundle = deployment.read()
+    return (InProcessEngine if bundle[0].kind == TOKEN_LEVEL else Engine)(deployment, bundle)
 
 
 class Engine:
-    """One deployment, loaded: answers questions and reports who answered."""
+    """One query-level deployment, loaded: answers questions over its models' servers and reports who answered."""
 
-    def __init__(self, deployment: Deployment) -> None:
+    def __init__(self, deployment: Deployment, bundle: Bundle | None = None) -> None:
         self.deployment = deployment
-        spec, router, checkpoints = deployment.read()
+        spec, router, checkpoints = bundle or deployment.read()
+        if spec.kind == TOKEN_LEVEL:
+            raise BundleError(f"{deployment.label} is a token-level bundle; it is served in process (open_engine)")
         self.spec = spec
         cascade = build_cascade(spec, checkpoints, router, http_overrides(deployment))
         self.cascade = replace(cascade, slm=_RoleBackend(cascade.slm, "slm"), llm=_RoleBackend(cascade.llm, "llm"))
@@ -109,16 +128,51 @@ class Engine:
         """Route one question; raises ModelDown("llm") when it needs the LLM and the LLM is down."""
         if not self.slm_skipped():
             try:
-                return Answer(self.cascade.answer([question])[0], None)
+                return self._answer(self.cascade.answer([question])[0], None)
             except ModelDown as exc:
                 if exc.role != "slm":
                     raise
                 with self._lock:
                     self._slm_down_until = time.monotonic() + SLM_RETRY_AFTER_S
-        return Answer(self.fallback.answer([question])[0], "slm_down")
+        return self._answer(self.fallback.answer([question])[0], "slm_down")
 
     def close(self) -> None:
         self.cascade.close()
+
+    def _answer(self, result: dict[str, Any], fallback: str | None) -> Answer:
+        return Answer(result, fallback, self.deployment.served_names.get(result["model"], result["model"]))
+
+
+class InProcessEngine:
+    """One token-level deployment, loaded in this process: the same surface as Engine, without servers.
+
+    Requests decode one at a time: torch already spreads one decode over the cores, and concurrent
+    decodes on shared CPU cores would only make each slower.
+    """
+
+    def __init__(self, deployment: Deployment, bundle: Bundle | None = None) -> None:
+        self.deployment = deployment
+        self.spec, router, checkpoints = bundle or deployment.read()
+        self.cascade = build_cascade(self.spec, checkpoints, router)
+        self._lock = threading.Lock()
+
+    @property
+    def strategy(self) -> str:
+        return self.spec.strategy
+
+    def slm_skipped(self) -> bool:
+        return False  # no SLM server to bypass
+
+    def check(self) -> None:
+        """Nothing to reach: the models loaded with the engine, and the gateway's probe answer exercises them."""
+
+    def answer(self, question: str) -> Answer:
+        with self._lock:
+            return Answer(self.cascade.answer([question])[0], None, IN_PROCESS)
+
+    def close(self) -> None:
+        with self._lock:
+            self.cascade.close()
 
 
 class EngineHolder:

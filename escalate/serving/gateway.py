@@ -7,6 +7,8 @@ the strategy, each model's tokens and cost, and each step's latency. Errors use 
 shape: 401 without a valid key, 400 for malformed JSON or an unanswerable request, 422 for schema
 violations, 404 for an unknown model, 413 for oversized bodies, 429 when the queue is full, 503
 when the model a request needs is down (a down SLM is bypassed: its requests go to the LLM).
+A token-level (CITER) deployment decodes in this process: `served_by` says "in-process", and the
+model-down handling does not apply (engine.InProcessEngine).
 `POST /admin/deploy` loads a deployment, answers a probe question with it, and only then swaps it
 in; requests in flight finish on the bundle they started with.
 """
@@ -32,7 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from escalate.registry.bundle import DEFAULT_EXAMPLE, BundleError
 from escalate.serving import openai_api as api
 from escalate.serving.deployment import Deployment
-from escalate.serving.engine import Answer, Engine, EngineHolder, ModelDown, NotReady
+from escalate.serving.engine import Answer, EngineHolder, ModelDown, NotReady, open_engine
 from escalate.serving.metrics import GatewayMetrics
 
 log = logging.getLogger("escalate.gateway")
@@ -140,7 +142,7 @@ class Gateway:
 
     def deploy(self, request: DeployRequest) -> dict[str, Any]:
         deployment = Deployment.load(request.deployment)
-        engine = Engine(deployment)
+        engine = open_engine(deployment)
         try:
             engine.check()
             probe = engine.answer(request.probe)
@@ -247,7 +249,7 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
             gateway.metrics.model_errors.labels("slm").inc()
         gateway.metrics.observe_answer(result, answer.fallback)
         text, finish = api.truncate(result["answer"], request.token_limit())
-        meta = escalate_object(result, answer.fallback, deployment, time.perf_counter() - start)
+        meta = escalate_object(answer, deployment, time.perf_counter() - start)
         gateway.metrics.latency.labels(route).observe(time.perf_counter() - start)
         gateway.metrics.requests.labels(route, "200").inc()
         if request.stream:
@@ -275,13 +277,12 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
     return app
 
 
-def escalate_object(result: dict[str, Any], fallback: str | None, deployment: Deployment,
-                    gateway_s: float) -> dict[str, Any]:
+def escalate_object(answer: Answer, deployment: Deployment, gateway_s: float) -> dict[str, Any]:
     """What every response says about how it was answered."""
-    role = result["model"]
+    result = answer.result
     return {
-        "model": role, "served_by": deployment.served_names.get(role, role), "escalated": result["escalated"],
-        "fallback": fallback, "confidence": _finite(result["confidence"]), "strategy": result["strategy"],
+        "model": result["model"], "served_by": answer.served_by, "escalated": result["escalated"],
+        "fallback": answer.fallback, "confidence": _finite(result["confidence"]), "strategy": result["strategy"],
         "threshold": _finite(result["threshold"]), "parsed_answer": result["parsed_answer"],
         "deployment": {"model": deployment.model_name, "version": deployment.version, "alias": deployment.alias},
         "tokens": {r: {"prompt": int(result[f"{r}_prompt_tokens"]), "output": int(result[f"{r}_output_tokens"])}

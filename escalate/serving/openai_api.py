@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from escalate.cascade import MIXED
+
 MAX_QUESTION_CHARS = 8_000
 
 
@@ -107,8 +109,11 @@ def truncate(text: str, limit: int | None) -> tuple[str, str]:
 
 
 def usage(result: dict[str, Any]) -> dict[str, int]:
-    """Tokens of the model that answered (OpenAI's usage); the escalate object has both models'."""
-    role = result["model"]
+    """Tokens of the model that answered (OpenAI's usage); the escalate object has both models'.
+
+    A token-level answer both models wrote counts the SLM's: it read the prompt and stepped on every token.
+    """
+    role = "slm" if result["model"] == MIXED else result["model"]
     prompt, output = int(result[f"{role}_prompt_tokens"]), int(result[f"{role}_output_tokens"])
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
 

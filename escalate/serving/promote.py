@@ -1,5 +1,8 @@
 """Promote a registry alias to serving: export, start vLLM, switch the gateway, smoke-test, record.
 
+A token-level (CITER) bundle starts no vLLM server: the gateway decodes it in its own process
+(serving.engine.InProcessEngine), so `launch` has nothing to start and `export` takes no endpoints.
+
 Each step is a plain function (the Prefect flow `promote` makes a task of each); `promote` chains
 them. Nothing user-visible changes until the last step: on any failure, the servers this run
 started are stopped, the gateway is switched back (or was never switched), the registry aliases
@@ -16,8 +19,16 @@ from typing import Any
 import httpx
 
 from escalate.registry.aliases import SERVING, Registry, who
+from escalate.registry.bundle import TOKEN_LEVEL, BundleError, read_bundle
 from escalate.serving import gateway_process
-from escalate.serving.deployment import Deployment, current, export_bundle, mark_current, new_deployment_dir
+from escalate.serving.deployment import (
+    Deployment,
+    bundle_artifacts,
+    current,
+    export_bundle,
+    mark_current,
+    new_deployment_dir,
+)
 from escalate.serving.vllm_server import VllmServer, free_port, serve_python, stop_group, wait_gone
 
 SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva have now?",
@@ -60,12 +71,23 @@ def top_logprobs(checkpoint: Path) -> int:
 def export(registry: Registry, alias: str, root: Path, directory: Path | None = None,
            endpoints: dict[str, str] | None = None) -> Deployment:
     """Resolve @alias and export its bundle to a deployment directory (default: a fresh one under
-    serving/); `endpoints` names servers started elsewhere (Kubernetes, compose) instead of by launch."""
+    serving/). `endpoints` names servers started elsewhere (Kubernetes, compose): then a query-level
+    bundle needs one for each self-hosted model, and a token-level one, decoded in the gateway's
+    process, takes none. None: `launch` starts the servers (none for a token-level bundle)."""
     mv = registry.resolve(alias)
     directory = directory or new_deployment_dir(root, registry.name, str(mv.version))
     bundle = export_bundle(registry.uri, registry.name, str(mv.version), directory)
     deployment = Deployment(model_name=registry.name, version=str(mv.version), alias=alias,
                             bundle_dir=str(bundle.relative_to(directory)))  # relative: the directory can move
+    if endpoints is not None:
+        spec, _, checkpoints = read_bundle(bundle_artifacts(bundle))
+        if spec.kind == TOKEN_LEVEL and endpoints:
+            raise BundleError(f"{deployment.label} is a token-level bundle, decoded in the gateway's process; "
+                              f"it takes no endpoints (got {sorted(endpoints)}): drop --endpoint")
+        missing = sorted(set(checkpoints) - set(endpoints)) if spec.kind != TOKEN_LEVEL else []
+        if missing:
+            raise BundleError(f"{deployment.label} needs a server for each self-hosted model; no endpoint for "
+                              f"{missing}: add --endpoint {missing[0]}=URL")
     for role, url in (endpoints or {}).items():
         deployment.endpoints[role], deployment.served_names[role] = url, role
         deployment.top_logprobs[role] = top_logprobs(Path(deployment.artifacts()[role]))
@@ -73,8 +95,11 @@ def export(registry: Registry, alias: str, root: Path, directory: Path | None = 
 
 
 def launch(deployment: Deployment, root: Path, timeout_s: float = 300.0) -> Deployment:
-    """Start a vLLM server for each self-hosted model and wait until each is healthy; all or none."""
-    _, _, checkpoints = deployment.read()
+    """Start a vLLM server for each self-hosted model and wait until each is healthy; all or none.
+    A token-level bundle needs none: the gateway decodes it in process."""
+    spec, _, checkpoints = deployment.read()
+    if spec.kind == TOKEN_LEVEL:
+        return deployment.save_to(Path(deployment.path).parent)
     python = serve_python(root)
     directory = Path(deployment.path).parent
     servers: list[VllmServer] = []
