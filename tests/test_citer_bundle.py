@@ -1,5 +1,6 @@
 """A token-level (CITER) bundle from tiny random checkpoints: it answers in a fresh process as plain greedy
-decoding at the τ edges, names a missing or truncated router file, and the gateway serves it in process."""
+decoding at the τ edges, names a missing or truncated router file, the gateway serves it in process, and
+`promote` puts it behind a gateway process without starting any vLLM server."""
 
 from __future__ import annotations
 
@@ -27,10 +28,11 @@ from escalate.prompts import format_prompt
 from escalate.registry import gates
 from escalate.registry.aliases import Registry
 from escalate.registry.bundle import TOKEN_LEVEL, BundleError, CascadeSpec, log_bundle, read_bundle
-from escalate.serving.deployment import bundle_artifacts
+from escalate.serving import gateway_process
+from escalate.serving.deployment import Deployment, bundle_artifacts
 from escalate.serving.engine import IN_PROCESS
 from escalate.serving.gateway import GatewaySettings, create_app
-from escalate.serving.promote import export, launch
+from escalate.serving.promote import export, launch, promote_alias
 
 pytestmark = pytest.mark.slow
 
@@ -150,3 +152,21 @@ def test_the_gateway_serves_a_citer_deployment_in_process(logged: dict, tmp_path
         again = c.post("/admin/deploy", json={"deployment": deployment.path}, headers=auth)
         assert again.status_code == 200 and again.json()["previous"] == deployment.label
         assert old.cascade.decoder.models == {}  # swapped out with no request in flight: closed, memory freed
+
+
+def test_promote_serves_a_citer_bundle_behind_the_gateway_without_vllm(logged: dict, tmp_path: Path) -> None:
+    registry = Registry(logged["uri"], name="citer-promote")
+    info = logged["infos"][1.0]
+    version = registry.register(info.model_uri, [gates.accuracy_gate(0.9, 0.9, 0.02)], run_id=info.run_id,
+                                model_id=info.model_id).version
+    try:
+        promotion = promote_alias(registry, tmp_path, timeout_s=120)
+    finally:
+        gateway = gateway_process.running(tmp_path)
+        if gateway is not None:
+            gateway.stop()
+    deployment = Deployment.load(promotion.deployment)
+    assert deployment.pids == {} and deployment.endpoints == {}  # no server started
+    assert [a["escalate"]["served_by"] for a in promotion.answers] == [IN_PROCESS] * 2
+    assert {a["escalate"]["model"] for a in promotion.answers} == {"slm"}  # τ = 1: the SLM alone
+    assert registry.aliases()["serving"] == version

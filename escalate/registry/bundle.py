@@ -1,6 +1,6 @@
 """One candidate cascade as one MLflow pyfunc model: checkpoints, strategy, cost model, report.
 
-A bundle holds everything `Cascade` needs, so a fresh process can answer questions with
+A bundle holds everything its cascade needs, so a fresh process can answer questions with
 
     model = mlflow.pyfunc.load_model("models:/escalate-cascade@champion")
     model.predict(pd.DataFrame({"question": ["Eva has 7 cups. ..."]}))
