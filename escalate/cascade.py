@@ -121,11 +121,11 @@ class Cascade:
             return []
         all_samples = self.router.uses_all_samples
         if self.router.mode == "pregen":
-            escalated, scores, route_s = self._route(RouterInputs(frame, _empty_rows()))
+            escalated, scores, route_s, route_cost = self._route(RouterInputs(frame, _empty_rows()))
             slm_rows = self._generate(self.slm, "slm", frame[~escalated], all_samples)
         else:
             slm_rows = self._generate(self.slm, "slm", frame, all_samples)
-            escalated, scores, route_s = self._route(RouterInputs(frame, slm_rows))
+            escalated, scores, route_s, route_cost = self._route(RouterInputs(frame, slm_rows))
         kept = frame[~escalated].reset_index(drop=True)
         answers = (self.router.slm_answers(RouterInputs(kept, slm_rows[slm_rows["id"].isin(kept["id"])]))
                    .set_index("id") if len(kept) else pd.DataFrame(columns=["answer"]))
@@ -147,7 +147,8 @@ class Cascade:
                 "question": q.question, "answer": str(text).strip(), "parsed_answer": parsed,
                 "model": "llm" if escalated[i] else "slm", "escalated": bool(escalated[i]),
                 "confidence": float(scores[i]), "strategy": self.router.name, "threshold": self.threshold,
-                "cost_slm": slm_cost, "cost_llm": llm_cost, "cost_router": 0.0, "cost": slm_cost + llm_cost,
+                "cost_slm": slm_cost, "cost_llm": llm_cost, "cost_router": float(route_cost[i]),
+                "cost": float(route_cost[i]) + slm_cost + llm_cost,
                 "latency_slm_s": slm_time, "latency_router_s": router_time, "latency_llm_s": llm_time,
                 "latency_s": slm_time + router_time + llm_time,
                 "slm_prompt_tokens": slm_tokens[0], "slm_output_tokens": slm_tokens[1],
@@ -173,12 +174,17 @@ class Cascade:
         # Serving has no gold answer: `correct` is unknown (None), which routers only read for offline figures.
         return pd.DataFrame(rows).assign(correct=None)[list(ROW_COLUMNS)]
 
-    def _route(self, inputs: RouterInputs) -> tuple[np.ndarray, np.ndarray, float]:
-        """The router's decision (its own threshold rule) and score per question, and the time they took."""
+    def _route(self, inputs: RouterInputs) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """The router's decision (its own threshold rule) and score per question, the time they took, and
+        what scoring cost per question (the SLM tokens a router that runs the SLM reads, priced as SLM input)."""
         start = time.perf_counter()
         scores = np.asarray(self.router.score(inputs), dtype=float)
         escalated = self.router.decide(scores, self.threshold)
-        return escalated, scores, time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        reads = self.router.slm_reads(inputs)
+        cost = (np.zeros(len(scores)) if reads is None
+                else np.array([self.cost.cost("slm", int(t), 0) for t in reads], dtype=float))
+        return escalated, scores, elapsed, cost
 
     @staticmethod
     def _slm_answer(rows: pd.DataFrame, answer: Any) -> tuple[str, Any]:

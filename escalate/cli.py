@@ -26,7 +26,8 @@ typical use:
   escalate zoo build --profile tiny         train the embedded SLM and LLM (or record external models)
   escalate sample --profile tiny            K generations per question per model
   escalate evaluate --profile tiny          every baseline strategy on the test split, plots, report
-  escalate sater train --profile tiny       SATER stages I (DPO) and II (refusal SFT), test samples, metrics
+  escalate sater train --profile tiny       SATER: stage I (DPO), stage II (refusal SFT) over a τ sweep, its
+                                            refusal, pre-generation and vote routing vs the vanilla cascades, report
   escalate corea train --profile tiny       COREA: confidence warm-up, GRPO with (COREA) and without (RLVR)
                                             a calibration reward, cascades in and out of domain, report
   escalate citer train --profile tiny       CITER: token labels, two rounds of token routers, τ sweep, report
@@ -73,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(sub.add_parser("evaluate", help="evaluate every strategy on the held-out split and write the report"))
     sater = sub.add_parser("sater", help="SATER: train the SLM to answer short and refuse").add_subparsers(
         dest="action", required=True)
-    _profile_arg(sater.add_parser("train", help="stage I (DPO) and stage II (refusal SFT) from the zoo SLM; metrics"))
+    _profile_arg(sater.add_parser("train", help="stage I (DPO), stage II (refusal SFT) at each τ, SATER routing vs "
+                                                "the vanilla cascades; report"))
     corea = sub.add_parser("corea", help="COREA: train the SLM to state a calibrated confidence").add_subparsers(
         dest="action", required=True)
     _profile_arg(corea.add_parser("train", help="warm-up, RLVR and COREA GRPO runs; cascades evaluated; report"))
@@ -143,23 +145,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(format_table(result["summary"], list(SUMMARY_COLUMNS)))
         print(f"report: {stages.paths(profile)['eval'] / 'report.md'}")
     elif args.group == "sater":
-        metrics = stages.build_sater(profile)
-        print(metrics.read_text())
+        from escalate.train.sater_report import ROUTING_COLUMNS
+
+        _print_results(json.loads(stages.build_sater(profile).read_text()), ROUTING_COLUMNS,
+                       stages.paths(profile)["sater"] / "report.md")
     elif args.group == "corea":
-        from escalate.evaluation.report import format_cell, format_table
         from escalate.train.corea_report import COLUMNS
 
-        metrics = json.loads(stages.build_corea(profile).read_text())
-        print(format_table(metrics["rows"], list(COLUMNS)))
-        for name, target in metrics["targets"].items():
-            print(f"{name}: {format_cell(target['value'])} (needs {target['relation']} {target['limit']}): "
-                  f"{'met' if target['met'] else 'missed'}")
-        print(f"report: {stages.paths(profile)['corea'] / 'report.md'}")
+        _print_results(json.loads(stages.build_corea(profile).read_text()), COLUMNS,
+                       stages.paths(profile)["corea"] / "report.md")
     elif args.group == "citer":
         from escalate.citer.stage import run_command
 
         print(run_command(profile, args.action, getattr(args, "run_id", None)))
     return 0
+
+
+def _print_results(metrics: dict, columns: tuple[str, ...], report: Path) -> None:
+    """A training stage's table, each target with its figure and verdict, and where the report is."""
+    from escalate.evaluation.report import format_cell, format_table
+
+    print(format_table(metrics["rows"], list(columns)))
+    for name, target in metrics["targets"].items():
+        print(f"{name}: {format_cell(target['value'])} (needs {target['relation']} {target['limit']}): "
+              f"{'met' if target['met'] else 'missed'}")
+    print(f"report: {report}")
 
 
 def _validate_file(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 
@@ -25,8 +26,6 @@ from escalate.prompts import format_prompt
 from escalate.sampling import measure_latency, sample
 
 STAGES = ("questions", "zoo", "samples", "evaluate")
-SATER_SPLIT = "test"  # where SATER's before/after figures are measured (the issue's targets)
-MAX_ACCURACY_DROP = 0.01  # METRICS.md: a token reduction is claimed only if accuracy fell by at most 1 point
 
 
 def paths(profile: Profile, root: Path | str = ".") -> dict[str, Path]:
@@ -154,38 +153,6 @@ def _sample_once(cfg: ModelConfig, role: str, zoo_dir: Path, questions: pd.DataF
         backend.close()
 
 
-def sater_metrics(vanilla: pd.DataFrame, sater: pd.DataFrame, split: str, tau: float) -> dict:
-    """SATER's before/after figures from greedy samples (sample_idx 0) on `split`.
-
-    before: the vanilla SLM ("slm" in `vanilla`); stage I: "sater1"; stage II: "sater2", whose
-    refusals count as wrong in its accuracy and are left out of its accuracy when answering.
-    """
-    from escalate.train.preferences import is_refusal
-
-    def greedy(df: pd.DataFrame, model: str) -> pd.DataFrame:
-        rows = df[(df["model"] == model) & (df["split"] == split) & (df["sample_idx"] == 0)]
-        if rows.empty:
-            raise ValueError(f"no greedy samples of {model!r} on split {split!r}")
-        return rows
-
-    before, stage1, stage2 = greedy(vanilla, "slm"), greedy(sater, "sater1"), greedy(sater, "sater2")
-    refused = stage2["text"].map(is_refusal).astype(bool)
-    answered = stage2[~refused]
-    tokens_before, tokens_after = float(before["n_output_tokens"].mean()), float(stage1["n_output_tokens"].mean())
-    accuracy_before, accuracy_after = float(before["correct"].mean()), float(stage1["correct"].mean())
-    return {
-        "split": split, "n_questions": len(stage1), "tau": tau,
-        "tokens_before": tokens_before, "tokens_after": tokens_after,
-        "accuracy_before": accuracy_before, "accuracy_after": accuracy_after,
-        "token_reduction": 1 - tokens_after / tokens_before,
-        "token_reduction_claimed": accuracy_before - accuracy_after <= MAX_ACCURACY_DROP,
-        "stage2_tokens": float(stage2["n_output_tokens"].mean()),
-        "stage2_accuracy": float(stage2["correct"].mean()),
-        "refusal_rate": float(refused.mean()),
-        "accuracy_when_answering": float(answered["correct"].mean()) if len(answered) else float("nan"),
-    }
-
-
 def _training_inputs(profile: Profile, root: Path | str, method: str) -> tuple[object, dict[str, Path], Path]:
     """A training stage's profile section, the pipeline paths and its (created) output directory;
     a clear error when the profile has no such section or the samples it starts from are missing."""
@@ -202,67 +169,157 @@ def _training_inputs(profile: Profile, root: Path | str, method: str) -> tuple[o
 
 
 def build_sater(profile: Profile, root: Path | str = ".") -> Path:
-    """SATER (issue 4): stage I prefers the SLM's shortest correct response (DPO), stage II answers or refuses (SFT).
+    """SATER (issue 4): stage I prefers the SLM's shortest correct response (DPO), stage II answers or refuses
+    (SFT) at each τ of the sweep, and SATER's three routing modes are evaluated against the vanilla SLM's cascades.
 
-    Writes under artifacts/<profile>/sater/: both stages' training tables (validated), checkpoints
-    stage1/ and stage2/, the SATER models' samples on the test split ("sater1", "sater2") and
-    metrics.json, which compares them with the vanilla SLM's test samples from the samples stage.
+    Writes under artifacts/<profile>/sater/: the training tables (validated: train samples,
+    preferences, refusal targets per τ), checkpoints stage1/, stage2/ (the profile's τ, the
+    candidate SLM) and sweep/tau_<τ>/, the samples of every SATER model on calib and the evaluation
+    split (samples.parquet), evaluations under eval/ (vanilla/: the zoo SLM's P(T) cascade and
+    self-consistency; sater/: refusal cascade, pre-generation refusal probability and weighted vote
+    on the stage-II SLM; tau_<τ>/: the sweep), metrics.json and report.md with plots.
     """
+    from escalate.train import sater_report as report
     from escalate.train.preferences import REFUSAL_COMPLETION, build_preferences, refusal_targets
     from escalate.train.sater_dpo import train_dpo
     from escalate.train.sater_refusal import train_refusal
 
     cfg, p, out = _training_inputs(profile, root, "sater")
-    vanilla = pd.read_parquet(p["samples"])
     questions = load_questions(profile, root)
+    split = profile.evaluation.split
     train = questions[questions["split"] == "train"].reset_index(drop=True)
-    test = questions[questions["split"] == SATER_SPLIT].reset_index(drop=True)
+    evaluated = questions[questions["split"].isin(["calib", split])].reset_index(drop=True)
     slm = profile.models["slm"]
-    stage_dirs = {1: out / "stage1", 2: out / "stage2"}
-    sater_models = {i: dataclasses.replace(slm, source=str(d)) for i, d in stage_dirs.items()}
-    train_sampling = dataclasses.replace(profile.sampling, k=cfg.k_train)
+    taus = cfg.taus()
+    stage2 = {t: out / "stage2" if t == cfg.refusal.tau else out / "sweep" / f"tau_{t:g}" for t in taus}
+    names = {t: "sater2" if t == cfg.refusal.tau else f"sater2_tau{t:g}" for t in taus}
+
+    def model(directory: Path) -> ModelConfig:
+        return dataclasses.replace(slm, source=str(directory))
+
     start = time.perf_counter()
-    progress = tqdm(total=6, desc="sater", unit="step", dynamic_ncols=True)
+    progress = tqdm(total=5 + len(taus), desc="sater", unit="step", dynamic_ncols=True)
 
     def step(what: str) -> None:
         progress.set_postfix_str(what)
         progress.update()
 
+    train_sampling = dataclasses.replace(profile.sampling, k=cfg.k_train)
     train_samples = [_sample_once(slm, "slm", p["zoo"], train, train_sampling, profile.seed)]
-    step("sampled the SLM on train")
     prefs = build_preferences(train_samples[0], train)
     _write_validated(prefs, "preferences", out / "preferences.parquet", out / "preferences_report.json")
     if prefs.empty:
         raise ValueError(f"no train question has a correct sample among {cfg.k_train}: stage I has no preference pair")
-    stage1 = train_dpo(model_path(slm, "slm", p["zoo"]), prefs, cfg.dpo, stage_dirs[1])
+    training = {"stage1": train_dpo(model_path(slm, "slm", p["zoo"]), prefs, cfg.dpo, out / "stage1")}
     step("stage I trained")
 
-    train_samples.append(_sample_once(sater_models[1], "sater1", p["zoo"], train, train_sampling, profile.seed))
-    step("sampled stage I on train")
-    targets = refusal_targets(train_samples[1], train, cfg.refusal.tau)
-    _write_validated(targets, "refusal_sft", out / "refusal_sft.parquet", out / "refusal_sft_report.json")
-    stage2 = train_refusal(stage_dirs[1], targets, cfg.refusal, stage_dirs[2])
-    step("stage II trained")
+    train_samples.append(_sample_once(model(out / "stage1"), "sater1", p["zoo"], train, train_sampling, profile.seed))
     _write_validated(pd.concat(train_samples, ignore_index=True), "samples", out / "train_samples.parquet",
                      out / "train_samples_report.json", model_ids=["slm", "sater1"])
+    step("stage I sampled on train")
+    target_share = {}
+    for tau in taus:
+        targets = refusal_targets(train_samples[1], train, tau)
+        suffix = "" if tau == cfg.refusal.tau else f"_tau{tau:g}"
+        _write_validated(targets, "refusal_sft", out / f"refusal_sft{suffix}.parquet",
+                         out / f"refusal_sft{suffix}_report.json")
+        target_share[tau] = float(targets["completion"].eq(REFUSAL_COMPLETION).mean())
+        summary = train_refusal(out / "stage1", targets, dataclasses.replace(cfg.refusal, tau=tau), stage2[tau])
+        if tau == cfg.refusal.tau:
+            training["stage2"] = summary
+        step(f"stage II trained at τ = {tau:g}")
 
-    test_samples = pd.concat([_sample_once(sater_models[i], f"sater{i}", p["zoo"], test, profile.sampling,
-                                           profile.seed) for i in (1, 2)], ignore_index=True)
-    _write_validated(test_samples, "samples", out / "samples.parquet", out / "samples_report.json",
-                     model_ids=["sater1", "sater2"])
-    step("sampled both stages on test")
-    metrics = sater_metrics(vanilla, test_samples, SATER_SPLIT, cfg.refusal.tau)
-    metrics.update({
-        "n_preferences": len(prefs), "n_refusal_targets": len(targets),
-        "refusal_target_share": float(targets["completion"].eq(REFUSAL_COMPLETION).mean()),
-        "stage1_train": {k: v for k, v in stage1.items() if k != "losses"},
-        "stage2_train": {k: v for k, v in stage2.items() if k != "losses"},
-        "seconds": time.perf_counter() - start,
-    })
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    step("metrics written")
+    greedy_only = dataclasses.replace(profile.sampling, k=1)
+    test = evaluated[evaluated["split"] == split].reset_index(drop=True)
+    parts = [_sample_once(model(out / "stage1"), "sater1", p["zoo"], test, greedy_only, profile.seed)]
+    for tau in taus:  # the candidate's SLM pays for the vote's K samples; the sweep reads greedy answers only
+        sampling = profile.sampling if tau == cfg.refusal.tau else greedy_only
+        parts.append(_sample_once(model(stage2[tau]), names[tau], p["zoo"], evaluated, sampling, profile.seed))
+    samples = pd.concat(parts, ignore_index=True)
+    _write_validated(samples, "samples", out / "samples.parquet", out / "samples_report.json",
+                     model_ids=["sater1", *names.values()])
+    step("every SATER model sampled on calib and test")
+
+    vanilla = pd.read_parquet(p["samples"])
+    ensure_valid(vanilla, "samples", source=str(p["samples"]), model_ids=list(profile.models))
+    evaluations = _sater_evaluations(profile, root, evaluated, vanilla, samples, names, stage2)
+    step("every strategy evaluated")
+
+    stage1 = report.stage_one(report.greedy(vanilla, "slm", split), report.greedy(samples, "sater1", split))
+    sweep = [report.sweep_row(t, target_share[t], report.greedy(samples, names[t], split), evaluations[f"tau_{t:g}"])
+             for t in taus]
+    sater_slm = samples[samples["model"] == "sater2"]
+    tokens = {**{s: report.slm_tokens(vanilla[vanilla["model"] == "slm"], split, s == "self_consistency")
+                 for s in report.VANILLA},
+              **{s: report.slm_tokens(sater_slm, split, s == "sater_vote") for s in report.STRATEGIES}}
+    rows = report.routing_rows({"vanilla": evaluations["vanilla"], "sater": evaluations["sater"]}, tokens)
+    targets = report.check_targets(stage1, rows)
+    context = {"profile": profile.name, "split": split, "cost_model": cost_model(profile, root).describe(),
+               "seed": profile.seed, "delta": profile.evaluation.delta, "tau": cfg.refusal.tau,
+               "n": int((evaluated["split"] == split).sum())}
+    plots = _sater_plots(out, evaluations, sweep, profile.name, split, context["cost_model"])
+    by_difficulty = report.tokens_by_difficulty(questions, report.greedy(vanilla, "slm", split),
+                                                report.greedy(samples, "sater1", split))
+    report.write_sater_report(out / "report.md", context=context, stage1=stage1, tokens_by_difficulty=by_difficulty,
+                              sweep=sweep, rows=rows, targets=targets, training=training, plots=plots)
+    metrics = {"context": context, "stage1": stage1, "stage2": report.refusals(report.greedy(samples, "sater2", split)),
+               "n_preferences": len(prefs), "sweep": sweep, "rows": rows, "targets": targets,
+               "latency_cuts": report.latency_cuts(rows), "training": training,
+               "seconds": time.perf_counter() - start}
+    (out / "metrics.json").write_text(to_json(metrics))
+    step("report written")
     progress.close()
     return out / "metrics.json"
+
+
+def _sater_evaluations(profile: Profile, root: Path | str, questions: pd.DataFrame, vanilla: pd.DataFrame,
+                       samples: pd.DataFrame, names: dict[float, str], stage2: dict[float, Path]) -> dict[str, dict]:
+    """evaluation.run.evaluate of the vanilla SLM's cascades and of every stage-II model's SATER strategies,
+    each with the same LLM samples, cost model and latency model (the SATER SLM has the zoo SLM's shape)."""
+    from escalate.train import sater_report as report
+
+    p, sater_cfg = paths(profile, root), profile.sater
+    llm = vanilla[vanilla["model"] == "llm"]
+    cost, timings, settings = cost_model(profile, root), pd.read_parquet(p["latency"]), eval_settings(profile)
+
+    def run(where: str, slm_samples: pd.DataFrame, routers: tuple[str, ...], label: str, slm_dir: Path | None) -> dict:
+        labelled = dataclasses.replace(settings, profile=f"{profile.name}, {label}")
+        return evaluate(questions, pd.concat([slm_samples.assign(model="slm"), llm], ignore_index=True), cost,
+                        labelled, p["sater"] / "eval" / where, timings, routers=list(routers),
+                        model_dir=None if slm_dir is None else str(slm_dir.resolve()))
+
+    out = {"vanilla": run("vanilla", vanilla[vanilla["model"] == "slm"], report.VANILLA, "vanilla SLM", None),
+           "sater": run("sater", samples[samples["model"] == "sater2"], report.STRATEGIES,
+                        f"SATER SLM, τ {sater_cfg.refusal.tau:g}", stage2[sater_cfg.refusal.tau])}
+    for tau, name in names.items():
+        out[f"tau_{tau:g}"] = out["sater"] if name == "sater2" else run(
+            f"tau_{tau:g}", samples[samples["model"] == name], report.SWEPT, f"SATER SLM, τ {tau:g}", stage2[tau])
+    return out
+
+
+def _sater_plots(out: Path, evaluations: dict[str, dict], sweep: list[dict], profile: str, split: str,
+                 cost_model_text: str) -> dict[str, str]:
+    """The report's figures (paths relative to the report): accuracy vs cost of vanilla and SATER strategies
+    together, and the τ sweep."""
+    from escalate.evaluation import plots
+    from escalate.train import sater_report as report
+
+    curve_map, refs = {}, {}
+    for label, where in (("vanilla", "vanilla"), ("SATER", "sater")):
+        curves_json = json.loads((out / "eval" / where / "curves.json").read_text())
+        keep = report.VANILLA if label == "vanilla" else report.STRATEGIES
+        curve_map.update({f"{name} ({label})": pd.DataFrame(curves_json[name]) for name in keep})
+        for row in evaluations[where]["summary"]:
+            if row["strategy"] == "SLM-only" or (row["strategy"] == "LLM-only" and label == "vanilla"):
+                refs[f"{row['strategy']} ({label})" if row["strategy"] == "SLM-only" else "LLM-only"] = row
+    ref_frame = pd.DataFrame.from_dict(refs, orient="index")[["cost", "accuracy", "call_rate"]]
+    plots.plot_accuracy_vs_cost(curve_map, ref_frame, out / "accuracy_vs_cost.png", profile=profile, split=split,
+                                cost_model=cost_model_text)
+    plots.plot_accuracy_vs_call_rate(curve_map, ref_frame, out / "accuracy_vs_call_rate.png", profile=profile,
+                                     split=split)
+    report.plot_sweep(sweep, out / "tau_sweep.png", profile=profile, split=split)
+    return {"Accuracy vs cost": "accuracy_vs_cost.png", "Accuracy vs LLM call rate": "accuracy_vs_call_rate.png",
+            "Stage II: the τ sweep": "tau_sweep.png"}
 
 
 def build_corea(profile: Profile, root: Path | str = ".") -> Path:
@@ -366,6 +423,13 @@ def _corea_evaluations(profile: Profile, root: Path | str, questions: pd.DataFra
     return rows, plots
 
 
+def _trained_candidate(profile: Profile, checkpoint: Path, suffix: str) -> Profile:
+    """The profile with a trained checkpoint as its SLM, named `<name>-<suffix>` in the registry."""
+    base = profile.models["slm"]
+    slm = dataclasses.replace(base, name=f"{base.name}-{suffix}", source=str(checkpoint.resolve()))
+    return dataclasses.replace(profile, models={**profile.models, "slm": slm})
+
+
 def corea_candidate(profile: Profile, root: Path | str = ".") -> tuple[Profile, Path]:
     """What registers COREA's cascade: the profile with the COREA checkpoint as its SLM, and the evaluation
     of that cascade on the whole evaluation split (threshold fitted on all of calib).
@@ -373,9 +437,45 @@ def corea_candidate(profile: Profile, root: Path | str = ".") -> tuple[Profile, 
     `registry.publish.register_candidate("corea_confidence", profile=..., eval_dir=..., ...)` takes both.
     """
     out = paths(profile, root)["corea"]
-    base = profile.models["slm"]
-    slm = dataclasses.replace(base, name=f"{base.name}-corea", source=str(Path(out / "corea").resolve()))
-    return dataclasses.replace(profile, models={**profile.models, "slm": slm}), out / "eval" / "corea" / "all"
+    return _trained_candidate(profile, out / "corea", "corea"), out / "eval" / "corea" / "all"
+
+
+def sater_candidate(profile: Profile, root: Path | str = ".") -> tuple[Profile, Path]:
+    """What registers SATER's cascades (sater_report.STRATEGIES): the profile with the stage-II checkpoint
+    (the profile's τ) as its SLM, and their evaluation on the evaluation split (thresholds fitted on calib)."""
+    out = paths(profile, root)["sater"]
+    return _trained_candidate(profile, out / "stage2", "sater"), out / "eval" / "sater"
+
+
+TRAINING_STAGES = ("sater", "corea", "citer")  # in pipeline order: citer compares itself with SATER's cascade
+
+
+def trained_stages(profile: Profile) -> tuple[str, ...]:
+    """The training stages the profile configures (a section each), in pipeline order."""
+    return tuple(stage for stage in TRAINING_STAGES if getattr(profile, stage) is not None)
+
+
+def candidates(profile: Profile, root: Path | str = ".") -> list[tuple[dict, Profile, Path]]:
+    """Every candidate cascade of a finished pipeline: (summary row, the profile it runs with, the directory it
+    is registered from). The evaluate stage's strategies on the zoo SLM, then each configured training stage's:
+    SATER's three strategies and COREA's cascade on their trained SLMs, and CITER's token-level cascade."""
+    from escalate.citer.stage import citer_candidate
+    from escalate.train.sater_report import STRATEGIES as SATER_STRATEGIES
+
+    def summary(source: tuple[Profile, Path], strategies: tuple[str, ...] | None) -> list[tuple[dict, Profile, Path]]:
+        rows = json.loads((source[1] / "metrics.json").read_text())["summary"]
+        return [(r, *source) for r in rows if strategies is None or r["strategy"] in strategies]
+
+    found = summary((profile, paths(profile, root)["eval"]), None)
+    for stage in trained_stages(profile):
+        if stage == "sater":
+            found += summary(sater_candidate(profile, root), SATER_STRATEGIES)
+        elif stage == "corea":
+            found += summary(corea_candidate(profile, root), ("corea_confidence",))
+        else:
+            row, citer_dir = citer_candidate(profile, root)
+            found.append((row, profile, citer_dir))
+    return found
 
 
 def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
@@ -420,4 +520,29 @@ def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
                   for k, v in {"loss": s["losses"], **s.get("rewards", {})}.items()}
         return {"metrics": metrics, "series": series,
                 "artifacts": [p["corea"] / "report.md", p["corea"] / "metrics.json", p["corea"] / "eval"]}
-    raise KeyError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+    if stage == "sater":
+        result = json.loads((p["sater"] / "metrics.json").read_text())
+        metrics = {f"sater/stage1/{k}": v for k, v in result["stage1"].items() if _number(v)}
+        metrics.update({f"sater/stage2/{k}": v for k, v in result["stage2"].items() if _number(v)})
+        metrics.update({f"sater/{row['slm']}/{row['strategy']}/{k}": v for row in result["rows"]
+                        for k, v in row.items() if _number(v)})
+        metrics.update({f"sater/sweep/tau_{row['tau']:g}/{k}": v for row in result["sweep"]
+                        for k, v in row.items() if k != "tau" and _number(v)})
+        metrics.update({f"sater/latency/{row['strategy']}/{k}": v for row in result["latency_cuts"]
+                        for k, v in row.items() if _number(v)})
+        metrics.update({f"sater/targets/{name}": t["value"] for name, t in result["targets"].items()
+                        if _number(t["value"])})
+        series = {f"sater/train/{run}/loss": s["losses"] for run, s in result["training"].items()}
+        return {"metrics": metrics, "series": series,
+                "artifacts": [p["sater"] / "report.md", p["sater"] / "metrics.json", p["sater"] / "eval",
+                              *sorted(p["sater"].glob("*.png"))]}
+    if stage == "citer":
+        from escalate.citer.stage import citer_log
+
+        return citer_log(profile, root)
+    raise KeyError(f"unknown stage {stage!r}; known: {', '.join(STAGES + TRAINING_STAGES)}")
+
+
+def _number(value: object) -> bool:
+    """Whether a value is a finite number MLflow can log (booleans and undefined figures are left out)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,6 +1,9 @@
-"""The `retrain` flow: questions -> zoo -> samples -> evaluate [-> corea] -> gate and register, in one MLflow run.
+"""The `retrain` flow: questions -> zoo -> samples -> evaluate [-> sater -> corea -> citer] -> gate and register,
+in one MLflow run.
 
-A profile with a `corea:` section also trains COREA's SLM, and its cascade is one more candidate.
+A profile with a `sater:` section also trains SATER's SLM (its refusal cascade, pre-generation router and
+weighted vote are three more candidates), one with a `corea:` section COREA's (one more), and one with a
+`citer:` section CITER's token router (its token-level cascade is one more).
 
 Each stage is a DVC stage run by a task, so a second run with unchanged inputs skips finished
 stages and a killed run resumes from the last finished one. Run it with:
@@ -28,7 +31,7 @@ from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
 from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
-from escalate.stages import STAGES, corea_candidate, cost_model, paths  # noqa: E402
+from escalate.stages import STAGES, candidates, cost_model, paths, trained_stages  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
@@ -70,22 +73,10 @@ def retrain(
     return finish(cfg, root_path, run_id, registry, candidates)
 
 
-def trained_stages(cfg: Profile) -> tuple[str, ...]:
-    """Training stages whose SLM becomes a candidate: those the profile configures."""
-    return ("corea",) if cfg.corea is not None else ()
-
-
 def candidate_sources(cfg: Profile, root: Path) -> tuple[list[dict], dict[str, tuple[Profile, Path]]]:
     """Every candidate's summary row, and the profile and evaluation it is registered from."""
-    eval_dir = paths(cfg, root)["eval"]
-    rows = json.loads((eval_dir / "metrics.json").read_text())["summary"]
-    sources = {row["strategy"]: (cfg, eval_dir) for row in rows}
-    if cfg.corea is not None:
-        corea_profile, corea_eval = corea_candidate(cfg, root)
-        corea_rows = json.loads((corea_eval / "metrics.json").read_text())["summary"]
-        rows = rows + [r for r in corea_rows if r["strategy"] == "corea_confidence"]
-        sources["corea_confidence"] = (corea_profile, corea_eval)
-    return rows, sources
+    found = candidates(cfg, root)
+    return [row for row, _, _ in found], {row["strategy"]: (profile, where) for row, profile, where in found}
 
 
 def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:

@@ -21,5 +21,7 @@ def records() -> pd.DataFrame:
             "llm_latency_s": [5.0, 6.0, 5.0, 7.0],
             "slm_latency_model_s": [0.4, 0.8, 0.4, 1.2],
             "llm_latency_model_s": [2.0, 2.4, 2.0, 2.8],
+            "router_latency_s": [0.0, 0.0, 0.0, 0.0],
+            "router_latency_model_s": [0.0, 0.0, 0.0, 0.0],
         }
     )

@@ -75,12 +75,14 @@ def test_sater_section_fills_its_typed_configs() -> None:
     smoke, gpu = load_profile("smoke", root=ROOT), load_profile("gpu", root=ROOT)
     assert isinstance(smoke.sater, SaterConfig) and isinstance(smoke.sater.dpo, SaterDPOConfig)
     assert (smoke.sater.k_train, smoke.sater.dpo.steps, smoke.sater.refusal.tau) == (4, 3, 0.5)
+    assert smoke.sater.taus() == [0.5, 1.0]  # refusal.tau and the sweep's, ascending
     assert gpu.sater is None
 
 
 @pytest.mark.parametrize(("key", "value", "named"), [
     ("sater.k_train", 1, "sater.k_train: must be in [2, 64]"),
     ("sater.refusal.tau", 0, "sater.refusal.tau: must be in (0, 1]"),
+    ("sater.tau_sweep", [0.5, 1.5], "sater.tau_sweep: every τ must be in (0, 1]"),
     ("sater.dpo.beta", -1, "sater.dpo.beta: must be in (0, 10]"),
     ("sater.dpo.stpes", 3, "sater.dpo.stpes: unknown key (did you mean 'steps'?)"),
 ])

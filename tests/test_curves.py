@@ -26,6 +26,8 @@ def random_records(n: int = 3000, seed: int = 0) -> pd.DataFrame:
             "llm_latency_s": np.full(n, 1.0),
             "slm_latency_model_s": np.full(n, 0.2),
             "llm_latency_model_s": np.full(n, 1.0),
+            "router_latency_s": np.zeros(n),
+            "router_latency_model_s": np.zeros(n),
         }
     )
 

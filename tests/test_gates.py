@@ -105,7 +105,7 @@ def test_outcomes_pair_by_id_and_question_or_not_at_all() -> None:
     records = pd.DataFrame({"id": ["a", "b", "c"], "score": [0.9, 0.1, 0.5], "slm_correct": [True, False, False],
                             "llm_correct": [True, True, False], "slm_cost": 1.0, "llm_cost": 20.0, "router_cost": 0.0,
                             "slm_latency_s": 0.1, "llm_latency_s": 1.0, "slm_latency_model_s": 0.1,
-                            "llm_latency_model_s": 1.0})
+                            "llm_latency_model_s": 1.0, "router_latency_s": 0.0, "router_latency_model_s": 0.0})
     questions = pd.DataFrame({"id": ["a", "b", "c"], "question": ["qa", "qb", "qc"]})
     out = gates.per_query_outcomes(records, "cascade", 0.3, questions)
     assert list(out["correct"]) == [True, True, False] and list(out["escalated"]) == [False, True, False]

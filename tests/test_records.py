@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from escalate.evaluation.cost import TokenPriceCost
-from escalate.evaluation.metrics import RECORD_COLUMNS, check_records
+from escalate.evaluation.metrics import RECORD_COLUMNS, check_records, outcomes
 from escalate.evaluation.records import LatencyModel, build_records, fit_latency_model, usage
-from escalate.routers import RouterInputs, make_router
+from escalate.routers import Router, RouterInputs, make_router
 
 COST = TokenPriceCost({"slm": (1.0, 2.0), "llm": (10.0, 20.0)})
 LATENCY = LatencyModel({"slm": (0.001, 0.01), "llm": (0.004, 0.05)})
@@ -96,6 +96,33 @@ def test_modelled_latency_follows_the_latency_model(split: tuple[RouterInputs, p
     records = build_records(make_router("p_true_token"), x, llm, COST, LATENCY)
     assert list(records["slm_latency_model_s"]) == pytest.approx([0.001 * 10 + 0.01 * 5, 0.001 * 10 + 0.01 * 3])
     assert list(records["llm_latency_model_s"]) == pytest.approx([0.004 * 10 + 0.05 * 20, 0.004 * 10 + 0.05 * 8])
+
+
+class PrefillRouter(Router):
+    """A pre-generation router that reads the SLM: it says it read 30 and 10 tokens to score q1 and q2."""
+
+    name = "prefill_stub"
+    mode = "pregen"
+
+    def score(self, inputs: RouterInputs) -> np.ndarray:
+        return np.array([0.2, 0.9])
+
+    def slm_reads(self, inputs: RouterInputs) -> np.ndarray:
+        return np.array([30.0, 10.0])
+
+
+def test_a_router_that_reads_the_slm_pays_its_prefill_as_slm_time(split: tuple[RouterInputs, pd.DataFrame]) -> None:
+    x, llm = split
+    records = build_records(PrefillRouter(), x, llm, COST, LATENCY)
+    assert list(records["router_cost"]) == [30.0, 10.0]  # SLM input price 1 per token, no output
+    assert list(records["router_latency_model_s"]) == pytest.approx([0.001 * 30, 0.001 * 10])
+    share = records["router_latency_s"].to_numpy()
+    assert (share >= 0).all() and share[0] == pytest.approx(3 * share[1])  # measured time split by tokens read
+    out = outcomes(records, "pregen", threshold=0.5)  # q1 escalates, q2 stays
+    assert list(out["cost"]) == [30.0 + 500.0, 10.0 + 16.0]
+    # AROL's summand: the SLM time spent on the escalated query is the router's prefill alone
+    assert list(out["overhead_model_s"]) == pytest.approx([0.001 * 30, 0.0])
+    assert list(out["latency_model_s"]) == pytest.approx([0.03 + 0.004 * 10 + 0.05 * 20, 0.01 + 0.001 * 10 + 0.01 * 3])
 
 
 def test_usage_sums_per_question_in_the_given_order(split: tuple[RouterInputs, pd.DataFrame]) -> None:

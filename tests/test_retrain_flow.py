@@ -44,8 +44,12 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert any(k.startswith("dvc.artifacts/smoke/samples.parquet") for k in run.data.tags), run.data.tags
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     names = {c.info.run_name for c in children}
-    assert names >= {"questions", "zoo", "samples", "evaluate", "corea", "candidate-entropy", "candidate-random",
-                     "candidate-corea_confidence"}
+    assert names >= {"questions", "zoo", "samples", "evaluate", "sater", "corea", "citer", "candidate-entropy",
+                     "candidate-random", "candidate-corea_confidence", "candidate-sater_refusal",
+                     "candidate-sater_pregen", "candidate-sater_vote", "candidate-citer"}
+    sater_run = next(c for c in children if c.info.run_name == "sater")
+    assert "sater/sater/sater_refusal/saving_at_iso_accuracy" in sater_run.data.metrics
+    assert "sater/report.md" in {a.path for a in client.list_artifacts(sater_run.info.run_id, "sater")}
     evaluate_run = next(c for c in children if c.info.run_name == "evaluate")
     logged = {a.path for a in client.list_artifacts(evaluate_run.info.run_id, "evaluate")}
     assert "evaluate/report.md" in logged and "evaluate/accuracy_vs_cost.png" in logged
@@ -56,9 +60,12 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     # answered in a fresh process (the load gate); the version traces to its run, data and code.
     registry = Registry(mlflow_uri)
     first = registry.champion()
-    assert first is not None and len(registry.list_versions()) == 4  # smoke's 3 strategies + COREA's cascade
-    corea = next(v for v in registry.list_versions() if v["strategy"] == "corea_confidence")
-    assert registry.version(corea["version"]).tags["escalate.slm"] == "zoo-slm-smoke-corea"
+    # smoke's 3 strategies, SATER's 3, COREA's cascade and CITER's, each on the SLM it was evaluated with
+    assert first is not None and len(registry.list_versions()) == 8
+    slm_of = {v["strategy"]: registry.version(v["version"]).tags["escalate.slm"] for v in registry.list_versions()}
+    assert slm_of["corea_confidence"] == "zoo-slm-smoke-corea" and slm_of["entropy"] == "zoo-slm-smoke"
+    assert {slm_of[s] for s in ("sater_refusal", "sater_pregen", "sater_vote")} == {"zoo-slm-smoke-sater"}
+    assert slm_of["citer"] == "zoo-slm-smoke"  # the zoo SLM writes, its token router calls the zoo LLM
     assert first.tags["gates.passed"] == "true" and first.tags["gate.bundle_load"].startswith("pass")
     assert first.tags["git.commit"] and first.tags["dvc.artifacts/smoke/questions.parquet"]
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id

@@ -14,8 +14,8 @@ from escalate.data.validation import ensure_valid
 from tests.checkpoints import weights_changed
 from tests.conftest import make_project
 
-METRIC_KEYS = {"tokens_before", "tokens_after", "accuracy_before", "accuracy_after", "token_reduction",
-               "token_reduction_claimed", "refusal_rate", "accuracy_when_answering", "tau"}
+STAGE1_KEYS = {"tokens_before", "tokens_after", "accuracy_before", "accuracy_after", "token_reduction",
+               "token_reduction_claimed"}
 
 
 @pytest.mark.slow
@@ -29,26 +29,35 @@ def test_build_sater_trains_both_stages_and_writes_validated_outputs(tmp_path: P
     out, zoo_slm = stages.paths(profile, smoke_project)["sater"], stages.paths(profile, smoke_project)["zoo"] / "slm"
     assert weights_changed(zoo_slm, out / "stage1")
     assert weights_changed(out / "stage1", out / "stage2")
-    for table, name in (("preferences", "preferences"), ("refusal_sft", "refusal_sft"), ("samples", "samples")):
+    assert weights_changed(out / "stage2", out / "sweep" / "tau_1")  # the sweep's τ trains a model of its own
+    for table, name in (("preferences", "preferences"), ("refusal_sft", "refusal_sft"),
+                        ("refusal_sft", "refusal_sft_tau1"), ("samples", "samples"), ("samples", "train_samples")):
         assert json.loads((out / f"{name}_report.json").read_text())["ok"]
         ensure_valid(pd.read_parquet(out / f"{name}.parquet"), table)
     samples = pd.read_parquet(out / "samples.parquet")
-    assert set(samples["model"]) == {"sater1", "sater2"} and set(samples["split"]) == {"test"}
-    assert len(samples) == 2 * profile.sampling.k * 24  # both models, K samples, the 24 test questions
+    per_model = samples.groupby("model").size().to_dict()
+    # stage I: greedy on the 24 test questions; the candidate: K samples on calib + test; the sweep: greedy
+    assert per_model == {"sater1": 24, "sater2": profile.sampling.k * 48, "sater2_tau1": 48}
+
     metrics = json.loads(metrics_path.read_text())
-    assert METRIC_KEYS <= set(metrics)
-    assert metrics["tau"] == profile.sater.refusal.tau and 0 <= metrics["refusal_rate"] <= 1
+    assert STAGE1_KEYS <= set(metrics["stage1"]) and metrics["context"]["tau"] == profile.sater.refusal.tau
+    assert [row["tau"] for row in metrics["sweep"]] == [0.5, 1.0]
+    assert {(r["slm"], r["strategy"]) for r in metrics["rows"]} == {
+        ("vanilla", "p_true_token"), ("vanilla", "self_consistency"),
+        ("sater", "sater_refusal"), ("sater", "sater_pregen"), ("sater", "sater_vote")}
+    assert set(metrics["targets"]) == {"token_reduction", "accuracy_drop", "arol_cut", "agl_cut", "saving"}
+    report = (out / "report.md").read_text()
+    assert "Targets (issue 4)" in report and "the τ sweep" in report
+    for plot in ("accuracy_vs_cost.png", "accuracy_vs_call_rate.png", "tau_sweep.png"):
+        assert (out / plot).stat().st_size > 0
+    for where in ("vanilla", "sater", "tau_1"):
+        assert (out / "eval" / where / "metrics.json").is_file()
 
+    logged = stages.stage_log("sater", profile, smoke_project)
+    assert all(key.startswith("sater/") for key in logged["metrics"])
+    assert "sater/sater/sater_refusal/saving_at_iso_accuracy" in logged["metrics"]
+    assert set(logged["series"]) == {"sater/train/stage1/loss", "sater/train/stage2/loss"}
 
-def test_sater_metrics_compare_greedy_samples() -> None:
-    def rows(model: str, texts: list[str], correct: list[bool], tokens: list[int]) -> pd.DataFrame:
-        return pd.DataFrame({"model": model, "split": "test", "sample_idx": 0, "text": texts,
-                             "correct": correct, "n_output_tokens": tokens})
-
-    vanilla = rows("slm", ["a", "b"], [True, False], [40, 60])
-    sater = pd.concat([rows("sater1", ["a", "b"], [True, False], [10, 20]),
-                       rows("sater2", [" I don't know; escalating.", "x"], [False, True], [5, 1])])
-    m = stages.sater_metrics(vanilla, sater, "test", tau=0.5)
-    assert (m["tokens_before"], m["tokens_after"]) == (50, 15)
-    assert m["token_reduction"] == pytest.approx(0.7) and m["token_reduction_claimed"]
-    assert (m["refusal_rate"], m["accuracy_when_answering"], m["stage2_accuracy"]) == (0.5, 1.0, 0.5)
+    candidate, eval_dir = stages.sater_candidate(profile, smoke_project)
+    assert Path(candidate.models["slm"].source) == (out / "stage2").resolve() and eval_dir == out / "eval" / "sater"
+    assert candidate.models["slm"].name.endswith("-sater")

@@ -139,6 +139,7 @@ def records_for(table: CachedTable, scores: np.ndarray, ratio: float) -> pd.Data
         "id": np.arange(n), "score": scores, "slm_correct": table.weak, "llm_correct": table.strong,
         "slm_cost": np.full(n, 1.0 / ratio), "llm_cost": np.ones(n), "router_cost": zeros,
         "slm_latency_s": zeros, "llm_latency_s": zeros, "slm_latency_model_s": zeros, "llm_latency_model_s": zeros,
+        "router_latency_s": zeros, "router_latency_model_s": zeros,
     })
 
 

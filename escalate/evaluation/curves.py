@@ -95,7 +95,7 @@ def oracle_records(records: pd.DataFrame) -> pd.DataFrame:
     order = np.lexsort((np.arange(len(records)), extra_cost, group))
     rank = np.empty(len(records), dtype=float)
     rank[order] = np.arange(len(records))
-    return records.assign(score=rank / len(records), router_cost=0.0)
+    return records.assign(score=rank / len(records), router_cost=0.0, router_latency_s=0.0, router_latency_model_s=0.0)
 
 
 def random_curve(a_slm: float, a_llm: float, c_slm: float, n_points: int = 101) -> pd.DataFrame:
@@ -112,7 +112,7 @@ def random_curve(a_slm: float, a_llm: float, c_slm: float, n_points: int = 101) 
 
 def reference_points(records: pd.DataFrame) -> pd.DataFrame:
     """SLM-only and LLM-only (index SLM_ONLY, LLM_ONLY): neither pays a router nor the other model."""
-    unrouted = records.assign(router_cost=0.0)
+    unrouted = records.assign(router_cost=0.0, router_latency_s=0.0, router_latency_model_s=0.0)
     total = _total_llm_cost(records)
     rows = {
         SLM_ONLY: _point(metrics.outcomes(unrouted, "pregen", -math.inf), total),

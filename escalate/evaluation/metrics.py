@@ -33,6 +33,8 @@ RECORD_COLUMNS = (
     "llm_latency_s",
     "slm_latency_model_s",
     "llm_latency_model_s",
+    "router_latency_s",
+    "router_latency_model_s",
 )
 
 
@@ -57,7 +59,9 @@ def outcomes(records: pd.DataFrame, mode: str, threshold: float, *, check: bool 
 
     A cascade always pays the SLM attempt (cost and time) and adds the LLM on escalation;
     pre-generation routing pays only the model it picks. Both pay the router. The routing
-    overhead is the SLM time spent on queries the LLM ends up answering (AROL's summand).
+    overhead is the SLM time spent on queries the LLM ends up answering (AROL's summand): the
+    wasted attempt of a cascade, and the router's time where the router runs the SLM (records
+    carry router time only for those, Router.slm_reads).
     """
     if check:  # a sweep checks once, not at each of its thresholds
         check_records(records, mode)
@@ -74,10 +78,11 @@ def outcomes(records: pd.DataFrame, mode: str, threshold: float, *, check: bool 
             "escalated": escalated,
             "correct": np.where(escalated, col("llm_correct"), col("slm_correct")).astype(bool),
             "cost": col("router_cost") + slm_paid * col("slm_cost") + escalated * col("llm_cost"),
-            "latency_s": slm_paid * col("slm_latency_s") + escalated * col("llm_latency_s"),
-            "latency_model_s": slm_paid * col("slm_latency_model_s") + escalated * col("llm_latency_model_s"),
-            "overhead_s": wasted * col("slm_latency_s"),
-            "overhead_model_s": wasted * col("slm_latency_model_s"),
+            "latency_s": col("router_latency_s") + slm_paid * col("slm_latency_s") + escalated * col("llm_latency_s"),
+            "latency_model_s": col("router_latency_model_s") + slm_paid * col("slm_latency_model_s")
+            + escalated * col("llm_latency_model_s"),
+            "overhead_s": escalated * col("router_latency_s") + wasted * col("slm_latency_s"),
+            "overhead_model_s": escalated * col("router_latency_model_s") + wasted * col("slm_latency_model_s"),
         }
     )
 

@@ -129,3 +129,26 @@ def plot_reliability(
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize="small")
     return _save(fig, path)
+
+
+def plot_lines(
+    x: ArrayLike,
+    series: dict[str, ArrayLike],
+    path: str | Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    heading: str,
+    profile: str | None = None,
+    split: str | None = None,
+) -> Path:
+    """Several figures against one knob (a training threshold, say), one line each; NaN leaves a gap."""
+    fig, ax = _figure()
+    for label, values in series.items():
+        ax.plot(np.asarray(x, float), np.asarray(values, float), marker="o", label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(_title(heading, profile, split))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)

@@ -6,6 +6,7 @@ reports can be recomputed offline from `records.parquet` without generating anyt
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,26 @@ def usage(samples: pd.DataFrame, role: str, ids: pd.Series, all_samples: bool, c
     return per_q.loc[ids].reset_index()
 
 
+def router_usage(router: Router, inputs: RouterInputs, cost: CostModel, latency: LatencyModel,
+                 seconds: float) -> dict[str, np.ndarray]:
+    """What scoring cost per question: the SLM tokens a router that runs the SLM reads, priced as SLM input,
+    modeled as SLM prefill and measured as the scoring call's `seconds` shared in proportion to those tokens.
+
+    Routers that do not run the SLM (a question-text embedding, a vote over stored samples) cost 0.
+    """
+    n = len(inputs.questions)
+    reads = router.slm_reads(inputs)
+    if reads is None:
+        return {"router_cost": np.zeros(n), "router_latency_s": np.zeros(n), "router_latency_model_s": np.zeros(n)}
+    reads = np.asarray(reads, float)
+    share = reads / reads.sum() if reads.sum() > 0 else np.full(n, 1.0 / max(n, 1))
+    return {
+        "router_cost": np.array([cost.cost("slm", int(t), 0) for t in reads], dtype=float),
+        "router_latency_s": seconds * share,
+        "router_latency_model_s": latency.predict("slm", reads, np.zeros(n)),
+    }
+
+
 def build_records(router: Router, inputs: RouterInputs, llm_samples: pd.DataFrame, cost: CostModel,
                   latency: LatencyModel) -> pd.DataFrame:
     """The record contract of evaluation.metrics for one router on one split (one row per question)."""
@@ -60,16 +81,21 @@ def build_records(router: Router, inputs: RouterInputs, llm_samples: pd.DataFram
     slm = usage(inputs.slm_samples, "slm", ids, router.uses_all_samples, cost, latency)
     llm = usage(llm_samples, "llm", ids, False, cost, latency)
     llm_correct = llm_samples[llm_samples["sample_idx"] == 0].set_index("id").loc[ids, "correct"]
+    start = time.perf_counter()
+    scores = np.asarray(router.score(inputs), float)
+    scoring = router_usage(router, inputs, cost, latency, time.perf_counter() - start)
     return pd.DataFrame({
         "id": ids.to_numpy(),
-        "score": np.clip(np.asarray(router.score(inputs), float), -1e9, 1e9),
+        "score": np.clip(scores, -1e9, 1e9),
         "slm_correct": answers["correct"].to_numpy(bool),
         "llm_correct": llm_correct.to_numpy(bool),
         "slm_cost": slm["cost"].to_numpy(float),
         "llm_cost": llm["cost"].to_numpy(float),
-        "router_cost": 0.0,
+        "router_cost": scoring["router_cost"],
         "slm_latency_s": slm["latency_s"].to_numpy(float),
         "llm_latency_s": llm["latency_s"].to_numpy(float),
         "slm_latency_model_s": slm["latency_model_s"].to_numpy(float),
         "llm_latency_model_s": llm["latency_model_s"].to_numpy(float),
+        "router_latency_s": scoring["router_latency_s"],
+        "router_latency_model_s": scoring["router_latency_model_s"],
     })

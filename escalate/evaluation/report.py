@@ -99,3 +99,21 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     return path
+
+
+def target_verdicts(figures: Mapping[str, Any], targets: Mapping[str, tuple[str, str, float]]) -> dict[str, dict]:
+    """Each target's figure, limit and verdict; `targets` maps a name to (what, ">=" or "<=", limit), and a
+    missing or NaN figure is not met (an undefined figure meets nothing)."""
+    out = {}
+    for name, (what, relation, limit) in targets.items():
+        value = math.nan if figures.get(name) is None else float(figures[name])
+        met = not math.isnan(value) and (value >= limit if relation == ">=" else value <= limit + 1e-12)
+        out[name] = {"figure": what, "value": value, "relation": relation, "limit": limit, "met": met}
+    return out
+
+
+def verdict_table(verdicts: Mapping[str, Mapping[str, Any]]) -> str:
+    """target_verdicts as a Markdown table, a missed target in bold."""
+    return markdown_table([{"target": name, "figure": t["figure"], "value": t["value"],
+                            "needs": f"{t['relation']} {t['limit']}", "met": "yes" if t["met"] else "**no**"}
+                           for name, t in verdicts.items()])

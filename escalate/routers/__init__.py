@@ -14,6 +14,7 @@ from escalate.routers.logprob import MeanLogprobRouter, MinLogprobRouter
 from escalate.routers.pik_probe import PIKProbeRouter
 from escalate.routers.prompt_length import PromptLengthRouter
 from escalate.routers.random_router import RandomRouter
+from escalate.routers.sater_pregen import SaterPregenRouter
 from escalate.routers.sater_refusal import SaterRefusalRouter
 from escalate.routers.sater_vote import SaterVoteRouter
 from escalate.routers.self_consistency import SelfConsistencyRouter
@@ -28,6 +29,7 @@ ROUTERS: dict[str, type[Router]] = {
     "random": RandomRouter,
     "sater_refusal": SaterRefusalRouter,
     "sater_vote": SaterVoteRouter,
+    "sater_pregen": SaterPregenRouter,
     "prompt_length": PromptLengthRouter,
     "embedding_lr": EmbeddingLRRouter,
     "embedding_knn": EmbeddingKNNRouter,

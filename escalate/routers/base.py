@@ -53,6 +53,11 @@ class Router(ABC):
         """The one threshold rule, for callers that already hold the scores."""
         return np.asarray(scores, dtype=float) < threshold
 
+    def slm_reads(self, inputs: RouterInputs) -> np.ndarray | None:
+        """Per question, how many tokens the SLM reads to score it (a prefill, priced as SLM input tokens and
+        timed as SLM time), for routers that run the SLM before deciding; None for the rest, which cost nothing."""
+        return None
+
     def bind_slm(self, checkpoint: str) -> None:  # noqa: B027 (an optional hook, a no-op for most routers)
         """Read the SLM from `checkpoint` from now on; routers that read the SLM's weights override this,
         so a bundle re-points them at its own copy of the SLM wherever it is loaded."""

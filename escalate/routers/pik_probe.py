@@ -5,7 +5,7 @@ The SLM reads the prompt once (prefill only, no generation) and a logistic regre
 hidden state gives P(SLM correct). Which layer, how the prompt's tokens are pooled (the last token,
 or the mean over all of them) and the regularization are chosen by AUROC on held-out folds of the
 calib split, then the probe is refitted on all of calib. It decides before generating, so it is a
-pre-generation router; the prefill it costs is not priced (records carry no router cost yet).
+pre-generation router, and the prefill it costs is priced and timed as SLM input (`slm_reads`).
 
 The probe needs the SLM checkpoint (`model_dir`, which the evaluation stage passes); the checkpoint
 is loaded once per process and each distinct prompt is read once, as for the embedding routers. A
@@ -37,10 +37,10 @@ class HiddenStates:
     """Prompt -> hidden states of every layer (embeddings first), pooled both ways: (poolings, layers + 1, hidden)."""
 
     def __init__(self, model_dir: str, device: str = "auto", batch_size: int = 32) -> None:
-        from escalate.models.backends.hf import HFBackend  # torch: only when a probe runs
+        from escalate.models.backends.hf import shared_backend  # torch: only when a probe runs
 
         # The backend's prompt encoding (bos token or chat template) is what sampling fed the SLM.
-        self.backend = HFBackend(model_dir, device=device, batch_size=batch_size)
+        self.backend = shared_backend(model_dir, device)
         self.batch_size = batch_size
         self._cache: dict[str, np.ndarray] = {}
 
@@ -142,6 +142,13 @@ class PIKProbeRouter(Router):
     def features(self, inputs: RouterInputs) -> np.ndarray:
         """(questions, poolings, layers + 1, hidden) prompt hidden states."""
         return get_hidden_states(self.model_dir, self.device).pooled(prompts_of(inputs))
+
+    def slm_reads(self, inputs: RouterInputs) -> np.ndarray | None:
+        """The prompt tokens the SLM reads (none when the probe fell back to a constant and reads nothing)."""
+        if self._constant is not None:
+            return None
+        backend = get_hidden_states(self.model_dir, self.device).backend
+        return np.array([len(backend.encode_prompt(p)) for p in prompts_of(inputs)], dtype=float)
 
     def fit(self, calib: RouterInputs) -> PIKProbeRouter:
         y = calib.greedy()["correct"].to_numpy(bool)

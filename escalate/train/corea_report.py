@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from escalate.evaluation.report import format_cell, markdown_table, write_report
+from escalate.evaluation.report import format_cell, markdown_table, target_verdicts, verdict_table, write_report
 from escalate.train.confidence import confidence_counts
 
 VARIANTS = ("warmup", "rlvr", "corea")  # the checkpoints the corea stage trains, in training order
@@ -88,24 +88,13 @@ def check_targets(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]
         "accuracy_drop": rlvr["accuracy"] - corea["accuracy"],
         "saving": corea["saving_at_iso_accuracy"],
     }
-    out = {}
-    for name, (what, relation, limit) in TARGETS.items():
-        value = _number(figures[name])
-        met = not math.isnan(value) and (value >= limit if relation == ">=" else value <= limit + 1e-12)
-        out[name] = {"figure": what, "value": value, "relation": relation, "limit": limit, "met": met}
-    return out
-
-
-def _number(value: Any) -> float:
-    return math.nan if value is None else float(value)
+    return target_verdicts(figures, TARGETS)
 
 
 def write_corea_report(path: Path, *, context: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                        targets: Mapping[str, Mapping[str, Any]], training: Mapping[str, Mapping[str, Any]],
                        plots: Mapping[str, str]) -> Path:
     """The Markdown report: the side-by-side table, the targets with their verdicts, training, plots."""
-    verdicts = [{"target": name, "figure": t["figure"], "value": t["value"], "needs": f"{t['relation']} {t['limit']}",
-                 "met": "yes" if t["met"] else "**no**"} for name, t in targets.items()]
     runs = [{"run": name, "steps": s["steps"], "seconds": s["seconds"], "final loss": s["loss"],
              **{f"final {k}": v[-1] for k, v in s.get("rewards", {}).items() if v}} for name, s in training.items()]
     ood = [r for r in rows if r["domain"] == "ood" and r["model"] == "corea"]
@@ -117,7 +106,7 @@ def write_corea_report(path: Path, *, context: Mapping[str, Any], rows: Sequence
         columns=COLUMNS,
         plots=plots,
         extra_sections={
-            f"Targets (issue 5; {TARGET_DOMAIN}, COREA against RLVR)": markdown_table(verdicts),
+            f"Targets (issue 5; {TARGET_DOMAIN}, COREA against RLVR)": verdict_table(targets),
             "Out of domain": (f"COREA's cost saving at accuracy ≥ LLM-only − δ on held-out difficulties: "
                               f"{format_cell(ood[0]['saving_at_iso_accuracy'])}; ECE {format_cell(ood[0]['ece'])}, "
                               f"AUROC {format_cell(ood[0]['auroc'])}." if ood else "No held-out difficulty."),

@@ -83,8 +83,41 @@ def train_on_completions(model_dir: str | Path, table: pd.DataFrame, cfg: LoopCo
     return train_and_save(trainer, out_dir)
 
 
+def progress_bar(desc: str) -> Any:
+    """A TrainerCallback that draws one progress bar with the latest loss, in place of the log dict per step
+    that transformers prints when its own bar is off (the losses stay in the trainer's log history)."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class LossBar(TrainerCallback):
+        bar: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", dynamic_ncols=True)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if self.bar is not None and logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{float(logs['loss']):.3f}")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.bar is not None:
+                self.bar.close()
+
+    return LossBar()
+
+
 def train_and_save(trainer: Any, out_dir: Path) -> dict[str, Any]:
-    """Run the trainer, save model and tokenizer as a plain HF checkpoint, and summarise the run."""
+    """Run the trainer (one progress bar named after out_dir), save model and tokenizer as a plain HF
+    checkpoint, and summarise the run."""
+    from transformers import PrinterCallback, ProgressCallback
+
+    for quiet in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(quiet)
+    trainer.add_callback(progress_bar(f"train {out_dir.name}"))
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start

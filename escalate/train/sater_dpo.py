@@ -22,10 +22,20 @@ class SaterDPOConfig(LoopConfig):
     """Stage I: the loop's settings plus DPO's own."""
 
     beta: float = field(default=0.1, metadata={"help": "DPO's KL strength: higher stays closer to the base SLM"})
+    sft_weight: float = field(default=0.0, metadata={
+        "help": "weight of a negative log-likelihood loss on the chosen response beside DPO's (RPO; TRL's 'sft' "
+                "loss type); 0: plain DPO"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 < self.beta <= 10, "beta", f"must be in (0, 10], got {self.beta}")
+        _check(0 <= self.sft_weight <= 10, "sft_weight", f"must be in [0, 10], got {self.sft_weight}")
+
+    def loss(self) -> dict[str, list]:
+        """TRL's loss_type and loss_weights: DPO's sigmoid loss, plus the NLL on chosen when weighted."""
+        if self.sft_weight == 0:
+            return {"loss_type": ["sigmoid"], "loss_weights": [1.0]}
+        return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, self.sft_weight]}
 
 
 def train_dpo(model_dir: str | Path, preferences: pd.DataFrame, cfg: SaterDPOConfig,
@@ -46,6 +56,6 @@ def train_dpo(model_dir: str | Path, preferences: pd.DataFrame, cfg: SaterDPOCon
         "chosen": list(preferences["chosen"]),
         "rejected": list(preferences["rejected"]),
     })
-    args = DPOConfig(**trainer_args(cfg, out_dir), beta=cfg.beta)
+    args = DPOConfig(**trainer_args(cfg, out_dir), beta=cfg.beta, **cfg.loss())
     trainer = DPOTrainer(model=str(model_dir), args=args, train_dataset=data, processing_class=tokenizer)
     return train_and_save(trainer, out_dir)

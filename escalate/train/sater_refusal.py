@@ -3,6 +3,13 @@
 The refusal_sft table (escalate.train.preferences.refusal_targets, at threshold `tau`) pairs each
 prompt with its target completion; the loss covers the completion only, since the question is
 given, not learned. Run from Python: `train_refusal(stage_one_dir, table, SaterRefusalConfig(), out)`.
+
+A refusal saves time only if it is short: SATER's cascade escalates at once on it, and its AROL is
+the SLM time spent before escalating. A large model's vocabulary spells the refusal in a handful of
+tokens; the zoo's 400-token byte-level BPE, trained on arithmetic alone, spells it in 22, as long as an
+answer. So by default the refusal becomes one token of the SLM's vocabulary before stage II
+(`add_refusal_token`), its embedding starting as the mean of the pieces that spelled it: refusing then
+costs one decode step (and eos) whatever the tokenizer.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import pandas as pd
 
 from escalate.config import _check
 from escalate.train.loop import LoopConfig, train_on_completions
+from escalate.train.preferences import REFUSAL_COMPLETION
 
 
 @dataclass
@@ -24,6 +32,9 @@ class SaterRefusalConfig(LoopConfig):
     learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate (linear decay to 0)"})
     tau: float = field(default=0.5, metadata={
         "help": "refuse where the SLM's sampled accuracy p̂ is below tau (refusal_targets); swept in the report"})
+    refusal_token: bool = field(default=True, metadata={
+        "help": "add the refusal to the SLM's vocabulary as one token before training, so refusing costs one "
+                "decode step (see the module); off keeps the tokenizer as it is"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -31,10 +42,36 @@ class SaterRefusalConfig(LoopConfig):
         _check(0 < self.tau <= 1, "tau", f"must be in (0, 1], got {self.tau}")
 
 
+def add_refusal_token(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Save model_dir's checkpoint to out_dir with REFUSAL_COMPLETION as one added token of its vocabulary.
+
+    The new embedding row (tied to the output layer in the zoo) starts as the mean of the rows of the
+    tokens that spelled the refusal, so the model starts from what it already read there. A tokenizer
+    that already has the token is saved unchanged.
+    """
+    import torch
+    from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    pieces = tokenizer(REFUSAL_COMPLETION, add_special_tokens=False)["input_ids"]
+    if len(pieces) > 1:
+        tokenizer.add_tokens([AddedToken(REFUSAL_COMPLETION, normalized=False, special=False)])
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            embeddings = model.get_input_embeddings().weight
+            embeddings[-1] = embeddings[pieces].mean(0)
+    model.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
 def train_refusal(model_dir: str | Path, refusal_sft: pd.DataFrame, cfg: SaterRefusalConfig,
                   out_dir: str | Path) -> dict[str, Any]:
     """Fine-tune the checkpoint at model_dir on the refusal_sft table; save model + tokenizer to out_dir.
 
-    Returns the summary of escalate.train.loop.train_and_save (steps, final loss, losses, seconds).
+    With cfg.refusal_token the refusal is first made one token (add_refusal_token, into out_dir, which
+    training then starts from and overwrites). Returns escalate.train.loop.train_and_save's summary.
     """
-    return train_on_completions(model_dir, refusal_sft, cfg, out_dir)
+    start = add_refusal_token(model_dir, out_dir) if cfg.refusal_token else model_dir
+    return train_on_completions(start, refusal_sft, cfg, out_dir)

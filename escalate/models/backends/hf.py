@@ -8,6 +8,7 @@ batch's wall time divided evenly among its generations: batched decoding has no 
 from __future__ import annotations
 
 import time
+from functools import cache
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -121,3 +122,10 @@ class HFBackend(GenerationBackend):
             latency_s=latency,
             finish_reason="stop" if eos in ids_list else "length",
         )
+
+
+@cache
+def shared_backend(path: str, device: str = "auto") -> HFBackend:
+    """One in-process copy of a checkpoint per process, for the routers that read the SLM before it answers
+    (the P(IK) probe, SATER's refusal probability): a checkpoint is loaded once however many routers read it."""
+    return HFBackend(path, device=device, batch_size=32)
