@@ -478,6 +478,18 @@ def candidates(profile: Profile, root: Path | str = ".") -> list[tuple[dict, Pro
     return found
 
 
+def validation_reports(profile: Profile, root: Path | str = ".") -> dict[str, dict]:
+    """Every great-expectations report of the tables a run read: questions, samples and each configured training
+    stage's tables (SATER's preferences and refusal targets, COREA's warm-up, CITER's token labels...), by name."""
+    p = paths(profile, root)
+    reports = {name: json.loads(p[f"{name}_report"].read_text()) for name in ("questions", "samples")}
+    for stage in trained_stages(profile):
+        stage_dir = profile.artifacts(root) / stage
+        for path in sorted(stage_dir.glob("*_report.json")):
+            reports[f"{stage}/{path.name.removesuffix('_report.json')}"] = json.loads(path.read_text())
+    return reports
+
+
 def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
     """What a finished stage contributes to its MLflow run: metrics, curves and artifact paths."""
     p = paths(profile, root)

@@ -31,7 +31,7 @@ from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
 from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
-from escalate.stages import STAGES, candidates, cost_model, paths, trained_stages  # noqa: E402
+from escalate.stages import STAGES, candidates, cost_model, paths, trained_stages, validation_reports  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
@@ -85,12 +85,11 @@ def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str
     p = paths(cfg, root)
     rows, sources = candidate_sources(cfg, root)
     ranked = rank_candidates(rows, cfg.gates.delta)
-    validation = {name: json.loads(p[f"{name}_report"].read_text()) for name in ("questions", "samples")}
     shared = dict(
         cost=cost_model(cfg, root),
         zoo_dir=p["zoo"],
         questions=pd.read_parquet(p["questions"]),
-        validation=validation,
+        validation=validation_reports(cfg, root),
         tracker=tracker,
         parent_run_id=run_id,
         registry=registry,

@@ -67,6 +67,8 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert {slm_of[s] for s in ("sater_refusal", "sater_pregen", "sater_vote")} == {"zoo-slm-smoke-sater"}
     assert slm_of["citer"] == "zoo-slm-smoke"  # the zoo SLM writes, its token router calls the zoo LLM
     assert first.tags["gates.passed"] == "true" and first.tags["gate.bundle_load"].startswith("pass")
+    # the data gate covers every table the run read, the training stages' own included
+    assert all(t in first.tags["gate.data_validation"] for t in ("questions", "sater/preferences", "citer/"))
     assert first.tags["git.commit"] and first.tags["dvc.artifacts/smoke/questions.parquet"]
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
 

@@ -29,7 +29,7 @@ def test_build_sater_trains_both_stages_and_writes_validated_outputs(tmp_path: P
     out, zoo_slm = stages.paths(profile, smoke_project)["sater"], stages.paths(profile, smoke_project)["zoo"] / "slm"
     assert weights_changed(zoo_slm, out / "stage1")
     assert weights_changed(out / "stage1", out / "stage2")
-    assert weights_changed(out / "stage2", out / "sweep" / "tau_1")  # the sweep's τ trains a model of its own
+    assert weights_changed(out / "stage1", out / "sweep" / "tau_1")  # the sweep's τ trains a model of its own
     for table, name in (("preferences", "preferences"), ("refusal_sft", "refusal_sft"),
                         ("refusal_sft", "refusal_sft_tau1"), ("samples", "samples"), ("samples", "train_samples")):
         assert json.loads((out / f"{name}_report.json").read_text())["ok"]
