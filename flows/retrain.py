@@ -33,7 +33,7 @@ from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
 from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
 from escalate.stages import STAGES, candidates, cost_model, paths, trained_stages, validation_reports  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
-from tasks.registry import ask_champion, move_champion, register  # noqa: E402
+from tasks.registry import ask_champion, bundle, load_gates, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
 from tasks.tracking import log_stage  # noqa: E402
 
@@ -81,22 +81,22 @@ def candidate_sources(cfg: Profile, root: Path) -> tuple[list[dict], dict[str, t
 
 def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:
     """Every evaluated strategy becomes a registered candidate (the objective's pick last, so @challenger
-    ends on it); then @champion moves to the best-ranked one that passed every gate."""
+    ends on it); then @champion moves to the best-ranked one that passed every gate.
+
+    Each candidate is bundled in its own run; all bundles then load in one fresh process (the load
+    gate); then each is gated and registered, in order."""
     p = paths(cfg, root)
     rows, sources = candidate_sources(cfg, root)
     ranked = rank_candidates(rows, cfg.gates.delta)
-    shared = dict(
-        cost=cost_model(cfg, root),
-        zoo_dir=p["zoo"],
-        questions=pd.read_parquet(p["questions"]),
-        validation=validation_reports(cfg, root),
-        tracker=tracker,
-        parent_run_id=run_id,
-        registry=registry,
-        root=root,
-    )
-    registered = {s: register(s, may_take_champion=False, profile=sources[s][0], eval_dir=sources[s][1], **shared)
-                  for s in reversed(ranked)}
+    order = list(reversed(ranked))
+    shared = dict(cost=cost_model(cfg, root), zoo_dir=p["zoo"], questions=pd.read_parquet(p["questions"]),
+                  tracker=tracker, parent_run_id=run_id)
+    bundled = [bundle(s, profile=sources[s][0], eval_dir=sources[s][1], **shared) for s in order]
+    loaded = load_gates(bundled, tracker.uri, cfg.gates.load_timeout_s)
+    validation = validation_reports(cfg, root)
+    registered = {b.strategy: register(b, result, profile=sources[b.strategy][0], validation=validation,
+                                       registry=registry, parent_run_id=run_id, root=root, may_take_champion=False)
+                  for b, result in zip(bundled, loaded)}
     best = move_champion(registry, [registered[s] for s in ranked])
     if best is not None:
         print(f"@champion -> version {best.registration.version} ({best.strategy}): the best-ranked candidate "

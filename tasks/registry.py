@@ -1,4 +1,4 @@
-"""Registration tasks: gate and register candidates, and ask the champion a question.
+"""Registration tasks: bundle, load-gate, gate and register candidates, and ask the champion a question.
 
 No retries on registration: a retry after a version was created would register it twice.
 """
@@ -9,13 +9,37 @@ import pandas as pd
 from prefect import get_run_logger, task
 
 from escalate.registry.aliases import Registry
-from escalate.registry.publish import Candidate, champion_pick, register_candidate
+from escalate.registry.gates import GateResult
+from escalate.registry.publish import (
+    Bundled,
+    Candidate,
+    bundle_candidate,
+    champion_pick,
+    load_bundled,
+    register_bundled,
+)
 
 
-@task(name="register-candidate", task_run_name="register-{strategy}")
-def register(strategy: str, **kwargs: object) -> Candidate:
-    candidate = register_candidate(strategy, **kwargs)
-    get_run_logger().info("%s: %s", strategy, candidate.registration.summary())
+@task(name="bundle-candidate", task_run_name="bundle-{strategy}")
+def bundle(strategy: str, **kwargs: object) -> Bundled:
+    """Log one candidate's cascade as a bundle in its own run."""
+    return bundle_candidate(strategy, **kwargs)
+
+
+@task(name="load-gates")
+def load_gates(bundled: list[Bundled], tracking_uri: str, timeout_s: float) -> list[GateResult]:
+    """Every bundle loads and answers in one fresh process; each verdict is logged."""
+    results = load_bundled(bundled, tracking_uri, timeout_s)
+    for b, result in zip(bundled, results):
+        get_run_logger().info("%s: bundle_load %s", b.strategy, "pass" if result.passed else f"FAIL: {result.reason}")
+    return results
+
+
+@task(name="register-candidate", task_run_name="register-{bundled.strategy}")
+def register(bundled: Bundled, loaded: GateResult, **kwargs: object) -> Candidate:
+    """Gate one bundled candidate and register it (its load result given)."""
+    candidate = register_bundled(bundled, loaded, **kwargs)
+    get_run_logger().info("%s: %s", bundled.strategy, candidate.registration.summary())
     return candidate
 
 

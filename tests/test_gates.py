@@ -168,12 +168,28 @@ def test_load_gate_times_out(tmp_path: Path) -> None:
     assert not result.passed and "within 0.5 s" in result.reason
 
 
+def answered(uri: str = "models:/x@champion", **out: object) -> dict:
+    """What the fresh process reports for a bundle that answered two questions well (unless `out` says otherwise)."""
+    return {"uri": uri, "rows": 2, "columns": ["answer", "model", "confidence", "cost", "latency_s"],
+            "models": ["slm", "llm"], "answers": ["4", "5"], "costs": [1.0, 21.0], "load_s": 1.0, "predict_s": 0.5,
+            **out}
+
+
+def test_load_gates_judge_each_bundle_of_one_process_on_its_own(tmp_path: Path) -> None:
+    lines = [answered("models:/a"), {"uri": "models:/b", "error": "BundleError: router.pkl is missing"}]
+    body = "\n".join(f"echo '{gates._MARKER}{json.dumps(line)}'" for line in lines) + "\nexit 3"
+    results = gates.load_gates(["models:/a", "models:/b", "models:/c", "models:/d"], [["q?", "r?"]] * 3 + [[]],
+                               python=_fake_python(tmp_path, body))
+    a, b, c, d = results
+    assert a.passed and "models:/a answered 2/2" in a.reason
+    assert not b.passed and "router.pkl is missing" in b.reason
+    assert not c.passed and "exit 3" in c.reason  # the process died before it reached c
+    assert not d.passed and "no smoke questions" in d.reason
+
+
 def test_load_gate_judges_what_the_fresh_process_answered(tmp_path: Path) -> None:
     def reply(**out: object) -> str:
-        payload = {"rows": 2, "columns": ["answer", "model", "confidence", "cost", "latency_s"],
-                   "models": ["slm", "llm"], "answers": ["4", "5"], "costs": [1.0, 21.0], "load_s": 1.0,
-                   "predict_s": 0.5, **out}
-        return f"echo '{gates._MARKER}{json.dumps(payload)}'"
+        return f"echo '{gates._MARKER}{json.dumps(answered(**out))}'"
 
     good = gates.load_gate("models:/x@champion", ["a?", "b?"], python=_fake_python(tmp_path, reply()))
     assert good.passed and good.figure == 2 and "slm 1, llm 1" in good.reason

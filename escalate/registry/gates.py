@@ -270,33 +270,51 @@ def _float_or_none(value: Any) -> float | None:
 
 LOAD_SCRIPT = f"""
 import json, sys, time
-start = time.perf_counter()
 import mlflow
 import pandas as pd
-questions = json.loads(sys.stdin.read())
-model = mlflow.pyfunc.load_model(sys.argv[1])
-loaded = time.perf_counter()
-out = model.predict(pd.DataFrame({{"question": questions}}))
-print({_MARKER!r} + json.dumps({{
-    "rows": len(out), "columns": list(out.columns),
-    "models": [str(m) for m in out["model"]] if "model" in out else [],
-    "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
-    "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
-    "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
-}}))
+for job in json.loads(sys.stdin.read()):
+    start = time.perf_counter()
+    try:
+        model = mlflow.pyfunc.load_model(job["uri"])
+        loaded = time.perf_counter()
+        out = model.predict(pd.DataFrame({{"question": job["questions"]}}))
+    except Exception as exc:  # this bundle fails its gate; the next one is still loaded
+        print({_MARKER!r} + json.dumps({{"uri": job["uri"], "error": f"{{type(exc).__name__}}: {{exc}}"[:2000]}}),
+              flush=True)
+        continue
+    print({_MARKER!r} + json.dumps({{
+        "uri": job["uri"], "rows": len(out), "columns": list(out.columns),
+        "models": [str(m) for m in out["model"]] if "model" in out else [],
+        "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
+        "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
+        "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
+    }}), flush=True)
 """
 
 
 def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None = None, timeout_s: float = 600.0,
               python: str | None = None) -> GateResult:
-    """The bundle loads and answers `questions` in a fresh Python process (`python -c`), within timeout_s.
+    """The bundle loads and answers `questions` in a fresh Python process (`python -c`), within timeout_s."""
+    return load_gates([model_uri], [questions], tracking_uri, timeout_s, python)[0]
 
-    The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI = tracking_uri (for models:/ URIs) and
-    runs in an empty directory, so it imports escalate from the bundle, not from the caller's tree.
+
+def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tracking_uri: str | None = None,
+               timeout_s: float = 600.0, python: str | None = None) -> list[GateResult]:
+    """Each bundle loads and answers its questions in one fresh Python process, within timeout_s per bundle.
+
+    One process for a run's candidates pays the imports (torch, transformers, mlflow: most of a
+    load's time on a small machine) once; each bundle still loads from its own artifacts, and an
+    error loading one fails that one alone. The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    = tracking_uri (for models:/ URIs) and runs in an empty directory, so it imports escalate from the
+    bundle, not from the caller's tree. Bundles the process never reported on (it crashed or timed
+    out) fail with its stderr tail.
     """
-    questions = [str(q) for q in questions]
-    if not questions:
-        return GateResult(BUNDLE_LOAD, False, None, 0.0, "no smoke questions to answer")
+    jobs = [{"uri": uri, "questions": [str(q) for q in qs]} for uri, qs in zip(model_uris, questions, strict=True)]
+    results: dict[str, GateResult] = {j["uri"]: GateResult(BUNDLE_LOAD, False, None, 0.0, "no smoke questions to answer")
+                                      for j in jobs if not j["questions"]}
+    jobs = [j for j in jobs if j["questions"]]
+    if not jobs:
+        return [results[uri] for uri in model_uris]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     if tracking_uri:
@@ -304,27 +322,41 @@ def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None
 
         tracking_uri = resolve_uri(tracking_uri, Path.cwd())  # the child runs elsewhere: no relative sqlite paths
         env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
-    n = float(len(questions))
+    limit = timeout_s * len(jobs)
     start = time.perf_counter()
+    timed_out = False
     with tempfile.TemporaryDirectory(prefix="escalate-load-gate-") as cwd:
         try:
-            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT, model_uri], check=False,
-                                  input=json.dumps(questions), capture_output=True, text=True, timeout=timeout_s,
-                                  cwd=cwd, env=env)
+            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT], check=False, input=json.dumps(jobs),
+                                  capture_output=True, text=True, timeout=limit, cwd=cwd, env=env)
+            stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
-            tail = _tail(exc.stderr)
-            return GateResult(BUNDLE_LOAD, False, None, n,
-                              f"{model_uri} did not load and answer within {timeout_s:g} s in a fresh process"
-                              + (f"; stderr tail: {tail}" if tail else ""))
+            stdout, stderr, code, timed_out = _text(exc.stdout), _text(exc.stderr), None, True
     elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        return GateResult(BUNDLE_LOAD, False, None, n, f"loading {model_uri} in a fresh process failed "
-                          f"(exit {proc.returncode}): {_last_line(proc.stderr)}; stderr tail: {_tail(proc.stderr)}")
-    found = [line[len(_MARKER):] for line in proc.stdout.splitlines() if line.startswith(_MARKER)]
-    if not found:
-        return GateResult(BUNDLE_LOAD, False, None, n,
-                          f"the fresh process printed no result; stderr tail: {_tail(proc.stderr)}")
-    return _judge_answers(model_uri, json.loads(found[-1]), len(questions), elapsed)
+    reported = [json.loads(line[len(_MARKER):]) for line in stdout.splitlines() if line.startswith(_MARKER)]
+    for out in reported:
+        n = len(next(j for j in jobs if j["uri"] == out["uri"])["questions"])
+        results[out["uri"]] = (
+            GateResult(BUNDLE_LOAD, False, None, float(n), f"loading {out['uri']} in a fresh process failed: "
+                       f"{out['error']}; stderr tail: {_tail(stderr)}") if "error" in out
+            else _judge_answers(out["uri"], out, n, elapsed / max(len(reported), 1)))
+    for job in jobs:
+        if job["uri"] in results:
+            continue
+        n, tail = float(len(job["questions"])), _tail(stderr)
+        if timed_out:
+            reason = f"{job['uri']} did not load and answer within {timeout_s:g} s in a fresh process"
+        elif code:
+            reason = f"loading {job['uri']} in a fresh process failed (exit {code}): {_last_line(stderr)}"
+        else:
+            reason = f"the fresh process printed no result for {job['uri']}"
+        results[job["uri"]] = GateResult(BUNDLE_LOAD, False, None, n, reason + (f"; stderr tail: {tail}" if tail else ""))
+    return [results[uri] for uri in model_uris]
+
+
+def _text(value: str | bytes | None) -> str:
+    """What a timed-out child had written (subprocess hands it over as bytes or text, or not at all)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value or ""
 
 
 def _judge_answers(model_uri: str, out: dict[str, Any], n: int, elapsed: float) -> GateResult:

@@ -31,7 +31,7 @@ from escalate.evaluation.cost import CostModel
 from escalate.evaluation.thresholds import meets_accuracy
 from escalate.registry.aliases import Registration, Registry, lineage_tags
 from escalate.registry.bundle import QUERY_LEVEL, TOKEN_LEVEL, CascadeSpec, local_checkpoint, log_bundle
-from escalate.registry.gates import candidate_gates, load_gate, outcome_table, per_query_outcomes
+from escalate.registry.gates import GateResult, candidate_gates, load_gates, outcome_table, per_query_outcomes
 from escalate.routers import ROUTERS, Router, make_router
 from escalate.tracking import Tracker
 
@@ -132,6 +132,99 @@ def citer_source(profile: Profile, cost: CostModel, citer_dir: Path, test: pd.Da
                            found.llm_accuracy, outcome_table(found.outcomes, test), False, citer_dir)
 
 
+@dataclass(frozen=True)
+class Bundled:
+    """A candidate logged as a bundle in its own run, waiting for its load gate and its registration."""
+
+    strategy: str
+    source: CandidateSource
+    info: Any  # escalate.registry.bundle.BundleInfo
+    run_id: str
+    smoke: list[str]  # the questions its load gate asks
+    test: pd.DataFrame  # the test split its outcomes are paired on with the champion's
+
+
+def bundle_candidate(
+    strategy: str,
+    *,
+    profile: Profile,
+    cost: CostModel,
+    eval_dir: Path,
+    zoo_dir: Path,
+    questions: pd.DataFrame,
+    tracker: Tracker,
+    parent_run_id: str,
+) -> Bundled:
+    """Log `strategy`'s cascade as a bundle in its own run (a child of the flow's run).
+
+    eval_dir: the evaluate stage's directory, or for "citer" the citer stage's (citer_candidate's).
+    """
+    test = questions[questions["split"] == profile.evaluation.split]
+    source = (citer_source(profile, cost, eval_dir, test) if strategy == CITER
+              else query_level_source(strategy, profile, cost, eval_dir, test))
+    checkpoints = {
+        role: path
+        for role in ("slm", "llm")
+        if (path := local_checkpoint(profile.models[role], role, zoo_dir)) is not None
+    }
+    run_id = tracker.start(f"candidate-{strategy}", tags={"escalate.strategy": strategy}, parent_id=parent_run_id)
+    numeric = {k: float(v) for k, v in source.row.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+    smoke = list(test["question"].head(2))
+    info = log_bundle(
+        source.spec,
+        tracking_uri=tracker.uri,
+        run_id=run_id,
+        checkpoints=checkpoints,
+        router=source.router,
+        eval_dir=source.eval_dir,
+        outcomes=source.outcomes,
+        metrics=numeric,
+        example_questions=smoke,
+    )
+    return Bundled(strategy, source, info, run_id, smoke, test)
+
+
+def load_bundled(bundled: Sequence[Bundled], tracking_uri: str, timeout_s: float) -> list[GateResult]:
+    """Every bundle's load gate, all in one fresh process (gates.load_gates), in `bundled` order."""
+    return load_gates([b.info.model_uri for b in bundled], [b.smoke for b in bundled], tracking_uri, timeout_s)
+
+
+def register_bundled(
+    bundled: Bundled,
+    loaded: GateResult,
+    *,
+    profile: Profile,
+    validation: Mapping[str, Any],
+    registry: Registry,
+    parent_run_id: str,
+    root: Path,
+    may_take_champion: bool,
+) -> Candidate:
+    """Gate a bundled candidate (its load result given) and register it with its verdicts and lineage."""
+    source, info = bundled.source, bundled.info
+    pairs = registry.champion_pairs(source.outcomes, bundled.test)
+    gates = candidate_gates(
+        validation=validation,
+        summary=source.row,
+        llm_accuracy=source.llm_accuracy,
+        is_probability=source.is_probability,
+        candidate_correct=None if pairs is None else pairs[0],
+        champion_correct=None if pairs is None else pairs[1],
+        load=loaded,
+        limits=profile.gates,
+    )
+    tags = {**lineage_tags(root, profile.name, run_id=bundled.run_id, parent_run_id=parent_run_id), **info.tags()}
+    registration = registry.register(
+        info.model_uri,
+        gates,
+        run_id=bundled.run_id,
+        model_id=info.model_id,
+        tags=tags,
+        may_take_champion=may_take_champion,
+    )
+    return Candidate(bundled.strategy, registration, info.model_uri, gates)
+
+
 def register_candidate(
     strategy: str,
     *,
@@ -147,52 +240,12 @@ def register_candidate(
     root: Path,
     may_take_champion: bool,
 ) -> Candidate:
-    """Log `strategy`'s cascade as a bundle in its own run, gate it, and register it.
+    """One candidate from start to end: bundle it, load it in a fresh process, gate and register it.
 
-    eval_dir: the evaluate stage's directory, or for "citer" the citer stage's (citer_candidate's).
+    The retrain flow does the same for many at once, with one fresh process for all their loads.
     """
-    test = questions[questions["split"] == profile.evaluation.split]
-    source = (citer_source(profile, cost, eval_dir, test) if strategy == CITER
-              else query_level_source(strategy, profile, cost, eval_dir, test))
-    spec, row, outcomes = source.spec, source.row, source.outcomes
-    checkpoints = {
-        role: path
-        for role in ("slm", "llm")
-        if (path := local_checkpoint(profile.models[role], role, zoo_dir)) is not None
-    }
-    run_id = tracker.start(f"candidate-{strategy}", tags={"escalate.strategy": strategy}, parent_id=parent_run_id)
-    numeric = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
-    smoke = list(test["question"].head(2))
-    info = log_bundle(
-        spec,
-        tracking_uri=tracker.uri,
-        run_id=run_id,
-        checkpoints=checkpoints,
-        router=source.router,
-        eval_dir=source.eval_dir,
-        outcomes=outcomes,
-        metrics=numeric,
-        example_questions=smoke,
-    )
-    loaded = load_gate(info.model_uri, smoke, tracker.uri, profile.gates.load_timeout_s)
-    pairs = registry.champion_pairs(outcomes, test)
-    gates = candidate_gates(
-        validation=validation,
-        summary=row,
-        llm_accuracy=source.llm_accuracy,
-        is_probability=source.is_probability,
-        candidate_correct=None if pairs is None else pairs[0],
-        champion_correct=None if pairs is None else pairs[1],
-        load=loaded,
-        limits=profile.gates,
-    )
-    tags = {**lineage_tags(root, profile.name, run_id=run_id, parent_run_id=parent_run_id), **info.tags()}
-    registration = registry.register(
-        info.model_uri,
-        gates,
-        run_id=run_id,
-        model_id=info.model_id,
-        tags=tags,
-        may_take_champion=may_take_champion,
-    )
-    return Candidate(strategy, registration, info.model_uri, gates)
+    bundled = bundle_candidate(strategy, profile=profile, cost=cost, eval_dir=eval_dir, zoo_dir=zoo_dir,
+                               questions=questions, tracker=tracker, parent_run_id=parent_run_id)
+    loaded = load_bundled([bundled], tracker.uri, profile.gates.load_timeout_s)[0]
+    return register_bundled(bundled, loaded, profile=profile, validation=validation, registry=registry,
+                            parent_run_id=parent_run_id, root=root, may_take_champion=may_take_champion)
