@@ -105,10 +105,13 @@ def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str
 
 
 def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates: list) -> dict:
-    """Print the results table, the registry's verdicts and the champion answering."""
+    """Print the results table (every candidate, the trained SLMs' too, then the references), the registry's
+    verdicts and the champion answering."""
     p = paths(cfg, root)
     metrics = json.loads((p["eval"] / "metrics.json").read_text())
-    table = format_table(metrics["summary"], list(SUMMARY_COLUMNS))
+    rows, _ = candidate_sources(cfg, root)
+    references = [r for r in rows if r.get("mode") == "-" or r["strategy"] == "oracle"]
+    table = format_table([r for r in rows if r not in references] + references, ["strategy", *SUMMARY_COLUMNS[1:]])
     verdicts = "\n".join(f"  {c.strategy:<18} {c.registration.summary()}" for c in reversed(candidates))
     champion = registry.aliases().get(CHAMPION)
     verdicts += f"\n  @champion: {'version ' + champion if champion else 'unset (no candidate passed every gate)'}"
