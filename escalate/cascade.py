@@ -4,8 +4,11 @@ It walks the code paths evaluation used, so a served answer costs and routes the
 says: prompts from `escalate.prompts`, generation parameters and sample rows from
 `escalate.sampling` (greedy sample 0, plus K-1 sampled ones only when the router votes over them),
 the router's score and its one threshold rule (escalate when score < threshold), the strategy's
-SLM answer from `router.slm_answers`, and prices from the cost model. A pre-generation router
-decides before anything is generated, so an escalated query never reaches the SLM.
+SLM answer from `router.slm_answers`, and prices from the cost model (a router that reads the SLM
+to score, Router.slm_reads, pays for that prefill as evaluation does: records.read_cost). A
+pre-generation router decides before anything is generated, so an escalated query never reaches
+the SLM. Served answers report the router's wall time for every router; evaluation's latency
+figures count router time only where the router runs the SLM (it is SLM time, AROL's summand).
 
     cascade = Cascade(slm, llm, make_router("p_true_token"), threshold=0.4, cost=cost, sampling=cfg)
     cascade.answer(["Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"])
@@ -24,6 +27,7 @@ import pandas as pd
 
 from escalate.config import SamplingConfig
 from escalate.evaluation.cost import CostModel
+from escalate.evaluation.records import read_cost
 from escalate.models.backends.base import GenerationBackend
 from escalate.prompts import format_prompt
 from escalate.routers.base import Router, RouterInputs
@@ -181,10 +185,7 @@ class Cascade:
         scores = np.asarray(self.router.score(inputs), dtype=float)
         escalated = self.router.decide(scores, self.threshold)
         elapsed = time.perf_counter() - start
-        reads = self.router.slm_reads(inputs)
-        cost = (np.zeros(len(scores)) if reads is None
-                else np.array([self.cost.cost("slm", int(t), 0) for t in reads], dtype=float))
-        return escalated, scores, elapsed, cost
+        return escalated, scores, elapsed, read_cost(self.router.slm_reads(inputs), len(scores), self.cost)
 
     @staticmethod
     def _slm_answer(rows: pd.DataFrame, answer: Any) -> tuple[str, Any]:

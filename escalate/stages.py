@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import shutil
 import time
 from pathlib import Path
 
@@ -162,7 +162,8 @@ def _training_inputs(profile: Profile, root: Path | str, method: str) -> tuple[o
                           f"{method.upper()}")
     p = paths(profile, root)
     out = p[method]
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # as DVC does before a run: no table or report of an earlier one stays
+    out.mkdir(parents=True)
     if not p["samples"].is_file():
         raise FileNotFoundError(f"{p['samples']}: missing; run `escalate sample --profile {profile.name}` first")
     return cfg, p, out
@@ -174,8 +175,9 @@ def build_sater(profile: Profile, root: Path | str = ".") -> Path:
 
     Writes under artifacts/<profile>/sater/: the training tables (validated: train samples,
     preferences, refusal targets per τ), checkpoints stage1/, stage2/ (the profile's τ, the
-    candidate SLM) and sweep/tau_<τ>/, the samples of every SATER model on calib and the evaluation
-    split (samples.parquet), evaluations under eval/ (vanilla/: the zoo SLM's P(T) cascade and
+    candidate SLM) and sweep/tau_<τ>/, samples.parquet (stage I's greedy answers on the evaluation split,
+    every stage-II model's on calib and the evaluation split, K of them for the candidate's vote),
+    evaluations under eval/ (vanilla/: the zoo SLM's P(T) cascade and
     self-consistency; sater/: refusal cascade, pre-generation refusal probability and weighted vote
     on the stage-II SLM; tau_<τ>/: the sweep), metrics.json and report.md with plots.
     """
@@ -475,7 +477,9 @@ def candidates(profile: Profile, root: Path | str = ".") -> list[tuple[dict, Pro
         else:
             row, citer_dir = citer_candidate(profile, root)
             found.append((row, profile, citer_dir))
-    return found
+    # A training stage's router evaluated by the evaluate stage too (evaluation.strategies empty: every router)
+    # ran there on the untrained SLM; the training stage's row, on the SLM it trained, is the candidate.
+    return list({row["strategy"]: (row, source, where) for row, source, where in found}.values())
 
 
 def validation_reports(profile: Profile, root: Path | str = ".") -> dict[str, dict]:
@@ -532,18 +536,17 @@ def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
                   for k, v in {"loss": s["losses"], **s.get("rewards", {})}.items()}
         return {"metrics": metrics, "series": series,
                 "artifacts": [p["corea"] / "report.md", p["corea"] / "metrics.json", p["corea"] / "eval"]}
-    if stage == "sater":
+    if stage == "sater":  # Tracker.metrics leaves out what MLflow cannot log (booleans, undefined figures)
         result = json.loads((p["sater"] / "metrics.json").read_text())
-        metrics = {f"sater/stage1/{k}": v for k, v in result["stage1"].items() if _number(v)}
-        metrics.update({f"sater/stage2/{k}": v for k, v in result["stage2"].items() if _number(v)})
+        metrics = {f"sater/stage1/{k}": v for k, v in result["stage1"].items()}
+        metrics.update({f"sater/stage2/{k}": v for k, v in result["stage2"].items()})
         metrics.update({f"sater/{row['slm']}/{row['strategy']}/{k}": v for row in result["rows"]
-                        for k, v in row.items() if _number(v)})
+                        for k, v in row.items() if k not in ("slm", "strategy", "mode")})
         metrics.update({f"sater/sweep/tau_{row['tau']:g}/{k}": v for row in result["sweep"]
-                        for k, v in row.items() if k != "tau" and _number(v)})
+                        for k, v in row.items() if k != "tau"})
         metrics.update({f"sater/latency/{row['strategy']}/{k}": v for row in result["latency_cuts"]
-                        for k, v in row.items() if _number(v)})
-        metrics.update({f"sater/targets/{name}": t["value"] for name, t in result["targets"].items()
-                        if _number(t["value"])})
+                        for k, v in row.items() if k != "strategy"})
+        metrics.update({f"sater/targets/{name}": t["value"] for name, t in result["targets"].items()})
         series = {f"sater/train/{run}/loss": s["losses"] for run, s in result["training"].items()}
         return {"metrics": metrics, "series": series,
                 "artifacts": [p["sater"] / "report.md", p["sater"] / "metrics.json", p["sater"] / "eval",
@@ -554,7 +557,3 @@ def stage_log(stage: str, profile: Profile, root: Path | str = ".") -> dict:
         return citer_log(profile, root)
     raise KeyError(f"unknown stage {stage!r}; known: {', '.join(STAGES + TRAINING_STAGES)}")
 
-
-def _number(value: object) -> bool:
-    """Whether a value is a finite number MLflow can log (booleans and undefined figures are left out)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -103,7 +103,10 @@ def test_corrupt_bundle_fails_its_load_gate_and_moves_nothing(store: tuple[str, 
     assert weights.is_file()
     weights.unlink()  # an incomplete upload
 
-    result = gates.load_gate(info.model_uri, QUESTIONS[:2], store[0], timeout_s=300)
+    good = log(store, smoke, "p_true_token", 0.5)
+    # one fresh process for both: the broken bundle fails alone, the one after it still loads and answers
+    result, after = gates.load_gates([info.model_uri, good.model_uri], [QUESTIONS[:2]] * 2, store[0], timeout_s=300)
+    assert after.passed and after.figure == 2, after.reason
     assert not result.passed and "fresh process failed" in result.reason
     assert "BundleError: the bundled slm checkpoint" in result.reason and "missing model.safetensors" in result.reason
 

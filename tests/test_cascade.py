@@ -13,7 +13,7 @@ from escalate.cascade import RESULT_FIELDS, Cascade, question_frame
 from escalate.config import SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
-from escalate.routers import make_router
+from escalate.routers import Router, RouterInputs, make_router
 
 ROOT = Path(__file__).resolve().parents[1]
 COST = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
@@ -151,3 +151,24 @@ def test_cascade_reproduces_the_offline_samples_it_was_evaluated_on(smoke: Path)
     slm_cost, llm_cost = ([cost.cost(role, p, o) for p, o in zip(rows["n_prompt_tokens"], rows["n_output_tokens"])]
                           for role, rows in (("slm", slm_offline), ("llm", llm_offline)))
     assert np.allclose(out["cost"], np.array(slm_cost) + escalated * np.array(llm_cost))
+
+
+class PrefillRouter(Router):
+    """A pre-generation router that read 30 SLM tokens per question to score it, and keeps 'sure?' only."""
+
+    name = "prefill_stub"
+    mode = "pregen"
+
+    def score(self, inputs: RouterInputs) -> np.ndarray:
+        return (inputs.questions["question"] == "sure?").to_numpy(float)
+
+    def slm_reads(self, inputs: RouterInputs) -> np.ndarray:
+        return np.full(len(inputs.questions), 30.0)
+
+
+def test_a_router_that_reads_the_slm_is_priced_online_as_offline() -> None:
+    c = Cascade(Scripted(SLM, 0.01), Scripted({}, 0.5), PrefillRouter(), 0.5, COST, SamplingConfig(k=1, max_new_tokens=8))
+    out = c.answer(["sure?", "unsure?"])
+    assert [r["model"] for r in out] == ["slm", "llm"]
+    assert [r["cost_router"] for r in out] == pytest.approx([30 * 0.05] * 2)  # what records.read_cost charges
+    assert all(r["cost"] == pytest.approx(r["cost_router"] + r["cost_slm"] + r["cost_llm"]) for r in out)

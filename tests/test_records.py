@@ -117,7 +117,7 @@ def test_a_router_that_reads_the_slm_pays_its_prefill_as_slm_time(split: tuple[R
     assert list(records["router_cost"]) == [30.0, 10.0]  # SLM input price 1 per token, no output
     assert list(records["router_latency_model_s"]) == pytest.approx([0.001 * 30, 0.001 * 10])
     share = records["router_latency_s"].to_numpy()
-    assert (share >= 0).all() and share[0] == pytest.approx(3 * share[1])  # measured time split by tokens read
+    assert share.sum() > 0 and share[0] == pytest.approx(3 * share[1])  # the timed scoring, split by tokens read
     out = outcomes(records, "pregen", threshold=0.5)  # q1 escalates, q2 stays
     assert list(out["cost"]) == [30.0 + 500.0, 10.0 + 16.0]
     # AROL's summand: the SLM time spent on the escalated query is the router's prefill alone

@@ -80,6 +80,7 @@ def test_the_refusal_becomes_one_token_whose_embedding_starts_at_its_pieces_mean
     tokenizer, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
     ids = tokenizer(REFUSAL_COMPLETION, add_special_tokens=False)["input_ids"]
     assert ids == [len(before)] and tokenizer.decode(ids) == REFUSAL_COMPLETION
+    assert model.get_input_embeddings().num_embeddings == len(before) + 1
     other = "Answer: 12"
     assert tokenizer(other, add_special_tokens=False)["input_ids"] == before(other, add_special_tokens=False)["input_ids"]
     old = AutoModelForCausalLM.from_pretrained(base_model).get_input_embeddings().weight
@@ -87,6 +88,25 @@ def test_the_refusal_becomes_one_token_whose_embedding_starts_at_its_pieces_mean
     assert torch.allclose(new[-1], old[pieces].mean(0)) and torch.equal(new[:-1], old)
     assert model.get_output_embeddings().weight.data_ptr() == new.data_ptr()  # still tied
     assert add_refusal_token(out, tmp_path / "again") and len(AutoTokenizer.from_pretrained(tmp_path / "again")) == len(tokenizer)
+
+
+def test_an_untied_padded_vocabulary_keeps_its_size_and_starts_both_rows_at_the_pieces(base_model: Path,
+                                                                                       tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    padded = len(tokenizer) + 8  # room beyond the tokenizer, as Qwen's embedding matrices have
+    LlamaForCausalLM(LlamaConfig(vocab_size=padded, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=1, head_dim=64, tie_word_embeddings=False)).save_pretrained(
+        tmp_path / "untied")
+    tokenizer.save_pretrained(tmp_path / "untied")
+    pieces = tokenizer(REFUSAL_COMPLETION, add_special_tokens=False)["input_ids"]
+    old = AutoModelForCausalLM.from_pretrained(tmp_path / "untied")
+    model = AutoModelForCausalLM.from_pretrained(add_refusal_token(tmp_path / "untied", tmp_path / "out"))
+    new_id = len(tokenizer)
+    assert model.get_input_embeddings().num_embeddings == padded
+    for get in (lambda m: m.get_input_embeddings().weight, lambda m: m.get_output_embeddings().weight):
+        assert torch.allclose(get(model)[new_id], get(old)[pieces].mean(0))
 
 
 @pytest.mark.parametrize(("cls", "data", "key"), [

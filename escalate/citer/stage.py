@@ -81,6 +81,10 @@ def build_citer(profile: Profile, root: Path | str = ".") -> Path:
     """Label, train both rounds' routers, sweep τ on the selection and evaluation splits; returns metrics.json."""
     if profile.citer is None:
         raise ConfigError(f"profile {profile.name!r} has no citer section; add one to its YAML to train CITER")
+    if any(m.chat_template for m in profile.models.values()):
+        # Labels, routers and the τ sweep read plain completion prompts; a chat template would serve others.
+        raise ConfigError(f"profile {profile.name!r}: CITER trains and evaluates on plain completion prompts; "
+                          "set models.slm.chat_template and models.llm.chat_template to false for it")
     cfg, p = profile.citer, stages.paths(profile, root)
     out = citer_dir(profile, root)
     out.mkdir(parents=True, exist_ok=True)

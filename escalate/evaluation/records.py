@@ -53,6 +53,14 @@ def usage(samples: pd.DataFrame, role: str, ids: pd.Series, all_samples: bool, c
     return per_q.loc[ids].reset_index()
 
 
+def read_cost(reads: np.ndarray | None, n: int, cost: CostModel) -> np.ndarray:
+    """Per question, the price of the SLM tokens a router read to score it (Router.slm_reads; None: 0), as SLM
+    input tokens: the same for offline records and the online cascade."""
+    if reads is None:
+        return np.zeros(n)
+    return np.array([cost.cost("slm", int(t), 0) for t in reads], dtype=float)
+
+
 def router_usage(router: Router, inputs: RouterInputs, cost: CostModel, latency: LatencyModel,
                  seconds: float) -> dict[str, np.ndarray]:
     """What scoring cost per question: the SLM tokens a router that runs the SLM reads, priced as SLM input,
@@ -67,7 +75,7 @@ def router_usage(router: Router, inputs: RouterInputs, cost: CostModel, latency:
     reads = np.asarray(reads, float)
     share = reads / reads.sum() if reads.sum() > 0 else np.full(n, 1.0 / max(n, 1))
     return {
-        "router_cost": np.array([cost.cost("slm", int(t), 0) for t in reads], dtype=float),
+        "router_cost": read_cost(reads, n, cost),
         "router_latency_s": seconds * share,
         "router_latency_model_s": latency.predict("slm", reads, np.zeros(n)),
     }

@@ -269,26 +269,54 @@ def _float_or_none(value: Any) -> float | None:
 
 
 LOAD_SCRIPT = f"""
-import json, sys, time
+import gc, json, signal, sys, time
 import mlflow
 import pandas as pd
+
+
+class TimedOut(Exception):
+    pass
+
+
+def alarm(signum, frame):
+    raise TimedOut()
+
+
+signal.signal(signal.SIGALRM, alarm)
 for job in json.loads(sys.stdin.read()):
+    # Each bundle imports escalate from its own code path, not from the bundle loaded before it.
+    for name in [m for m in sys.modules if m == "escalate" or m.startswith("escalate.")]:
+        del sys.modules[name]
     start = time.perf_counter()
+    model = None
+    signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
     try:
         model = mlflow.pyfunc.load_model(job["uri"])
         loaded = time.perf_counter()
         out = model.predict(pd.DataFrame({{"question": job["questions"]}}))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        report = {{
+            "uri": job["uri"], "rows": len(out), "columns": list(out.columns),
+            "models": [str(m) for m in out["model"]] if "model" in out else [],
+            "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
+            "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
+            "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
+        }}
+    except TimedOut:
+        report = {{"uri": job["uri"], "error": f"did not load and answer within {{job['timeout_s']:g}} s"}}
     except Exception as exc:  # this bundle fails its gate; the next one is still loaded
-        print({_MARKER!r} + json.dumps({{"uri": job["uri"], "error": f"{{type(exc).__name__}}: {{exc}}"[:2000]}}),
-              flush=True)
-        continue
-    print({_MARKER!r} + json.dumps({{
-        "uri": job["uri"], "rows": len(out), "columns": list(out.columns),
-        "models": [str(m) for m in out["model"]] if "model" in out else [],
-        "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
-        "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
-        "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
-    }}), flush=True)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        report = {{"uri": job["uri"], "error": f"{{type(exc).__name__}}: {{exc}}"[:2000]}}
+    print({_MARKER!r} + json.dumps(report), flush=True)
+    # Free this bundle's models (a GPU holds one vLLM engine at a time) before the next loads.
+    try:
+        model.unwrap_python_model().cascade.close()
+    except Exception:
+        pass
+    del model
+    gc.collect()
+    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
+        sys.modules["torch"].cuda.empty_cache()
 """
 
 
@@ -303,13 +331,15 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     """Each bundle loads and answers its questions in one fresh Python process, within timeout_s per bundle.
 
     One process for a run's candidates pays the imports (torch, transformers, mlflow: most of a
-    load's time on a small machine) once; each bundle still loads from its own artifacts, and an
-    error loading one fails that one alone. The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
-    = tracking_uri (for models:/ URIs) and runs in an empty directory, so it imports escalate from the
-    bundle, not from the caller's tree. Bundles the process never reported on (it crashed or timed
-    out) fail with its stderr tail.
+    load's time on a small machine) once. Each bundle still loads from its own artifacts and imports
+    escalate from its own code path (the previous bundle's modules are dropped first), its models are
+    closed before the next loads, and an error or a timeout (an alarm in the child) fails that bundle
+    alone. The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI = tracking_uri (for models:/ URIs)
+    and runs in an empty directory, so nothing comes from the caller's tree. Only a crash of the
+    process itself fails every bundle it had not reported on yet, with its stderr tail.
     """
-    jobs = [{"uri": uri, "questions": [str(q) for q in qs]} for uri, qs in zip(model_uris, questions, strict=True)]
+    jobs = [{"uri": uri, "questions": [str(q) for q in qs], "timeout_s": float(timeout_s)}
+            for uri, qs in zip(model_uris, questions, strict=True)]
     results: dict[str, GateResult] = {j["uri"]: GateResult(BUNDLE_LOAD, False, None, 0.0, "no smoke questions to answer")
                                       for j in jobs if not j["questions"]}
     jobs = [j for j in jobs if j["questions"]]
@@ -322,7 +352,7 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
 
         tracking_uri = resolve_uri(tracking_uri, Path.cwd())  # the child runs elsewhere: no relative sqlite paths
         env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
-    limit = timeout_s * len(jobs)
+    limit = timeout_s * (len(jobs) + 1)  # the per-bundle alarms decide; one slot more for the imports
     start = time.perf_counter()
     timed_out = False
     with tempfile.TemporaryDirectory(prefix="escalate-load-gate-") as cwd:

@@ -64,3 +64,7 @@ class JointPIKPTRouter(Router):
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return joint_score(self.probe.score(inputs), self.p_true.score(inputs), self.ratio)
+
+    def slm_reads(self, inputs: RouterInputs) -> np.ndarray | None:
+        """The probe's prefill: it reads the prompt in a pass of its own, beside the answer's generation."""
+        return self.probe.slm_reads(inputs)

@@ -54,14 +54,10 @@ class HiddenStates:
     def _forward(self, prompts: list[str]) -> np.ndarray:
         import torch
 
+        from escalate.models.backends.hf import left_padded
+
         encoded = [self.backend.encode_prompt(p) for p in prompts]
-        width = max(len(ids) for ids in encoded)
-        pad = self.backend.tokenizer.pad_token_id
-        device = self.backend.device
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        # Left padding must not shift positions, or a prompt's states would depend on its batch.
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(encoded, self.backend.tokenizer.pad_token_id, self.backend.device)
         with torch.inference_mode():
             out = self.backend.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                                      output_hidden_states=True)

@@ -47,11 +47,10 @@ class RefusalProbability:
     def _forward(self, prompts: list[str]) -> list[float]:
         import torch
 
+        from escalate.models.backends.hf import left_padded
+
         encoded = [self.backend.encode_prompt(p) + self.refusal for p in prompts]
-        width, pad, device = max(map(len, encoded)), self.backend.tokenizer.pad_token_id, self.backend.device
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift positions
+        ids, mask, positions = left_padded(encoded, self.backend.tokenizer.pad_token_id, self.backend.device)
         with torch.inference_mode():
             logits = self.backend.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         n = len(self.refusal)
@@ -77,6 +76,11 @@ class SaterPregenRouter(Router):
 
     def _reader(self) -> RefusalProbability:
         return refusal_probability(self.model_dir, self.device)
+
+    def fit(self, calib: RouterInputs) -> SaterPregenRouter:
+        """Nothing to learn; the checkpoint loads now, so that scoring is timed without the load."""
+        self._reader()
+        return self
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return 1.0 - self._reader()(prompts_of(inputs))

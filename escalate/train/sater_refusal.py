@@ -45,9 +45,11 @@ class SaterRefusalConfig(LoopConfig):
 def add_refusal_token(model_dir: str | Path, out_dir: str | Path) -> Path:
     """Save model_dir's checkpoint to out_dir with REFUSAL_COMPLETION as one added token of its vocabulary.
 
-    The new embedding row (tied to the output layer in the zoo) starts as the mean of the rows of the
-    tokens that spelled the refusal, so the model starts from what it already read there. A tokenizer
-    that already has the token is saved unchanged.
+    The new token's input row, and its output row where the output layer is not tied to the input
+    (the zoo's is), start as the means of the rows of the tokens that spelled the refusal, so the
+    model starts from what it already knew of them. A model whose embedding matrix is padded beyond
+    its tokenizer (Qwen's) keeps its size and the new id takes a padding row. A tokenizer that already
+    has the token is saved unchanged.
     """
     import torch
     from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
@@ -57,10 +59,16 @@ def add_refusal_token(model_dir: str | Path, out_dir: str | Path) -> Path:
     pieces = tokenizer(REFUSAL_COMPLETION, add_special_tokens=False)["input_ids"]
     if len(pieces) > 1:
         tokenizer.add_tokens([AddedToken(REFUSAL_COMPLETION, normalized=False, special=False)])
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        new_id = tokenizer.convert_tokens_to_ids(REFUSAL_COMPLETION)
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():
-            embeddings = model.get_input_embeddings().weight
-            embeddings[-1] = embeddings[pieces].mean(0)
+            rows = [model.get_input_embeddings().weight]
+            output = model.get_output_embeddings()
+            if output is not None and output.weight.data_ptr() != rows[0].data_ptr():
+                rows.append(output.weight)
+            for weight in rows:
+                weight[new_id] = weight[pieces].mean(0)
     model.save_pretrained(str(out_dir))
     tokenizer.save_pretrained(str(out_dir))
     return Path(out_dir)

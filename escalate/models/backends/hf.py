@@ -79,8 +79,7 @@ class HFBackend(GenerationBackend):
     def _batch(self, batch: list[list[int]], params: SamplingParams) -> list[Generation]:
         pad = self.tokenizer.pad_token_id
         width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch], device=self.device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=self.device)
+        input_ids, mask, _ = left_padded(batch, pad, self.device)  # generate derives positions from the mask
         sampling = (
             {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
             if params.temperature > 0
@@ -122,6 +121,15 @@ class HFBackend(GenerationBackend):
             latency_s=latency,
             finish_reason="stop" if eos in ids_list else "length",
         )
+
+
+def left_padded(encoded: list[list[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """input_ids, attention_mask and position_ids of a left-padded batch for one forward pass; positions
+    count from each sequence's own first token, so a prompt reads the same in any batch."""
+    width = max(len(e) for e in encoded)
+    ids = torch.tensor([[pad_id] * (width - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 @cache
