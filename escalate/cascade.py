@@ -7,8 +7,10 @@ the router's score and its one threshold rule (escalate when score < threshold),
 SLM answer from `router.slm_answers`, and prices from the cost model (a router that reads the SLM
 to score, Router.slm_reads, pays for that prefill as evaluation does: records.read_cost). A
 pre-generation router decides before anything is generated, so an escalated query never reaches
-the SLM. Served answers report the router's wall time for every router; evaluation's latency
-figures count router time only where the router runs the SLM (it is SLM time, AROL's summand).
+the SLM; a kept query whose SLM answer is the refusal (SATER's SLM) goes to the LLM after it
+(at every threshold but −inf, SLM-only).
+Served answers report the router's wall time for every router; evaluation's latency figures count
+router time only where the router runs the SLM (it is SLM time, AROL's summand).
 
     cascade = Cascade(slm, llm, make_router("p_true_token"), threshold=0.4, cost=cost, sampling=cfg)
     cascade.answer(["Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"])
@@ -132,7 +134,9 @@ class Cascade:
             escalated, scores, route_s, route_cost = self._route(RouterInputs(frame, slm_rows))
         kept = frame[~escalated].reset_index(drop=True)
         answers = (self.router.slm_answers(RouterInputs(kept, slm_rows[slm_rows["id"].isin(kept["id"])]))
-                   .set_index("id") if len(kept) else pd.DataFrame(columns=["answer"]))
+                   .set_index("id") if len(kept) else pd.DataFrame(columns=["answer", "refused"]))
+        if self.threshold > -math.inf:  # a kept refusal escalates, after the SLM, as metrics.outcomes prices it
+            escalated = escalated | frame["id"].isin(answers.index[answers["refused"].astype(bool)]).to_numpy()
         llm_rows = self._generate(self.llm, "llm", frame[escalated], all_samples=False)
         by_id = {"slm": dict(tuple(slm_rows.groupby("id", sort=False))),
                  "llm": dict(tuple(llm_rows.groupby("id", sort=False)))}

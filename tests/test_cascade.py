@@ -14,6 +14,7 @@ from escalate.config import SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
 from escalate.routers import Router, RouterInputs, make_router
+from escalate.train.preferences import REFUSAL_COMPLETION
 
 ROOT = Path(__file__).resolve().parents[1]
 COST = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
@@ -172,3 +173,38 @@ def test_a_router_that_reads_the_slm_is_priced_online_as_offline() -> None:
     assert [r["model"] for r in out] == ["slm", "llm"]
     assert [r["cost_router"] for r in out] == pytest.approx([30 * 0.05] * 2)  # what records.read_cost charges
     assert all(r["cost"] == pytest.approx(r["cost_router"] + r["cost_slm"] + r["cost_llm"]) for r in out)
+
+
+class Refusing(Scripted):
+    """The SATER SLM's side of the script: it refuses `refuses` and answers the rest as Scripted does."""
+
+    def __init__(self, refuses: str) -> None:
+        super().__init__(SLM, 0.01)
+        self.refuses = refuses
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        out = super().generate(prompts, params)
+        for prompt, gens in zip(prompts, out):
+            if self.refuses in prompt:
+                gens[:] = [Generation(text=REFUSAL_COMPLETION, token_ids=[7], token_logprobs=[-0.05],
+                                      token_entropies=[0.1], token_offsets=[0], n_prompt_tokens=10, latency_s=0.01)
+                           for _ in gens]
+        return out
+
+
+@pytest.mark.parametrize("router", ["random", "p_true_token"])
+def test_a_kept_refusal_is_answered_by_the_llm_after_the_slm(router: str) -> None:
+    c = Cascade(Refusing("unsure?"), Scripted({}, 0.5), make_router(router), -1e300, COST,
+                SamplingConfig(k=1, max_new_tokens=8))
+    out = c.answer(list(SLM))  # the threshold keeps everything the router scores, pre-generation or not
+    assert [r["model"] for r in out] == ["slm", "llm", "slm"]
+    assert out[1]["escalated"] and out[1]["parsed_answer"] == "42" and "know" not in out[1]["answer"]
+    assert out[1]["cost"] == pytest.approx((0.05 * 10 + 0.1 * 1) + (1.0 * 10 + 2.0 * 5))  # the refusal, then the LLM
+    (llm_prompts, _), = c.llm.calls
+    assert llm_prompts == ["Question: unsure?\nAnswer:"]
+
+
+def test_threshold_minus_infinity_serves_even_a_refusal() -> None:
+    c = Cascade(Refusing("unsure?"), Scripted({}, 0.5), make_router("random"), -math.inf, COST,
+                SamplingConfig(k=1, max_new_tokens=8))
+    assert [r["model"] for r in c.answer(list(SLM))] == ["slm"] * 3 and not c.llm.calls

@@ -70,8 +70,10 @@ def test_cascade_costs_more_than_pregen_by_the_wasted_slm_attempts():
     assert (cascade.loc[at_half, "arol_s"] == 0.75).all() and (pregen["arol_s"] == 0).all()
 
 
-def test_reference_points_are_slm_only_and_llm_only():
-    refs = curves.reference_points(records())
+@pytest.mark.parametrize("refused", [False, True])
+def test_reference_points_are_slm_only_and_llm_only(refused: bool):
+    # SLM-only keeps every SLM answer, a refusal included: the fallback is the strategy's, not the model's
+    refs = curves.reference_points(records().assign(slm_refused=refused))
     assert refs.loc[curves.SLM_ONLY, ["call_rate", "cost", "accuracy", "agl_s"]].tolist() == pytest.approx(
         [0.0, 0.1, 0.5, 7 / 4]
     )
@@ -81,7 +83,8 @@ def test_reference_points_are_slm_only_and_llm_only():
 
 
 def test_oracle_escalates_gains_first_then_neutral_queries_cheapest_first():
-    oracle = curves.oracle_records(records())
+    oracle = curves.oracle_records(records().assign(slm_refused=True))
+    assert "slm_refused" not in oracle
     order = oracle.sort_values("score")["id"].tolist()
     assert order == ["a", "b", "d", "c"]
     assert (oracle["router_cost"] == 0).all()

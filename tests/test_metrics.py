@@ -38,6 +38,22 @@ def test_pregen_pays_only_the_chosen_model_and_has_no_routing_overhead():
     assert metrics.agl(out, modeled=True) == pytest.approx((2.0 + 2.4 + 0.4 + 1.2) / 4)
 
 
+def test_a_kept_refusal_escalates_after_paying_the_slm_that_refused():
+    refusing = records().assign(slm_refused=[False, False, True, False])  # c is kept at 0.25, and refuses
+    for mode, router_paid_slm in (("cascade", True), ("pregen", False)):
+        out = metrics.outcomes(refusing, mode, 0.25)
+        assert out["escalated"].tolist() == [True, True, True, False]
+        assert out["correct"].tolist() == [True, False, True, True]  # c gets the LLM's answer
+        assert out["cost"][2] == pytest.approx(0.5 + 2.0 + 20.0)  # router + the SLM's refusal + the LLM
+        assert out["latency_s"][2] == pytest.approx(1.0 + 5.0)
+        assert out["overhead_s"][2] == pytest.approx(1.0)  # the refusal's time was spent for nothing
+        assert out["cost"][0] == pytest.approx(10.5 + (1.0 if router_paid_slm else 0.0))
+    # refusals escalate at the lowest finite threshold too; only −inf serves them (SLM-only)
+    assert metrics.outcomes(refusing, "pregen", -1e300)["escalated"].tolist() == [False, False, True, False]
+    assert not metrics.outcomes(refusing, "pregen", -math.inf)["escalated"].any()
+    assert not metrics.outcomes(records(), "pregen", -1e300)["escalated"].any()  # no column: no refusals
+
+
 def test_records_are_checked():
     with pytest.raises(ValueError, match="unknown mode"):
         metrics.outcomes(records(), "parallel", 0.5)

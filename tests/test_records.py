@@ -12,6 +12,7 @@ import pytest
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.evaluation.metrics import RECORD_COLUMNS, check_records, outcomes
 from escalate.evaluation.records import LatencyModel, build_records, fit_latency_model, usage
+from escalate.evaluation.thresholds import REFUSED_COLUMN
 from escalate.routers import Router, RouterInputs, make_router
 
 COST = TokenPriceCost({"slm": (1.0, 2.0), "llm": (10.0, 20.0)})
@@ -55,7 +56,7 @@ def test_columns_match_the_metrics_contract(split: tuple[RouterInputs, pd.DataFr
     for name in ("p_true_token", "self_consistency", "random", "entropy", "min_logprob", "mean_logprob"):
         kwargs = {"seed": 0} if name == "random" else {}
         records = build_records(make_router(name, **kwargs), x, llm, COST, LATENCY)
-        assert tuple(records.columns) == RECORD_COLUMNS
+        assert tuple(records.columns) == (*RECORD_COLUMNS, REFUSED_COLUMN)
         check_records(records, make_router(name, **kwargs).mode)  # no nulls, finite scores
         assert list(records["id"]) == ["q1", "q2"]
 

@@ -17,6 +17,7 @@ import pytest
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.evaluation.metrics import RECORD_COLUMNS
 from escalate.evaluation.run import EvalSettings, evaluate
+from escalate.evaluation.thresholds import REFUSED_COLUMN
 from escalate.routers import ROUTERS
 
 N_PER_SPLIT = 40
@@ -143,7 +144,7 @@ def test_every_signal_router_is_informative_here(result: tuple[dict, Path]) -> N
 def test_records_hold_every_strategy_and_pay_what_it_uses(result: tuple[dict, Path]) -> None:
     _, out = result
     records = pd.read_parquet(out / "records.parquet")
-    assert set(RECORD_COLUMNS) | {"strategy"} == set(records.columns)
+    assert set(RECORD_COLUMNS) | {REFUSED_COLUMN, "strategy"} == set(records.columns)
     assert len(records) == N_PER_SPLIT * len(STRATEGIES)
     assert set(records["strategy"]) == set(STRATEGIES)
     assert records["id"].str.startswith("test-").all()

@@ -41,7 +41,7 @@ def test_a_confident_minority_outvotes_a_hesitant_majority() -> None:
     x = inputs(rows, ["q"])
     router = make_router("sater_vote")
     assert router.score(x)[0] == pytest.approx(0.81 / 1.06)
-    assert router.slm_answers(x).to_dict("records") == [{"id": "q", "answer": "7", "correct": True}]
+    assert router.slm_answers(x).to_dict("records") == [{"id": "q", "answer": "7", "correct": True, "refused": False}]
     # plain self-consistency, unweighted, picks the wrong majority
     assert make_router("self_consistency").slm_answers(x)["answer"].tolist() == ["8"]
 
@@ -57,7 +57,9 @@ def test_refusals_count_against_even_when_the_parser_finds_a_number() -> None:
     every_refusal = inputs([sample("q", i, None, False, [LN(0.9)], text=REFUSAL_COMPLETION) for i in range(3)], ["q"])
     assert make_router("sater_vote").score(every_refusal)[0] == 0.0
     assert make_router("sater_vote").slm_answers(every_refusal).to_dict("records") == [
-        {"id": "q", "answer": None, "correct": False}]
+        {"id": "q", "answer": None, "correct": False, "refused": True}]
+    # one answering sample is enough for the vote to answer, so the strategy has not refused
+    assert make_router("sater_vote").slm_answers(x)["refused"].tolist() == [False]
 
 
 def test_long_responses_do_not_underflow_the_weights() -> None:
@@ -79,6 +81,7 @@ def test_refusals_score_zero_and_answers_their_prefix_probability() -> None:
     assert list(router.escalate(x, 0.01)) == [False, True, True]  # a refusal escalates at any threshold
     assert list(router.escalate(x, 0.8)) == [True, True, True]
     assert router.slm_answers(x)["correct"].tolist() == [True, False, False]
+    assert router.slm_answers(x)["refused"].tolist() == [False, True, False]  # an empty answer is no refusal
 
 
 def test_refusal_router_needs_a_positive_prefix() -> None:

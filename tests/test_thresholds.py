@@ -16,7 +16,8 @@ def unit_outcomes(scores: np.ndarray, slm: np.ndarray, llm: np.ndarray, ratio: f
     """Pre-generation outcomes with unit costs: the LLM costs 1 a query, the SLM 1/ratio."""
     n = len(scores)
     return Outcomes(np.asarray(scores, float), np.asarray(slm, bool), np.asarray(llm, bool),
-                    keep_cost=np.full(n, 1 / ratio), escalate_cost=np.ones(n), llm_cost=np.ones(n))
+                    keep_cost=np.full(n, 1 / ratio), escalate_cost=np.ones(n), llm_cost=np.ones(n),
+                    refused=np.zeros(n, bool))
 
 
 def ranked(n: int = 100) -> Outcomes:
@@ -25,12 +26,32 @@ def ranked(n: int = 100) -> Outcomes:
     return unit_outcomes(scores, scores >= 30, scores != 50)
 
 
+@pytest.mark.parametrize("refused", [None, [False, True, True, False]])
 @pytest.mark.parametrize("mode", ["cascade", "pregen"])
-def test_curve_matches_the_sweep(mode: str) -> None:
-    sweep = curves.sweep(records(), mode)
-    got = Outcomes.from_records(records(), mode).curve(sweep["threshold"].to_numpy())
+def test_curve_matches_the_sweep(mode: str, refused: list[bool] | None) -> None:
+    table = records() if refused is None else records().assign(slm_refused=refused)
+    sweep = curves.sweep(table, mode)
+    got = Outcomes.from_records(table, mode).curve(sweep["threshold"].to_numpy())
     for column in ("call_rate", "cost", "accuracy"):
         np.testing.assert_allclose(got[column], sweep[column], rtol=1e-12, err_msg=column)
+
+
+def test_a_refusing_strategy_reaches_call_rate_zero_only_at_minus_infinity() -> None:
+    out = Outcomes.from_records(records().assign(slm_refused=[False, True, True, False]), "pregen")
+    grid = out.grid()
+    assert grid[0] == -np.inf and np.isfinite(grid[1])
+    curve = out.curve(grid)
+    assert curve["call_rate"][0] == 0.0 and curve["call_rate"][1] == 0.5  # b and c refuse: the LLM answers
+    assert curve["accuracy"][0] == 0.5 and curve["accuracy"][1] == 0.5  # c: right either way; b: wrong either way
+    assert thresholds.by_budget(out, 0.25).threshold == -np.inf  # below the refusals' share: serve them
+    assert thresholds.realized(out, -np.inf)["call_rate"] == 0.0
+    assert Outcomes.from_records(records(), "pregen").grid()[0] > -np.inf  # no refusals: no −inf point
+
+
+def test_keeping_a_refusal_loses_no_answer() -> None:
+    # a and b: the SLM is wrong, the LLM right; b refuses, so keeping b still gets the LLM's answer
+    out = Outcomes.from_records(records().assign(llm_correct=True, slm_refused=[False, True, False, False]), "pregen")
+    assert thresholds.lost_answers(out).tolist() == [True, False, False, False]
 
 
 def test_quantile_grid_has_both_ends_and_rejects_too_few_points() -> None:
@@ -49,7 +70,7 @@ def test_by_budget_takes_the_largest_call_rate_within_it() -> None:
     # it reads no labels: flipping every correctness leaves the pick unchanged
     out = ranked()
     flipped = Outcomes(out.scores, ~out.slm_correct, ~out.llm_correct, out.keep_cost, out.escalate_cost,
-                       out.llm_cost)
+                       out.llm_cost, out.refused)
     assert thresholds.by_budget(flipped, 0.3).threshold == thresholds.by_budget(out, 0.3).threshold
 
 
@@ -170,7 +191,8 @@ def test_bad_arguments_fail_loudly() -> None:
     with pytest.raises(ValueError, match="alpha"):
         thresholds.risk_controlled(out, 0.1, 1.0)
     with pytest.raises(ValueError, match="one length"):
-        Outcomes(np.zeros(2), np.zeros(3, bool), np.zeros(2, bool), np.zeros(2), np.zeros(2), np.ones(2))
+        Outcomes(np.zeros(2), np.zeros(3, bool), np.zeros(2, bool), np.zeros(2), np.zeros(2), np.ones(2),
+                 np.zeros(2, bool))
     with pytest.raises(ValueError, match="finite"):
         unit_outcomes(np.array([0.0, np.nan]), np.zeros(2, bool), np.zeros(2, bool))
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from escalate.evaluation import metrics
-from escalate.evaluation.thresholds import quantile_grid, totals
+from escalate.evaluation.thresholds import REFUSED_COLUMN, quantile_grid, refusals, totals
 
 CURVE_COLUMNS = (
     "threshold",
@@ -26,6 +26,8 @@ CURVE_COLUMNS = (
     "arol_model_s",
 )
 SLM_ONLY, LLM_ONLY = "SLM-only", "LLM-only"
+# The lowest finite threshold: it keeps every query the router scores and escalates the refusals.
+KEEP_ALL = -np.finfo(float).max
 
 
 def _total_llm_cost(records: pd.DataFrame) -> float:
@@ -50,20 +52,21 @@ def _point(outcome: pd.DataFrame, total_llm_cost: float) -> dict[str, float]:
 
 
 def sweep(records: pd.DataFrame, mode: str, n_points: int = 101) -> pd.DataFrame:
-    """The strategy's curve: one row per threshold (n_points + 1 rows), columns CURVE_COLUMNS.
+    """The strategy's curve: one row per threshold (n_points + 1 rows, one more from −inf where the SLM
+    refuses: quantile_grid), columns CURVE_COLUMNS.
 
     Cost is normalized, Σ cost / Σ llm_cost, so LLM-only is 1 and a cascade can exceed it. Each
-    query's outcome kept and escalated comes from metrics.outcomes (at −inf and +inf), so the
-    curve prices queries exactly as a single threshold does; the sums over thresholds are prefix
-    sums in score order (thresholds.totals).
+    query's outcome kept and escalated comes from metrics.outcomes (at KEEP_ALL and +inf, and at
+    −inf, which serves refusals), so the curve prices queries exactly as a single threshold does;
+    the sums over thresholds are prefix sums in score order (thresholds.totals).
     """
     metrics.check_records(records, mode)
     total = _total_llm_cost(records)
-    grid = quantile_grid(records["score"].to_numpy(float), n_points)
+    grid = quantile_grid(records["score"].to_numpy(float), n_points, never=bool(refusals(records).any()))
     columns = ["escalated", "cost", "correct", "latency_s", "overhead_s", "latency_model_s", "overhead_model_s"]
-    kept, escalated = (metrics.outcomes(records, mode, t, check=False)[columns].to_numpy(float)
-                       for t in (-math.inf, math.inf))
-    means = totals(records["score"].to_numpy(float), kept, escalated, grid) / len(records)
+    never, kept, escalated = (metrics.outcomes(records, mode, t, check=False)[columns].to_numpy(float)
+                              for t in (-math.inf, KEEP_ALL, math.inf))
+    means = totals(records["score"].to_numpy(float), kept, escalated, grid, never) / len(records)
     mean_llm_cost = total / len(records)
     return pd.DataFrame(
         {
@@ -95,7 +98,13 @@ def oracle_records(records: pd.DataFrame) -> pd.DataFrame:
     order = np.lexsort((np.arange(len(records)), extra_cost, group))
     rank = np.empty(len(records), dtype=float)
     rank[order] = np.arange(len(records))
-    return records.assign(score=rank / len(records), router_cost=0.0, router_latency_s=0.0, router_latency_model_s=0.0)
+    return _models_only(records).assign(score=rank / len(records))
+
+
+def _models_only(records: pd.DataFrame) -> pd.DataFrame:
+    """The records with no router to pay and no refusal fallback: each query goes to exactly the model picked."""
+    return records.drop(columns=[REFUSED_COLUMN], errors="ignore").assign(
+        router_cost=0.0, router_latency_s=0.0, router_latency_model_s=0.0)
 
 
 def random_curve(a_slm: float, a_llm: float, c_slm: float, n_points: int = 101) -> pd.DataFrame:
@@ -112,7 +121,7 @@ def random_curve(a_slm: float, a_llm: float, c_slm: float, n_points: int = 101) 
 
 def reference_points(records: pd.DataFrame) -> pd.DataFrame:
     """SLM-only and LLM-only (index SLM_ONLY, LLM_ONLY): neither pays a router nor the other model."""
-    unrouted = records.assign(router_cost=0.0, router_latency_s=0.0, router_latency_model_s=0.0)
+    unrouted = _models_only(records)
     total = _total_llm_cost(records)
     rows = {
         SLM_ONLY: _point(metrics.outcomes(unrouted, "pregen", -math.inf), total),

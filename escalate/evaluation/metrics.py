@@ -18,7 +18,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
-from escalate.evaluation.thresholds import TOL, cheapest_meeting
+from escalate.evaluation.thresholds import TOL, cheapest_meeting, refusals
 
 MODES = ("cascade", "pregen")
 RECORD_COLUMNS = (
@@ -58,15 +58,18 @@ def outcomes(records: pd.DataFrame, mode: str, threshold: float, *, check: bool 
     """What happens to each query when escalating those with score < threshold.
 
     A cascade always pays the SLM attempt (cost and time) and adds the LLM on escalation;
-    pre-generation routing pays only the model it picks. Both pay the router. The routing
+    pre-generation routing pays only the model it picks. Both pay the router. A kept query whose
+    SLM answer is the refusal escalates too, after paying the SLM that refused, at every threshold
+    but −inf (which escalates nothing: SLM-only). The routing
     overhead is the SLM time spent on queries the LLM ends up answering (AROL's summand): the
-    wasted attempt of a cascade, and the router's time where the router runs the SLM (records
-    carry router time only for those, Router.slm_reads).
+    wasted attempt, and the router's time where the router runs the SLM (records carry router
+    time only for those, Router.slm_reads).
     """
     if check:  # a sweep checks once, not at each of its thresholds
         check_records(records, mode)
-    escalated = records["score"].to_numpy(float) < threshold
-    slm_paid = np.ones_like(escalated) if mode == "cascade" else ~escalated
+    routed = records["score"].to_numpy(float) < threshold
+    slm_paid = np.ones_like(routed) if mode == "cascade" else ~routed
+    escalated = routed | refusals(records) if threshold > -math.inf else routed
     wasted = slm_paid & escalated
 
     def col(name: str) -> np.ndarray:

@@ -14,6 +14,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from escalate.evaluation.cost import CostModel
+from escalate.evaluation.thresholds import REFUSED_COLUMN
 from escalate.routers.base import Router, RouterInputs
 
 
@@ -106,4 +107,5 @@ def build_records(router: Router, inputs: RouterInputs, llm_samples: pd.DataFram
         "llm_latency_model_s": llm["latency_model_s"].to_numpy(float),
         "router_latency_s": scoring["router_latency_s"],
         "router_latency_model_s": scoring["router_latency_model_s"],
+        REFUSED_COLUMN: answers["refused"].to_numpy(bool),
     })

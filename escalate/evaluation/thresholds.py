@@ -35,30 +35,38 @@ if TYPE_CHECKING:
 TOL = 1e-9
 
 
-def quantile_grid(scores: ArrayLike, n_points: int = 101) -> np.ndarray:
-    """Score quantiles at n_points evenly spaced levels (both ends), then +inf.
+def quantile_grid(scores: ArrayLike, n_points: int = 101, *, never: bool = False) -> np.ndarray:
+    """Score quantiles at n_points evenly spaced levels (both ends), then +inf; with `never`, −inf first.
 
-    The 0-quantile escalates nothing (escalation is score < threshold) and +inf escalates
-    everything, so call rates 0 and 1 are always on the curve.
+    The 0-quantile escalates nothing the router scores (escalation is score < threshold) and +inf
+    escalates everything, so call rates 0 and 1 are on the curve. A strategy whose SLM refuses
+    escalates the refusals it keeps at every finite threshold; only −inf keeps them (SLM-only,
+    refusals served), so its grid starts there (`never`) to reach call rate 0.
     """
     if n_points < 2:
         raise ValueError(f"n_points must be >= 2 to include both endpoints, got {n_points}")
-    return np.append(np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, n_points)), np.inf)
+    grid = np.append(np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, n_points)), np.inf)
+    return np.insert(grid, 0, -np.inf) if never else grid
 
 
-def totals(scores: np.ndarray, kept: np.ndarray, escalated: np.ndarray, grid: np.ndarray) -> np.ndarray:
+def totals(scores: np.ndarray, kept: np.ndarray, escalated: np.ndarray, grid: np.ndarray,
+           never: np.ndarray | None = None) -> np.ndarray:
     """Σ over queries of `kept` or `escalated` values, whichever each query gets, at each threshold.
 
-    kept[i] / escalated[i] is what query i contributes when it stays with the SLM / goes to the LLM;
-    both may be 2-D (queries × quantities). Sorting once by score turns every threshold's sum into
-    a difference of cumulative sums: the queries with score < t are a prefix of the sorted order.
+    kept[i] / escalated[i] is what query i contributes when the threshold keeps it / sends it to the
+    LLM; both may be 2-D (queries × quantities). `never[i]` is what it contributes at threshold −inf,
+    which keeps even a refusal (default: kept). Sorting once by score turns every threshold's sum
+    into a difference of cumulative sums: the queries with score < t are a prefix of the sorted order.
     """
     order = np.argsort(scores, kind="stable")
     n_escalated = np.searchsorted(scores[order], grid, side="left")
     zero = np.zeros((1, *np.shape(kept)[1:]))
     cum_kept = np.concatenate([zero, np.cumsum(np.asarray(kept, float)[order], axis=0)])
     cum_escalated = np.concatenate([zero, np.cumsum(np.asarray(escalated, float)[order], axis=0)])
-    return cum_escalated[n_escalated] + (cum_kept[-1] - cum_kept[n_escalated])
+    sums = cum_escalated[n_escalated] + (cum_kept[-1] - cum_kept[n_escalated])
+    if never is not None:
+        sums[np.isneginf(np.asarray(grid, float))] = np.asarray(never, float).sum(axis=0)
+    return sums
 
 
 def meets_accuracy(accuracy: ArrayLike, a_llm: float, delta: float) -> np.ndarray:
@@ -74,13 +82,27 @@ def cheapest_meeting(accuracy: ArrayLike, cost: ArrayLike, a_llm: float, delta: 
     return int(eligible[np.argmin(np.asarray(cost, float)[eligible])])
 
 
+# Optional record column (evaluation.metrics): whether the strategy's kept SLM answer is the refusal
+# (Router.slm_answers); records without it hold no refusals.
+REFUSED_COLUMN = "slm_refused"
+
+
+def refusals(records: pd.DataFrame) -> np.ndarray:
+    """Per query, whether keeping it with the SLM gets the refusal, which then escalates anyway."""
+    if REFUSED_COLUMN not in records:
+        return np.zeros(len(records), dtype=bool)
+    return records[REFUSED_COLUMN].to_numpy(bool)
+
+
 @dataclass(frozen=True)
 class Outcomes:
     """One strategy on one split, per query: its score, both models' correctness and costs.
 
-    keep_cost is what query i costs when the SLM's answer stands (router + SLM), escalate_cost what
+    keep_cost is what query i costs when the threshold keeps it (router + SLM), escalate_cost what
     it costs when it goes to the LLM (router + LLM, plus the SLM attempt a cascade already paid),
-    llm_cost what the LLM alone costs: Σ llm_cost normalizes, so LLM-only costs 1.
+    llm_cost what the LLM alone costs: Σ llm_cost normalizes, so LLM-only costs 1. `refused` marks
+    the queries whose SLM answer is the refusal: a finite threshold that keeps one sends it to the
+    LLM anyway (router + SLM + LLM, the LLM's answer); only −inf serves it.
     """
 
     scores: np.ndarray
@@ -89,10 +111,11 @@ class Outcomes:
     keep_cost: np.ndarray
     escalate_cost: np.ndarray
     llm_cost: np.ndarray
+    refused: np.ndarray
 
     def __post_init__(self) -> None:
         n = len(self.scores)
-        arrays = (self.slm_correct, self.llm_correct, self.keep_cost, self.escalate_cost, self.llm_cost)
+        arrays = (self.slm_correct, self.llm_correct, self.keep_cost, self.escalate_cost, self.llm_cost, self.refused)
         if n == 0 or any(len(a) != n for a in arrays):
             raise ValueError("outcomes must be non-empty arrays of one length")
         if not np.isfinite(np.asarray(self.scores, float)).all():
@@ -110,9 +133,10 @@ class Outcomes:
             return records[name].to_numpy(float)
 
         router, slm, llm = col("router_cost"), col("slm_cost"), col("llm_cost")
+        refused = refusals(records)
         return cls(scores=col("score"), slm_correct=col("slm_correct").astype(bool),
                    llm_correct=col("llm_correct").astype(bool), keep_cost=router + slm,
-                   escalate_cost=router + llm + (slm if mode == "cascade" else 0.0), llm_cost=llm)
+                   escalate_cost=router + llm + (slm if mode == "cascade" else 0.0), llm_cost=llm, refused=refused)
 
     def take(self, index: ArrayLike) -> Outcomes:
         """The outcomes of some queries (a boolean mask or positions), e.g. one dataset of a mixed split."""
@@ -130,12 +154,23 @@ class Outcomes:
     def a_llm(self) -> float:
         return float(np.mean(self.llm_correct))
 
+    @property
+    def kept_correct(self) -> np.ndarray:
+        """Per query, whether a finite threshold that keeps it gets a right answer: the SLM's, or the
+        LLM's after a refusal."""
+        return np.where(self.refused, self.llm_correct, self.slm_correct).astype(bool)
+
+    def grid(self, n_points: int = 101) -> np.ndarray:
+        """The thresholds the policies choose from (quantile_grid, from −inf where the SLM refuses)."""
+        return quantile_grid(self.scores, n_points, never=bool(np.any(self.refused)))
+
     def curve(self, grid: np.ndarray) -> dict[str, np.ndarray]:
         """call_rate, cost (normalized) and accuracy at each threshold of `grid`."""
         n = len(self.scores)
-        kept = np.column_stack([np.zeros(n), self.keep_cost, self.slm_correct])
+        kept = np.column_stack([self.refused, self.keep_cost + self.refused * self.llm_cost, self.kept_correct])
         escalated = np.column_stack([np.ones(n), self.escalate_cost, self.llm_correct])
-        sums = totals(np.asarray(self.scores, float), kept, escalated, np.asarray(grid, float))
+        never = np.column_stack([np.zeros(n), self.keep_cost, self.slm_correct])
+        sums = totals(np.asarray(self.scores, float), kept, escalated, np.asarray(grid, float), never)
         return {"threshold": np.asarray(grid, float), "call_rate": sums[:, 0] / n,
                 "cost": sums[:, 1] / self.llm_only_cost, "accuracy": sums[:, 2] / n}
 
@@ -164,7 +199,7 @@ def by_budget(out: Outcomes, budget: float, n_points: int = 101) -> Pick:
     """
     if not 0 <= budget <= 1:
         raise ValueError(f"budget must be in [0, 1], got {budget}")
-    curve = out.curve(quantile_grid(out.scores, n_points))
+    curve = out.curve(out.grid(n_points))
     within = np.flatnonzero(curve["call_rate"] <= budget + TOL)
     best = within[curve["call_rate"][within] == curve["call_rate"][within].max()]
     return _pick("budget", curve, int(best[0]))
@@ -177,7 +212,7 @@ def by_accuracy(out: Outcomes, delta: float, n_points: int = 101) -> Pick:
     """
     if not 0 <= delta < 1:
         raise ValueError(f"delta must be in [0, 1), got {delta}")
-    curve = out.curve(quantile_grid(out.scores, n_points))
+    curve = out.curve(out.grid(n_points))
     return _pick("accuracy", curve, cheapest_meeting(curve["accuracy"], curve["cost"], out.a_llm, delta))
 
 
@@ -190,15 +225,15 @@ def cost_optimal(out: Outcomes, error_cost: float, n_points: int = 101) -> Pick:
     """
     if not error_cost >= 0:
         raise ValueError(f"error_cost must be >= 0, got {error_cost}")
-    curve = out.curve(quantile_grid(out.scores, n_points))
+    curve = out.curve(out.grid(n_points))
     # The cost column, Σ cost / Σ llm_cost, is already the mean query cost in mean-LLM-query units.
     objective = curve["cost"] + error_cost * (1.0 - curve["accuracy"])
     return _pick("cost", curve, int(np.argmin(objective)))
 
 
 def lost_answers(out: Outcomes) -> np.ndarray:
-    """Per query, whether keeping the SLM's answer loses one the LLM gets right (the risk's loss)."""
-    return ~np.asarray(out.slm_correct, bool) & np.asarray(out.llm_correct, bool)
+    """Per query, whether keeping it loses an answer the LLM gets right (the risk's loss)."""
+    return ~out.kept_correct & np.asarray(out.llm_correct, bool)
 
 
 def risk_controlled(out: Outcomes, epsilon: float, alpha: float) -> Pick:

@@ -2,7 +2,9 @@
 
 Higher scores mean "the SLM will be right"; the one threshold rule, escalate when score < threshold,
 lives here in the base. A router also says which SLM answer its strategy gives (the greedy one, or a
-vote over all samples) and which samples it paid for, so records and costs follow from it.
+vote over all samples), whether that answer is a refusal (SATER's SLM refuses; a refusal the
+threshold kept still escalates: nobody is served "I don't know") and which samples it paid for, so
+records and costs follow from it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+
+from escalate.train.preferences import is_refusal
 
 
 @dataclass
@@ -63,9 +67,18 @@ class Router(ABC):
         so a bundle re-points them at its own copy of the SLM wherever it is loaded."""
 
     def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
-        """Per question: the answer this strategy's SLM side gives and whether it is correct."""
+        """Per question: the answer this strategy's SLM side gives, whether it is correct, and whether it
+        is the refusal (which escalates whatever the score)."""
         g = inputs.greedy()
-        return pd.DataFrame({"id": g["id"], "answer": g["parsed_answer"], "correct": g["correct"].astype(bool)})
+        return pd.DataFrame({"id": g["id"], "answer": g["parsed_answer"], "correct": g["correct"].astype(bool),
+                             "refused": refused(g).to_numpy(bool)})
+
+
+def refused(samples: pd.DataFrame) -> pd.Series:
+    """Per sample row, whether its text is the refusal; a table without `text` holds no refusals."""
+    if "text" not in samples:
+        return pd.Series(False, index=samples.index)
+    return samples["text"].map(is_refusal).astype(bool)
 
 
 def majority(answers: list) -> tuple[object, float]:
@@ -97,11 +110,13 @@ class VotingRouter(Router):
             correct = "correct" in g and bool(
                 answer is not None and (g["correct"].astype(bool) & (g["parsed_answer"] == answer)).any()
             )
-            rows.append({"id": qid, "answer": answer, "share": share, "correct": correct})
+            # Only a unanimous refusal refuses: one answering sample gives the vote an answer to keep.
+            rows.append({"id": qid, "answer": answer, "share": share, "correct": correct,
+                         "refused": bool(refused(g).all())})
         return pd.DataFrame(rows).set_index("id").loc[inputs.questions["id"]].reset_index()
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return self._votes(inputs)["share"].to_numpy(dtype=float)
 
     def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
-        return self._votes(inputs)[["id", "answer", "correct"]]
+        return self._votes(inputs)[["id", "answer", "correct", "refused"]]

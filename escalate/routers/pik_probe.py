@@ -8,7 +8,7 @@ calib split, then the probe is refitted on all of calib. It decides before gener
 pre-generation router, and the prefill it costs is priced and timed as SLM input (`slm_reads`).
 
 The probe needs the SLM checkpoint (`model_dir`, which the evaluation stage passes); the checkpoint
-is loaded once per process and each distinct prompt is read once, as for the embedding routers. A
+is loaded once per process and each distinct prompt is read once (escalate.routers.memo), as for the embedding routers. A
 pickled probe holds the path and the fitted regression, not the weights.
 """
 
@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from escalate.prompts import format_prompt
 from escalate.routers.base import Router, RouterInputs
+from escalate.routers.memo import TextMemo
 
 POOLINGS = ("last", "mean")
 C_GRID = (0.01, 0.1, 1.0)
@@ -41,15 +42,10 @@ class HiddenStates:
 
         # The backend's prompt encoding (bos token or chat template) is what sampling fed the SLM.
         self.backend = shared_backend(model_dir, device)
-        self.batch_size = batch_size
-        self._cache: dict[str, np.ndarray] = {}
+        self._memo = TextMemo(self._forward, batch_size)
 
     def pooled(self, prompts: Sequence[str]) -> np.ndarray:
-        new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        for start in range(0, len(new), self.batch_size):
-            part = new[start : start + self.batch_size]
-            self._cache.update(zip(part, self._forward(part)))
-        return np.stack([self._cache[p] for p in prompts])
+        return np.stack(self._memo(prompts))
 
     def _forward(self, prompts: list[str]) -> np.ndarray:
         import torch

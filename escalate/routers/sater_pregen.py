@@ -9,7 +9,8 @@ priced and timed as SLM input (`slm_reads`); above it the SLM answers. A thresho
 refusals for answers, where the greedy response alone (escalate.routers.sater_refusal) refuses or not.
 
 The router needs the stage-II checkpoint (`model_dir`; a bundle re-points it at its own copy with
-`bind_slm`). Each distinct prompt is read once per process.
+`bind_slm`). Each distinct prompt is read once (escalate.routers.memo). A kept query whose answer is the
+refusal after all still escalates (routers.base.refused), as for every strategy.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from functools import cache
 import numpy as np
 
 from escalate.routers.base import Router, RouterInputs
+from escalate.routers.memo import TextMemo
 from escalate.routers.pik_probe import prompts_of
 from escalate.train.preferences import REFUSAL_COMPLETION
 
@@ -30,19 +32,14 @@ class RefusalProbability:
         from escalate.models.backends.hf import shared_backend  # torch: only when the router runs
 
         self.backend = shared_backend(model_dir, device)
-        self.batch_size = batch_size
         self.refusal = self.backend.tokenizer(REFUSAL_COMPLETION, add_special_tokens=False)["input_ids"]
-        self._cache: dict[str, float] = {}
+        self._memo = TextMemo(self._forward, batch_size)
 
     def prompt_tokens(self, prompts: list[str]) -> np.ndarray:
         return np.array([len(self.backend.encode_prompt(p)) for p in prompts], dtype=float)
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
-        new = list(dict.fromkeys(p for p in prompts if p not in self._cache))
-        for start in range(0, len(new), self.batch_size):
-            part = new[start : start + self.batch_size]
-            self._cache.update(zip(part, self._forward(part)))
-        return np.array([self._cache[p] for p in prompts], dtype=float)
+        return np.array(self._memo(prompts), dtype=float)
 
     def _forward(self, prompts: list[str]) -> list[float]:
         import torch

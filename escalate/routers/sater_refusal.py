@@ -1,7 +1,7 @@
 """SATER's refusal router (arXiv 2510.05164): a SATER-trained SLM answers short or prints the refusal,
 and the refusal escalates at once, without a full generation.
 
-A samples table without a `text` column holds no refusals (nothing says any sample refused).
+A refusal is what `escalate.routers.base.refused` says it is: the one definition every strategy uses.
 """
 
 from __future__ import annotations
@@ -9,17 +9,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pandas as pd
 
-from escalate.routers.base import Router, RouterInputs
-from escalate.train.preferences import is_refusal
-
-
-def refused(samples: pd.DataFrame) -> pd.Series:
-    """Per sample row, whether its text is the refusal."""
-    if "text" not in samples:
-        return pd.Series(False, index=samples.index)
-    return samples["text"].map(is_refusal).astype(bool)
+from escalate.routers.base import Router, RouterInputs, refused
 
 
 class SaterRefusalRouter(Router):

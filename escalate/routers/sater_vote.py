@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from escalate.routers.base import VotingRouter
-from escalate.routers.sater_refusal import refused
+from escalate.routers.base import VotingRouter, refused
 
 
 def weighted_vote(answers: list, weights: list[float]) -> tuple[object, float]:
