@@ -64,9 +64,14 @@ serve: setup setup-serve  ## serve @champion behind the gateway (the promote flo
 stop-serving: setup  ## stop the gateway and the vLLM servers it uses
 	$(BIN)/escalate serve --stop
 
+# Test files run in TEST_WORKERS processes (pytest-xdist, one file per worker at a time, so a module's
+# fixtures are built once); 2 workers: 10 min on two cores, against 16 min in one process (most of a
+# run waits on servers starting and subprocess imports). TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: setup setup-serve  ## lint, then every test, the slow end-to-end ones included
 	$(BIN)/ruff check escalate tasks flows tests bench
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: setup  ## only the fast unit tests
 	$(BIN)/python -m pytest -m "not slow"
