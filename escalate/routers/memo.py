@@ -30,12 +30,13 @@ class TextMemo(Generic[V]):
         return len(self._held)
 
     def __call__(self, texts: Sequence[str]) -> list[V]:
+        unique = dict.fromkeys(texts)
         found: dict[str, V] = {}
-        for text in dict.fromkeys(texts):
+        for text in unique:
             if text in self._held:
                 self._held.move_to_end(text)
                 found[text] = self._held[text]
-        new = [t for t in dict.fromkeys(texts) if t not in found]
+        new = [t for t in unique if t not in found]
         for start in range(0, len(new), self.batch_size):
             part = new[start : start + self.batch_size]
             found.update(zip(part, self.compute(part), strict=True))
