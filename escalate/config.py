@@ -46,14 +46,22 @@ def _check(ok: bool, key: str, message: str) -> None:
 class ArithConfig:
     """The built-in generator: sizes of each split and the difficulty knobs."""
 
-    n_train: int = 3000
-    n_calib: int = 400
-    n_test: int = 400
-    min_steps: int = 1
-    max_steps: int = 4
-    max_operand: int = 20
-    # How often each solution style appears in the zoo's pretraining corpus.
-    style_weights: dict[str, float] = field(default_factory=lambda: {"terse": 1.0, "steps": 2.0, "padded": 1.0})
+    n_train: int = field(default=3000, metadata={
+        "help": "questions in the train split (SATER, COREA and CITER train on them); fewer: faster training stages"})
+    n_calib: int = field(default=400, metadata={
+        "help": "questions in the calib split, where routers are fitted and thresholds chosen"})
+    n_test: int = field(default=400, metadata={
+        "help": "questions in the held-out test split every reported figure and gate comes from"})
+    min_steps: int = field(default=1, metadata={
+        "help": "fewest arithmetic steps in a question (its difficulty); raise it to drop the easy ones"})
+    max_steps: int = field(default=4, metadata={
+        "help": "most arithmetic steps in a question, up to 12; more widens the SLM-LLM accuracy gap"})
+    max_operand: int = field(default=20, metadata={
+        "help": "largest operand drawn (results stay within 10x it); larger numbers make every step harder"})
+    style_weights: dict[str, float] = field(default_factory=lambda: {"terse": 1.0, "steps": 2.0, "padded": 1.0},
+                                            metadata={
+        "help": "relative frequency of each solution style (terse, steps, padded) in the zoo's pretraining "
+                "corpus: it sets how long and varied the models' answers are"})
 
     def __post_init__(self) -> None:
         for key in ("n_train", "n_calib", "n_test"):
@@ -71,13 +79,22 @@ class ArithConfig:
 class DataConfig:
     """Where questions come from: an adapter name and its settings."""
 
-    adapter: str = "arith"  # arith | gsm8k | table | choice
-    arith: ArithConfig = field(default_factory=ArithConfig)
-    path: str | None = None  # a JSONL / CSV / Parquet file for the file adapters
-    task: str | None = None  # task name recorded for file datasets (defaults to the adapter name)
-    columns: dict[str, str] = field(default_factory=dict)  # our column -> the file's column
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "calib": 0.2, "test": 0.2})
-    limit: int | None = None  # keep only the first N rows of a file (quick runs)
+    adapter: str = field(default="arith", metadata={
+        "help": "dataset adapter: arith (built-in generator), gsm8k, table or choice (read `path`)"})
+    arith: ArithConfig = field(default_factory=ArithConfig, metadata={
+        "help": "the built-in generator's split sizes and difficulty (adapter arith; the zoo's corpus always)"})
+    path: str | None = field(default=None, metadata={
+        "help": "a JSONL, CSV or Parquet file the file adapters read, relative to --root; null for arith"})
+    task: str | None = field(default=None, metadata={
+        "help": "task name written in the questions' `task` column for file datasets; null: the adapter's name"})
+    columns: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "our column -> the file's column, for files whose question/answer/choices columns are named "
+                "otherwise"})
+    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "calib": 0.2, "test": 0.2},
+                                              metadata={
+        "help": "share of a file's rows hashed into each split when the file has no `split` column; sums to 1"})
+    limit: int | None = field(default=None, metadata={
+        "help": "keep only a file's first N rows, for quick runs on a large dataset; null: every row"})
 
     def __post_init__(self) -> None:
         _check(self.adapter == "arith" or self.path is not None, "path", f"adapter {self.adapter!r} needs a path")
@@ -92,12 +109,18 @@ class DataConfig:
 class ArchConfig:
     """A Llama architecture. head_dim 64 because vLLM's CPU attention kernels need it."""
 
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 1
-    head_dim: int = 64
-    intermediate_size: int = 256
-    max_position_embeddings: int = 256
+    hidden_size: int = field(default=64, metadata={
+        "help": "width of the residual stream; must equal num_heads * head_dim"})
+    num_layers: int = field(default=2, metadata={
+        "help": "transformer blocks; more layers: a stronger but slower model"})
+    num_heads: int = field(default=1, metadata={
+        "help": "attention heads (also the key/value heads); hidden_size grows with them, head_dim being fixed"})
+    head_dim: int = field(default=64, metadata={
+        "help": "width of each attention head: 64 or 128, the only sizes vLLM's CPU attention kernels run"})
+    intermediate_size: int = field(default=256, metadata={
+        "help": "width of the MLP in each block; the cheapest way to grow or shrink the parameter count"})
+    max_position_embeddings: int = field(default=256, metadata={
+        "help": "longest sequence (prompt + answer) in tokens the model can attend over"})
 
     def __post_init__(self) -> None:
         for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
@@ -111,11 +134,14 @@ class ArchConfig:
 class PretrainConfig:
     """The pretraining loop of one zoo model."""
 
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 3e-3
-    warmup_steps: int = 50
-    weight_decay: float = 0.0
+    steps: int = field(default=1000, metadata={
+        "help": "optimizer steps; the corpus holds steps * batch_size fresh examples, so more steps: more data"})
+    batch_size: int = field(default=32, metadata={"help": "examples per optimizer step"})
+    lr: float = field(default=3e-3, metadata={
+        "help": "peak AdamW learning rate (linear warm-up, then cosine decay); lower it if the loss diverges"})
+    warmup_steps: int = field(default=50, metadata={
+        "help": "steps of linear learning-rate warm-up; must be below steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -127,18 +153,23 @@ class PretrainConfig:
 
 @dataclass
 class ZooModelConfig:
-    arch: ArchConfig = field(default_factory=ArchConfig)
-    train: PretrainConfig = field(default_factory=PretrainConfig)
+    """One zoo model: its architecture and its pretraining."""
+
+    arch: ArchConfig = field(default_factory=ArchConfig, metadata={"help": "the model's Llama architecture"})
+    train: PretrainConfig = field(default_factory=PretrainConfig, metadata={"help": "the model's pretraining loop"})
 
 
 @dataclass
 class ZooConfig:
     """The embedded models: a tokenizer and two Llama models pretrained here on `arith` text."""
 
-    vocab_size: int = 400
-    slm: ZooModelConfig = field(default_factory=ZooModelConfig)
-    llm: ZooModelConfig = field(default_factory=ZooModelConfig)
-    min_param_ratio: float = 8.0  # the LLM must have at least this many times the SLM's parameters
+    vocab_size: int = field(default=400, metadata={
+        "help": "tokens of the BPE tokenizer trained on the corpus (digits are single tokens); shared by both models"})
+    slm: ZooModelConfig = field(default_factory=ZooModelConfig, metadata={"help": "the small model"})
+    llm: ZooModelConfig = field(default_factory=ZooModelConfig, metadata={"help": "the large model"})
+    min_param_ratio: float = field(default=8.0, metadata={
+        "help": "the build fails unless the LLM has at least this many times the SLM's parameters, so the "
+                "cascade has a real cost gap to exploit"})
 
     def __post_init__(self) -> None:
         _check(64 <= self.vocab_size <= 65_536, "vocab_size", f"must be in [64, 65536], got {self.vocab_size}")
@@ -149,18 +180,26 @@ class ZooConfig:
 class ModelConfig:
     """One model of the cascade and how to reach it."""
 
-    name: str = "model"
-    source: str = "zoo"  # "zoo" (built by `escalate zoo build`), a local checkpoint path, or a hub id
-    backend: Literal["hf", "vllm", "openai"] = "hf"
-    endpoint: str | None = None  # base URL of an OpenAI-compatible server (backend openai)
-    api_key_env: str | None = None  # name of the environment variable holding the key; never the key
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    device: str = "cpu"  # cpu | cuda | auto
-    chat_template: bool = False  # wrap prompts with the tokenizer's chat template (instruct models)
-    n_params: int | None = None  # parameter count for the FLOPs cost model when it cannot be read
-    # Alternatives per token an HTTP backend asks for; entropy is computed over them, so it equals the
-    # in-process (full-vocabulary) entropy only when this covers the vocabulary (the zoo's 400 tokens do).
-    top_logprobs: int = 5
+    name: str = field(default="model", metadata={
+        "help": "the model's name in samples, reports and manifests; the `model` an openai backend requests"})
+    source: str = field(default="zoo", metadata={
+        "help": "where the weights are: zoo (built by `escalate zoo build`), a local checkpoint path or a hub id"})
+    backend: Literal["hf", "vllm", "openai"] = field(default="hf", metadata={
+        "help": "how it generates: hf (in process), vllm (offline vllm.LLM) or openai (an HTTP endpoint)"})
+    endpoint: str | None = field(default=None, metadata={
+        "help": "base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8001/v1 (backend openai only)"})
+    api_key_env: str | None = field(default=None, metadata={
+        "help": "name of the environment variable holding the endpoint's API key; never the key itself"})
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = field(default="float32", metadata={
+        "help": "weight dtype for hf and vllm; bfloat16 halves memory on GPUs, CPUs want float32"})
+    device: str = field(default="cpu", metadata={"help": "where the hf backend runs: cpu, cuda, cuda:N or auto"})
+    chat_template: bool = field(default=False, metadata={
+        "help": "wrap prompts in the tokenizer's chat template (instruct models; hf backend)"})
+    n_params: int | None = field(default=None, metadata={
+        "help": "parameter count for the FLOPs cost model when it cannot be read from the weights (external models)"})
+    top_logprobs: int = field(default=5, metadata={
+        "help": "alternatives per token the openai (HTTP) backend asks for; entropy is computed over them, so it "
+                "matches the in-process entropy only when this covers the vocabulary (the zoo's 400 tokens do)"})
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
@@ -177,12 +216,17 @@ class ModelConfig:
 class SamplingConfig:
     """K generations per question per model: sample 0 greedy, the rest at `temperature`."""
 
-    k: int = 4
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_new_tokens: int = 96
-    batch_size: int = 64
-    splits: list[str] = field(default_factory=lambda: ["calib", "test"])
+    k: int = field(default=4, metadata={
+        "help": "generations per question per model (1 greedy + k-1 sampled); self-consistency votes over them"})
+    temperature: float = field(default=0.8, metadata={
+        "help": "sampling temperature of generations 1..k-1; higher: more diverse samples"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass of generations 1..k-1 (1: off)"})
+    max_new_tokens: int = field(default=96, metadata={
+        "help": "longest answer in tokens; answers cut here are usually wrong, so fit it to the task's solutions"})
+    batch_size: int = field(default=64, metadata={
+        "help": "prompts per generation batch (hf backend); lower it if memory runs out"})
+    splits: list[str] = field(default_factory=lambda: ["calib", "test"], metadata={
+        "help": "splits the sample stage generates for (routers fit on calib, evaluation reads test)"})
 
     def __post_init__(self) -> None:
         _check(1 <= self.k <= 64, "k", f"must be in [1, 64], got {self.k}")
@@ -198,9 +242,11 @@ class SamplingConfig:
 class CostConfig:
     """How a query's cost is priced (METRICS.md): per-token prices or FLOPs."""
 
-    kind: Literal["tokens", "flops"] = "tokens"
-    # role -> [input price, output price] per token; the default LLM:SLM ratio is 20:1
-    prices: dict[str, list[float]] = field(default_factory=lambda: {"slm": [0.05, 0.05], "llm": [1.0, 1.0]})
+    kind: Literal["tokens", "flops"] = field(default="tokens", metadata={
+        "help": "tokens: per-token prices below; flops: 2 * parameters * tokens (needs each model's n_params)"})
+    prices: dict[str, list[float]] = field(default_factory=lambda: {"slm": [0.05, 0.05], "llm": [1.0, 1.0]},
+                                           metadata={
+        "help": "role -> [input, output] price per token (kind tokens); only ratios matter, default LLM:SLM 20:1"})
 
     def __post_init__(self) -> None:
         for role, pair in self.prices.items():
@@ -213,16 +259,25 @@ class EvaluationConfig:
     """The held-out evaluation: which split, the iso-accuracy margin, the sweep resolution and the
     targets of the threshold policies reported beside the objective (escalate/evaluation/thresholds.py)."""
 
-    split: str = "test"
-    delta: float = 0.02  # "comparable accuracy": within delta of LLM-only
-    n_thresholds: int = 101
-    seed: int = 0  # for the random router
-    # Routers to evaluate (and register as candidates); empty means every registered router.
-    strategies: list[str] = field(default_factory=list)
-    budget: float = 0.5  # the budget policy: LLM call rate <= budget
-    error_cost: float = 10.0  # the cost-optimal policy: one wrong answer costs this many LLM calls
-    risk_epsilon: float = 0.05  # the risk-controlled policy: accuracy loss vs LLM-only <= epsilon ...
-    risk_alpha: float = 0.1  # ... with probability >= 1 - alpha over the calib draw
+    split: str = field(default="test", metadata={"help": "held-out split every reported figure comes from"})
+    delta: float = field(default=0.02, metadata={
+        "help": "\"comparable accuracy\": within delta (a fraction, 0.02 = 2 points) of LLM-only; the accuracy "
+                "policy and the iso-accuracy saving use it"})
+    n_thresholds: int = field(default=101, metadata={
+        "help": "threshold points swept per strategy (quantiles of its score, both ends included); at least 101"})
+    seed: int = field(default=0, metadata={
+        "help": "seed of the evaluation's own randomness: the random router, router fitting, the constructed "
+                "calibration mix"})
+    strategies: list[str] = field(default_factory=list, metadata={
+        "help": "routers to evaluate and register as candidates, by registry name; empty: every registered router"})
+    budget: float = field(default=0.5, metadata={
+        "help": "the budget policy's target: LLM call rate <= budget (a fraction of queries)"})
+    error_cost: float = field(default=10.0, metadata={
+        "help": "the cost-optimal policy's price of one wrong answer, in LLM calls"})
+    risk_epsilon: float = field(default=0.05, metadata={
+        "help": "the risk-controlled policy: accuracy loss vs LLM-only <= epsilon ..."})
+    risk_alpha: float = field(default=0.1, metadata={
+        "help": "... with probability >= 1 - alpha over the calib draw"})
 
     def __post_init__(self) -> None:
         from escalate.routers import ROUTERS
@@ -242,13 +297,20 @@ class EvaluationConfig:
 class GateLimits:
     """The limits gates apply; a profile's `gates:` section fills this."""
 
-    delta: float = 0.02  # accuracy may be at most this far below LLM-only
-    min_saving: float = 0.10  # smallest cost saving 1 − C to be worth deploying
-    max_ece: float = 0.15  # largest ECE of a probability-like score
-    regression_margin: float = 0.02  # the bootstrap lower bound of (candidate − champion) must exceed −margin
-    bootstrap_samples: int = 2000  # paired bootstrap resamples
-    seed: int = 0  # the bootstrap's seed
-    load_timeout_s: float = 600.0  # the fresh-process load-and-answer gate's time limit
+    delta: float = field(default=0.02, metadata={
+        "help": "the accuracy gate: test accuracy may be at most this far (a fraction) below LLM-only"})
+    min_saving: float = field(default=0.10, metadata={
+        "help": "the cost gate: the smallest cost saving 1 − C worth deploying (a fraction of LLM-only's cost)"})
+    max_ece: float = field(default=0.15, metadata={
+        "help": "the calibration gate: largest ECE (10 bins) of a score meant as P(SLM correct); others skip it"})
+    regression_margin: float = field(default=0.02, metadata={
+        "help": "the regression gate: the paired-bootstrap lower bound of (candidate − champion) accuracy must "
+                "exceed −margin; smaller: stricter against the champion"})
+    bootstrap_samples: int = field(default=2000, metadata={
+        "help": "paired bootstrap resamples of the regression gate; more: a steadier bound, slower"})
+    seed: int = field(default=0, metadata={"help": "the bootstrap's seed"})
+    load_timeout_s: float = field(default=600.0, metadata={
+        "help": "seconds the load gate allows a fresh process to load the bundle and answer"})
 
     def __post_init__(self) -> None:
         _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
@@ -263,8 +325,11 @@ class GateLimits:
 
 @dataclass
 class TrackingConfig:
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    experiment: str = "escalate"
+    """Where runs and registered cascades are recorded."""
+
+    uri: str = field(default="sqlite:///mlruns/mlflow.db", metadata={
+        "help": "MLflow tracking and registry URI (relative sqlite paths are under --root); a server for a team"})
+    experiment: str = field(default="escalate", metadata={"help": "MLflow experiment the runs are filed under"})
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "experiment", "must not be empty")
@@ -274,19 +339,27 @@ class TrackingConfig:
 class Profile:
     """A whole run's configuration; `models` must name an `slm` and an `llm`."""
 
-    name: str
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    models: dict[str, ModelConfig] = field(default_factory=dict)
-    zoo: ZooConfig | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    cost: CostConfig = field(default_factory=CostConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    gates: GateLimits = field(default_factory=GateLimits)
-    sater: SaterConfig | None = None  # SATER training (`escalate sater train`); None: the profile has none
-    corea: CoreaConfig | None = None  # COREA training (`escalate corea train`); None: the profile has none
-    citer: CiterConfig | None = None  # CITER token-level routing (`escalate citer train`); None: the profile has none
+    name: str = field(metadata={"help": "the profile's name; its artifacts go under artifacts/<name>/"})
+    seed: int = field(default=0, metadata={"help": "seeds the questions, their splits, the zoo's pretraining and sampling"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "where the questions come from"})
+    models: dict[str, ModelConfig] = field(default_factory=dict, metadata={
+        "help": "the cascade's models by role: slm and llm"})
+    zoo: ZooConfig | None = field(default=None, metadata={
+        "help": "the embedded models to pretrain (needed when a model has source zoo); null: none"})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={
+        "help": "the sample stage's generations"})
+    cost: CostConfig = field(default_factory=CostConfig, metadata={"help": "how a query's cost is priced"})
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig, metadata={
+        "help": "the held-out evaluation and its threshold policies"})
+    tracking: TrackingConfig = field(default_factory=TrackingConfig, metadata={"help": "the MLflow store"})
+    gates: GateLimits = field(default_factory=GateLimits, metadata={
+        "help": "the limits a candidate cascade must pass before it can become @champion"})
+    sater: SaterConfig | None = field(default=None, metadata={
+        "help": "SATER training (`escalate sater train`); null: the profile has none"})
+    corea: CoreaConfig | None = field(default=None, metadata={
+        "help": "COREA training (`escalate corea train`); null: the profile has none"})
+    citer: CiterConfig | None = field(default=None, metadata={
+        "help": "CITER token-level routing (`escalate citer train`); null: the profile has none"})
 
     def __post_init__(self) -> None:
         missing = {"slm", "llm"} - set(self.models)

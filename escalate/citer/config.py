@@ -53,7 +53,8 @@ class CiterConfig:
         "help": "split whose sweep picks τ (the cheapest point within evaluation.delta of LLM-only accuracy)"})
     latency_queries: int = field(default=8, metadata={
         "help": "questions decoded one at a time at each swept τ to time a single request; 0: no timing"})
-    router: CiterRouterConfig = field(default_factory=CiterRouterConfig)
+    router: CiterRouterConfig = field(default_factory=CiterRouterConfig, metadata={
+        "help": "the token router's shape and training, the same for both rounds"})
 
     def __post_init__(self) -> None:
         _check(bool(self.reference_key.strip()), "reference_key", "must not be empty")
