@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
+from escalate.config_help import SHOW_HELP, show
 from escalate.data.schema import TABLES
 from escalate.registry.cli import add_registry_commands
 from escalate.routers.cli import add_router_commands
@@ -22,6 +24,7 @@ from escalate.telemetry import disable_telemetry
 EPILOG = """\
 typical use:
   escalate config check --profile tiny      validate a profile and print it
+  escalate config show --profile tiny       every key of a profile: its value and what it does
   escalate data build --profile tiny        generate / load questions, validate, write them
   escalate zoo build --profile tiny         train the embedded SLM and LLM (or record external models)
   escalate sample --profile tiny            K generations per question per model
@@ -58,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("config", help="inspect profiles").add_subparsers(dest="action", required=True)
     _profile_arg(config.add_parser("check", help="load and validate a profile, print it as JSON"))
+    _profile_arg(config.add_parser("show", help="every key of a profile with its value and help", description=SHOW_HELP))
 
     data = sub.add_parser("data", help="questions and table validation").add_subparsers(dest="action", required=True)
     _profile_arg(data.add_parser("build", help="build and validate the questions table"))
@@ -127,7 +131,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return args.handler(args)
     profile = load_profile(args.profile, args.root)
     os.chdir(args.root)
-    if args.group == "config":
+    if args.group == "config" and args.action == "show":
+        print(show(profile, shutil.get_terminal_size().columns))
+    elif args.group == "config":
         from dataclasses import asdict
 
         print(json.dumps(asdict(profile), indent=2))

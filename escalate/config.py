@@ -394,7 +394,7 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
     """Build dataclass `cls` from plain data, checking keys, types and values recursively."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls, localns=_late_types())
+    hints = field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
@@ -408,6 +408,11 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
         raise ConfigError(f"{source}: {_join(where, exc.key)}: {exc}") from None
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{source}: {where or 'top level'}: {exc}") from None
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each field's resolved type hint: the one place that knows where the method sections' types live."""
+    return typing.get_type_hints(cls, localns=_late_types())
 
 
 def _late_types() -> dict[str, type]:

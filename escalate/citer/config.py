@@ -42,10 +42,10 @@ class CiterConfig:
     reference_key: str = field(default="steps", metadata={
         "help": "the questions' `meta` key holding the reference solution (arith: terse|steps|padded; gsm8k: solution)"})
     max_train_questions: int | None = field(default=None, metadata={
-        "help": "label at most this many train questions (the first ones); None: all"})
+        "help": "label at most this many train questions (the first ones); null: all"})
     rollout_tau: float | None = field(default=None, metadata={
         "help": "round 2's rollouts continue under the round-1 router at this τ (the LLM writes when P > τ); "
-                "None: the τ chosen for round 1 on select_split"})
+                "null: the τ chosen for round 1 on select_split"})
     batch_size: int = field(default=128, metadata={"help": "sequences decoded together (rollouts and the τ sweep)"})
     n_taus: int = field(default=21, metadata={
         "help": "points of the τ sweep: τ = 0, τ = 1 and quantiles of the router's scores on its training positions"})
