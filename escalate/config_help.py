@@ -22,6 +22,9 @@ file's, or the default where the file is silent) and what it controls, its unit 
 Keys are grouped by section; a method section the profile leaves out (sater, corea, citer) shows as null.
 The profile is validated first: a bad one exits 2 naming the file and the key, as `config check` does."""
 
+# Values wider than this (long lists, mappings) take their own line, so one of them cannot push every help aside.
+VALUE_WIDTH = 24
+
 
 class Row(NamedTuple):
     key: str  # dotted, as a profile's YAML nests it: zoo.slm.arch.hidden_size
@@ -59,7 +62,7 @@ def show(profile: Profile, width: int = 120) -> str:
     """The profile as a table of key, value and help, one block per top-level section, `width` columns wide."""
     table = [(row.key, _format_value(row.value), row.help) for row in rows(profile)]
     key_width = max(len(key) for key, _, _ in table)
-    value_width = min(max(len(value) for _, value, _ in table), 24)
+    value_width = min(max(len(value) for _, value, _ in table), VALUE_WIDTH)
     help_at = 2 + key_width + 2 + value_width + 2  # indent, key, gap, value, gap
     wrap = textwrap.TextWrapper(width=max(width - help_at, 30))
     section_help = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(profile)}
