@@ -175,14 +175,18 @@ def summarize(
     delta: float = 0.02,
     n_points: int = 101,
     is_probability: bool = False,
+    curve: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Every METRICS.md figure of one strategy, as a flat dict (one report-table row).
 
     a_slm and a_llm are the SLM-only and LLM-only accuracies APGR, CPT and iso-accuracy are
     measured against (the base SLM, which a strategy's own `slm_correct` may differ from);
     ToA_random and ToA_oracle come from the records themselves. NaN marks an undefined figure.
+    `curve` is the strategy's sweep(records, mode, n_points) where the caller already drew it: pass
+    the one the plots draw, so the row's figures are read off the plotted curve. None sweeps here.
     """
-    curve = sweep(records, mode, n_points)
+    if curve is None:
+        curve = sweep(records, mode, n_points)
     toa_random, toa_oracle = reference_toas(records, n_points)
     strategy_toa = metrics.toa(curve)
     return {
