@@ -3,7 +3,7 @@
 It walks the code paths evaluation used, so a served answer costs and routes the way the report
 says: prompts from `escalate.prompts`, generation parameters and sample rows from
 `escalate.sampling` (greedy sample 0, plus K-1 sampled ones only when the router votes over them),
-the router's score and its one threshold rule (escalate when score < threshold), the strategy's
+the router's score and the one escalation rule offline figures use (evaluation/decision.py), the strategy's
 SLM answer from `router.slm_answers`, and prices from the cost model (a router that reads the SLM
 to score, Router.slm_reads, pays for that prefill as evaluation does: records.read_cost). A
 pre-generation router decides before anything is generated, so an escalated query never reaches
@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from escalate.config import SamplingConfig
+from escalate.evaluation import decision
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.records import read_cost
 from escalate.models.backends.base import GenerationBackend
@@ -127,16 +128,17 @@ class Cascade:
             return []
         all_samples = self.router.uses_all_samples
         if self.router.mode == "pregen":
-            escalated, scores, route_s, route_cost = self._route(RouterInputs(frame, _empty_rows()))
-            slm_rows = self._generate(self.slm, "slm", frame[~escalated], all_samples)
+            routing, scores, route_s, route_cost = self._route(RouterInputs(frame, _empty_rows()))
+            slm_rows = self._generate(self.slm, "slm", frame[routing.slm_paid(self.router.mode)], all_samples)
         else:
             slm_rows = self._generate(self.slm, "slm", frame, all_samples)
-            escalated, scores, route_s, route_cost = self._route(RouterInputs(frame, slm_rows))
-        kept = frame[~escalated].reset_index(drop=True)
+            routing, scores, route_s, route_cost = self._route(RouterInputs(frame, slm_rows))
+        kept = frame[~routing.routed].reset_index(drop=True)
         answers = (self.router.slm_answers(RouterInputs(kept, slm_rows[slm_rows["id"].isin(kept["id"])]))
                    .set_index("id") if len(kept) else pd.DataFrame(columns=["answer", "refused"]))
-        if self.threshold > -math.inf:  # a kept refusal escalates, after the SLM, as metrics.outcomes prices it
-            escalated = escalated | frame["id"].isin(answers.index[answers["refused"].astype(bool)]).to_numpy()
+        # The same rule again, now that the kept queries' SLM answers (and refusals) are known.
+        refused = frame["id"].isin(answers.index[answers["refused"].astype(bool)]).to_numpy()
+        escalated = decision.escalates(scores, self.threshold, refused)
         llm_rows = self._generate(self.llm, "llm", frame[escalated], all_samples=False)
         by_id = {"slm": dict(tuple(slm_rows.groupby("id", sort=False))),
                  "llm": dict(tuple(llm_rows.groupby("id", sort=False)))}
@@ -182,14 +184,15 @@ class Cascade:
         # Serving has no gold answer: `correct` is unknown (None), which routers only read for offline figures.
         return pd.DataFrame(rows).assign(correct=None)[list(ROW_COLUMNS)]
 
-    def _route(self, inputs: RouterInputs) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        """The router's decision (its own threshold rule) and score per question, the time they took, and
-        what scoring cost per question (the SLM tokens a router that runs the SLM reads, priced as SLM input)."""
+    def _route(self, inputs: RouterInputs) -> tuple[decision.Decision, np.ndarray, float, np.ndarray]:
+        """Which questions the score sends to the LLM (before any SLM answer) and the score per question, the
+        time they took, and what scoring cost per question (the SLM tokens a router that runs the SLM reads,
+        priced as SLM input)."""
         start = time.perf_counter()
         scores = np.asarray(self.router.score(inputs), dtype=float)
-        escalated = self.router.decide(scores, self.threshold)
+        routing = decision.decide(scores, self.threshold)
         elapsed = time.perf_counter() - start
-        return escalated, scores, elapsed, read_cost(self.router.slm_reads(inputs), len(scores), self.cost)
+        return routing, scores, elapsed, read_cost(self.router.slm_reads(inputs), len(scores), self.cost)
 
     @staticmethod
     def _slm_answer(rows: pd.DataFrame, answer: Any) -> tuple[str, Any]:

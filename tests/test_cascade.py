@@ -11,6 +11,7 @@ import pytest
 
 from escalate.cascade import RESULT_FIELDS, Cascade, question_frame
 from escalate.config import SamplingConfig
+from escalate.evaluation import decision, metrics, thresholds
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
 from escalate.routers import Router, RouterInputs, make_router
@@ -208,3 +209,60 @@ def test_threshold_minus_infinity_serves_even_a_refusal() -> None:
     c = Cascade(Refusing("unsure?"), Scripted({}, 0.5), make_router("random"), -math.inf, COST,
                 SamplingConfig(k=1, max_new_tokens=8))
     assert [r["model"] for r in c.answer(list(SLM))] == ["slm"] * 3 and not c.llm.calls
+
+
+# The scripted questions' scores for the shared-rule test: "middle?" is kept at 0.5, and refuses below.
+SCORES = {"sure?": 0.9, "unsure?": 0.2, "middle?": 0.6}
+
+
+class ScoredCascade(Router):
+    """A cascade router with scores by design (NaN for questions it has none for)."""
+
+    name = "scored_stub"
+
+    def score(self, inputs: RouterInputs) -> np.ndarray:
+        return inputs.questions["question"].map(SCORES).to_numpy(float)
+
+
+class ScoredPregen(ScoredCascade):
+    mode = "pregen"
+
+
+def offline_records(questions: list[str], refuses: str) -> pd.DataFrame:
+    """What evaluation would record for the scripted models: Scripted's prices, the refusal's one output token."""
+    slm, refusal, llm = 0.05 * 10 + 0.1 * 5, 0.05 * 10 + 0.1 * 1, 1.0 * 10 + 2.0 * 5
+    n = len(questions)
+    return pd.DataFrame({
+        "id": questions, "score": [SCORES[q] for q in questions], "slm_correct": True, "llm_correct": True,
+        "slm_cost": [refusal if q == refuses else slm for q in questions], "llm_cost": llm, "router_cost": 0.0,
+        **{f"{m}_latency{k}_s": np.zeros(n) for m in ("router", "slm", "llm") for k in ("", "_model")},
+        "slm_refused": [q == refuses for q in questions],
+    })
+
+
+@pytest.mark.parametrize("router", [ScoredCascade, ScoredPregen])
+@pytest.mark.parametrize("threshold", [-math.inf, 0.5, 0.7, math.inf])
+def test_online_and_offline_decide_and_price_by_one_rule(router: type[Router], threshold: float) -> None:
+    """The cascade's decisions and costs at a threshold are what metrics.outcomes and Outcomes.curve say
+    of the same scores and refusals: a kept refusal escalates after the SLM (at 0.5), except at −inf."""
+    c = Cascade(Refusing("middle?"), Scripted({}, 0.5), router(), threshold, COST, SamplingConfig(k=1, max_new_tokens=8))
+    online = pd.DataFrame(c.answer(list(SLM)))
+    table = offline_records(list(SLM), "middle?")
+    offline = metrics.outcomes(table, router.mode, threshold)
+    assert online["escalated"].tolist() == offline["escalated"].tolist()
+    assert online["cost"].tolist() == pytest.approx(offline["cost"].tolist())
+    if threshold == 0.5:
+        assert online["escalated"].tolist() == [False, True, True]  # "middle?" kept, refused, then the LLM
+    curve = thresholds.Outcomes.from_records(table, router.mode).curve(np.array([threshold]))
+    assert curve["call_rate"][0] == pytest.approx(online["escalated"].mean())
+    assert curve["cost"][0] * table["llm_cost"].sum() == pytest.approx(online["cost"].sum())
+
+
+@pytest.mark.parametrize("router", [ScoredCascade, ScoredPregen])
+def test_a_nan_score_fails_closed_online_as_the_rule_says(router: type[Router]) -> None:
+    questions = ["sure?", "no score?"]
+    for threshold in (-math.inf, 0.5, math.inf):
+        c = Cascade(Scripted(SLM, 0.01), Scripted({}, 0.5), router(), threshold, COST, SamplingConfig(k=1, max_new_tokens=8))
+        online = [r["escalated"] for r in c.answer(questions)]
+        assert online == decision.escalates([0.9, math.nan], threshold).tolist()
+        assert online == [threshold == math.inf, threshold > -math.inf]

@@ -127,6 +127,16 @@ def test_summarize_gives_every_figure_for_a_strategy():
     assert 0.1 < summary["op_threshold"] <= 0.2
 
 
+def test_summarize_reads_its_figures_off_the_curve_it_is_given():
+    curve = curves.sweep(records(), "cascade")
+    kwargs = {"a_slm": 0.5, "a_llm": 0.75, "is_probability": True}
+    assert curves.summarize(records(), "cascade", curve=curve, **kwargs) == pytest.approx(
+        curves.summarize(records(), "cascade", **kwargs))
+    # every point at half the cost: the row follows the curve it was handed, not a sweep of its own
+    halved = curves.summarize(records(), "cascade", curve=curve.assign(cost=curve["cost"] / 2), **kwargs)
+    assert (halved["op_cost"], halved["saving_at_iso_accuracy"]) == pytest.approx((0.17, 0.83))
+
+
 def test_summarize_marks_undefined_figures_nan():
     summary = curves.summarize(records(), "cascade", a_slm=0.5, a_llm=0.95)
     assert math.isnan(summary["cpt80"]) and math.isnan(summary["saving_at_iso_accuracy"])

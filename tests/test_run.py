@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from escalate.evaluation.cost import TokenPriceCost
-from escalate.evaluation.metrics import RECORD_COLUMNS
+from escalate.evaluation.metrics import RECORD_COLUMNS, apgr, operating_point, saving_at_iso_accuracy, toa
 from escalate.evaluation.run import EvalSettings, evaluate
 from escalate.evaluation.thresholds import REFUSED_COLUMN
 from escalate.routers import ROUTERS
@@ -169,6 +169,20 @@ def test_metrics_json_and_curves(result: tuple[dict, Path]) -> None:
     curves = json.loads((out / "curves.json").read_text())
     assert set(curves) == set(STRATEGIES) | {"oracle"}
     assert all(len(c["threshold"]) == SETTINGS.n_points + 1 for c in curves.values())
+
+
+def test_summary_figures_are_read_off_the_plotted_curves(result: tuple[dict, Path]) -> None:
+    """One curve per strategy: the one curves.json stores (and the plots draw) gives the summary row's figures."""
+    metrics, out = result
+    plotted = json.loads((out / "curves.json").read_text())
+    a_slm, a_llm, delta = metrics["a_slm"], metrics["a_llm"], SETTINGS.delta
+    for name in [*STRATEGIES, "oracle"]:
+        curve, row = pd.DataFrame(plotted[name]).astype(float), summary_row(metrics, name)  # +inf is stored as null
+        point = operating_point(curve, a_llm, delta)
+        assert row["apgr"] == pytest.approx(apgr(curve, a_slm, a_llm), nan_ok=True), name
+        assert row["toa"] == pytest.approx(toa(curve)), name
+        assert row["saving_at_iso_accuracy"] == pytest.approx(saving_at_iso_accuracy(curve, a_llm, delta), nan_ok=True)
+        assert (row["op_cost"], row["op_call_rate"]) == pytest.approx((point["cost"], point["call_rate"])), name
 
 
 def test_report_names_profile_split_strategies_and_plots(result: tuple[dict, Path]) -> None:

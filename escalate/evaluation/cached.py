@@ -161,7 +161,7 @@ def evaluate_cached(table: CachedTable, routers: list[str] | None = None, *, fol
         refs = curves.reference_points(records) if refs is None else refs
         curve_map[name] = curves.sweep(records, "pregen", n_points)
         summary = curves.summarize(records, "pregen", a_slm=a_slm, a_llm=a_llm, n_points=n_points,
-                                   is_probability=ROUTERS[name].is_probability)
+                                   is_probability=ROUTERS[name].is_probability, curve=curve_map[name])
         rows.append({"router": name, **summary})
     random = curves.random_curve(a_slm, a_llm, 1.0 / ratio, n_points)
     curve_map[ANALYTIC_RANDOM] = random

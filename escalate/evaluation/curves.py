@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from escalate.evaluation import metrics
-from escalate.evaluation.thresholds import REFUSED_COLUMN, quantile_grid, refusals, totals
+from escalate.evaluation import decision, metrics
+from escalate.evaluation.thresholds import REFUSED_COLUMN, quantile_grid, refusals
 
 CURVE_COLUMNS = (
     "threshold",
@@ -26,8 +26,6 @@ CURVE_COLUMNS = (
     "arol_model_s",
 )
 SLM_ONLY, LLM_ONLY = "SLM-only", "LLM-only"
-# The lowest finite threshold: it keeps every query the router scores and escalates the refusals.
-KEEP_ALL = -np.finfo(float).max
 
 
 def _total_llm_cost(records: pd.DataFrame) -> float:
@@ -56,17 +54,19 @@ def sweep(records: pd.DataFrame, mode: str, n_points: int = 101) -> pd.DataFrame
     refuses: quantile_grid), columns CURVE_COLUMNS.
 
     Cost is normalized, Σ cost / Σ llm_cost, so LLM-only is 1 and a cascade can exceed it. Each
-    query's outcome kept and escalated comes from metrics.outcomes (at KEEP_ALL and +inf, and at
-    −inf, which serves refusals), so the curve prices queries exactly as a single threshold does;
-    the sums over thresholds are prefix sums in score order (thresholds.totals).
+    query's outcome under a threshold's decision comes from metrics.decided, so the curve prices
+    queries exactly as a single threshold does; the sums over thresholds are decision.sweep's.
     """
     metrics.check_records(records, mode)
     total = _total_llm_cost(records)
-    grid = quantile_grid(records["score"].to_numpy(float), n_points, never=bool(refusals(records).any()))
+    scores, refused = records["score"].to_numpy(float), refusals(records)
+    grid = quantile_grid(scores, n_points, never=bool(refused.any()))
     columns = ["escalated", "cost", "correct", "latency_s", "overhead_s", "latency_model_s", "overhead_model_s"]
-    never, kept, escalated = (metrics.outcomes(records, mode, t, check=False)[columns].to_numpy(float)
-                              for t in (-math.inf, KEEP_ALL, math.inf))
-    means = totals(records["score"].to_numpy(float), kept, escalated, grid, never) / len(records)
+
+    def figures(d: decision.Decision) -> np.ndarray:
+        return metrics.decided(records, mode, d)[columns].to_numpy(float)
+
+    means = decision.sweep(scores, grid, figures, refused) / len(records)
     mean_llm_cost = total / len(records)
     return pd.DataFrame(
         {
@@ -175,14 +175,18 @@ def summarize(
     delta: float = 0.02,
     n_points: int = 101,
     is_probability: bool = False,
+    curve: pd.DataFrame | None = None,
 ) -> dict[str, float]:
     """Every METRICS.md figure of one strategy, as a flat dict (one report-table row).
 
     a_slm and a_llm are the SLM-only and LLM-only accuracies APGR, CPT and iso-accuracy are
     measured against (the base SLM, which a strategy's own `slm_correct` may differ from);
     ToA_random and ToA_oracle come from the records themselves. NaN marks an undefined figure.
+    `curve` is the strategy's sweep(records, mode, n_points) where the caller already drew it: pass
+    the one the plots draw, so the row's figures are read off the plotted curve. None sweeps here.
     """
-    curve = sweep(records, mode, n_points)
+    if curve is None:
+        curve = sweep(records, mode, n_points)
     toa_random, toa_oracle = reference_toas(records, n_points)
     strategy_toa = metrics.toa(curve)
     return {

@@ -18,9 +18,9 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score
 
+from escalate.evaluation import decision
 from escalate.evaluation.thresholds import TOL, cheapest_meeting, refusals
 
-MODES = ("cascade", "pregen")
 RECORD_COLUMNS = (
     "id",
     "score",
@@ -40,8 +40,7 @@ RECORD_COLUMNS = (
 
 def check_records(records: pd.DataFrame, mode: str) -> None:
     """Reject records a figure would silently misread: missing columns, nulls, non-finite scores."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    decision.check_mode(mode)
     missing = [c for c in RECORD_COLUMNS if c not in records.columns]
     if missing:
         raise KeyError(f"records lack columns {missing}; required: {', '.join(RECORD_COLUMNS)}")
@@ -55,37 +54,38 @@ def check_records(records: pd.DataFrame, mode: str) -> None:
 
 
 def outcomes(records: pd.DataFrame, mode: str, threshold: float, *, check: bool = True) -> pd.DataFrame:
-    """What happens to each query when escalating those with score < threshold.
-
-    A cascade always pays the SLM attempt (cost and time) and adds the LLM on escalation;
-    pre-generation routing pays only the model it picks. Both pay the router. A kept query whose
-    SLM answer is the refusal escalates too, after paying the SLM that refused, at every threshold
-    but −inf (which escalates nothing: SLM-only). The routing
-    overhead is the SLM time spent on queries the LLM ends up answering (AROL's summand): the
-    wasted attempt, and the router's time where the router runs the SLM (records carry router
-    time only for those, Router.slm_reads).
-    """
+    """What happens to each query at `threshold`: evaluation.decision's rule on the records' scores and refusals."""
     if check:  # a sweep checks once, not at each of its thresholds
         check_records(records, mode)
-    routed = records["score"].to_numpy(float) < threshold
-    slm_paid = np.ones_like(routed) if mode == "cascade" else ~routed
-    escalated = routed | refusals(records) if threshold > -math.inf else routed
-    wasted = slm_paid & escalated
+    return decided(records, mode, decision.decide(records["score"].to_numpy(float), threshold, refusals(records)))
+
+
+def decided(records: pd.DataFrame, mode: str, d: decision.Decision) -> pd.DataFrame:
+    """Per query under decision `d`: escalated, correct, cost, latencies (measured and modeled) and overhead.
+
+    Both modes pay the router; what else each pays is decision.prices'. The routing overhead is
+    the SLM time spent on queries the LLM ends up answering (AROL's summand): the wasted attempt,
+    and the router's time where the router runs the SLM (records carry router time only for those,
+    Router.slm_reads).
+    """
 
     def col(name: str) -> np.ndarray:
         return records[name].to_numpy(float)
 
+    def spent(router: str, slm: str, llm: str) -> np.ndarray:
+        return d.spend(col(router), col(slm), col(llm), mode)
+
+    wasted = d.wasted(mode)
     return pd.DataFrame(
         {
             "id": records["id"].to_numpy(),
-            "escalated": escalated,
-            "correct": np.where(escalated, col("llm_correct"), col("slm_correct")).astype(bool),
-            "cost": col("router_cost") + slm_paid * col("slm_cost") + escalated * col("llm_cost"),
-            "latency_s": col("router_latency_s") + slm_paid * col("slm_latency_s") + escalated * col("llm_latency_s"),
-            "latency_model_s": col("router_latency_model_s") + slm_paid * col("slm_latency_model_s")
-            + escalated * col("llm_latency_model_s"),
-            "overhead_s": escalated * col("router_latency_s") + wasted * col("slm_latency_s"),
-            "overhead_model_s": escalated * col("router_latency_model_s") + wasted * col("slm_latency_model_s"),
+            "escalated": d.escalated,
+            "correct": d.answer(col("slm_correct"), col("llm_correct")).astype(bool),
+            "cost": spent("router_cost", "slm_cost", "llm_cost"),
+            "latency_s": spent("router_latency_s", "slm_latency_s", "llm_latency_s"),
+            "latency_model_s": spent("router_latency_model_s", "slm_latency_model_s", "llm_latency_model_s"),
+            "overhead_s": d.escalated * col("router_latency_s") + wasted * col("slm_latency_s"),
+            "overhead_model_s": d.escalated * col("router_latency_model_s") + wasted * col("slm_latency_model_s"),
         }
     )
 

@@ -261,6 +261,7 @@ def evaluate(
         records = build_records(router, test, test_llm, cost, latency)
         by_strategy[name] = records
         all_records.append(records.assign(strategy=name))
+        # One curve per strategy: the plots draw the curve the summary row's figures are read from.
         curve_map[name] = curves.sweep(records, router.mode, settings.n_points)
         summary = curves.summarize(
             records,
@@ -270,6 +271,7 @@ def evaluate(
             delta=settings.delta,
             n_points=settings.n_points,
             is_probability=router.is_probability,
+            curve=curve_map[name],
         )
         chosen: dict[str, float] = {"threshold": math.inf}
         if len(calib.questions):
@@ -313,9 +315,8 @@ def evaluate(
                 "arol_s": 0.0,
             }
         )
-    best = curves.summarize(
-        oracle, "pregen", a_slm=a_slm, a_llm=a_llm, delta=settings.delta, n_points=settings.n_points
-    )
+    best = curves.summarize(oracle, "pregen", a_slm=a_slm, a_llm=a_llm, delta=settings.delta, n_points=settings.n_points,
+                            curve=curve_map["oracle"])
     rows.append(
         {
             "strategy": "oracle",

@@ -2,8 +2,8 @@
 
 Every policy is a small pure function of the calib split's per-query outcomes (`Outcomes`: score,
 SLM and LLM correctness, what each query costs kept or escalated) and returns a `Pick`, the
-threshold and its calib figures; escalation is score < threshold (routers/base.py), and the test
-split then shows whether the pick transfers. Four policies, one per question a user asks:
+threshold and its calib figures; what a threshold escalates is evaluation/decision.py's rule, and the
+test split then shows whether the pick transfers. Four policies, one per question a user asks:
 
 - `by_budget`: "at most a fraction b of queries may reach the LLM": the largest calib call rate <= b.
 - `by_accuracy`: "stay within δ of LLM-only accuracy": the cheapest calib point with A >= A_LLM − δ
@@ -14,8 +14,8 @@ split then shows whether the pick transfers. Four policies, one per question a u
 
 The budget and accuracy policies are plug-in rules: on a small calib split they miss their target on
 new data about as often as they meet it (tests/test_thresholds.py measures it). Sums over queries use
-cumulative sums over the score order, so a whole curve costs one sort: the sweeps, the policies and
-their many-split tests stay cheap.
+cumulative sums over the score order (decision.sweep), so a whole curve costs one sort: the sweeps, the
+policies and their many-split tests stay cheap.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import binom
+
+from escalate.evaluation import decision
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -47,26 +49,6 @@ def quantile_grid(scores: ArrayLike, n_points: int = 101, *, never: bool = False
         raise ValueError(f"n_points must be >= 2 to include both endpoints, got {n_points}")
     grid = np.append(np.quantile(np.asarray(scores, dtype=float), np.linspace(0.0, 1.0, n_points)), np.inf)
     return np.insert(grid, 0, -np.inf) if never else grid
-
-
-def totals(scores: np.ndarray, kept: np.ndarray, escalated: np.ndarray, grid: np.ndarray,
-           never: np.ndarray | None = None) -> np.ndarray:
-    """Σ over queries of `kept` or `escalated` values, whichever each query gets, at each threshold.
-
-    kept[i] / escalated[i] is what query i contributes when the threshold keeps it / sends it to the
-    LLM; both may be 2-D (queries × quantities). `never[i]` is what it contributes at threshold −inf,
-    which keeps even a refusal (default: kept). Sorting once by score turns every threshold's sum
-    into a difference of cumulative sums: the queries with score < t are a prefix of the sorted order.
-    """
-    order = np.argsort(scores, kind="stable")
-    n_escalated = np.searchsorted(scores[order], grid, side="left")
-    zero = np.zeros((1, *np.shape(kept)[1:]))
-    cum_kept = np.concatenate([zero, np.cumsum(np.asarray(kept, float)[order], axis=0)])
-    cum_escalated = np.concatenate([zero, np.cumsum(np.asarray(escalated, float)[order], axis=0)])
-    sums = cum_escalated[n_escalated] + (cum_kept[-1] - cum_kept[n_escalated])
-    if never is not None:
-        sums[np.isneginf(np.asarray(grid, float))] = np.asarray(never, float).sum(axis=0)
-    return sums
 
 
 def meets_accuracy(accuracy: ArrayLike, a_llm: float, delta: float) -> np.ndarray:
@@ -126,17 +108,14 @@ class Outcomes:
     @classmethod
     def from_records(cls, records: pd.DataFrame, mode: str) -> Outcomes:
         """From evaluation.metrics records (a DataFrame with its RECORD_COLUMNS) of a `mode` strategy."""
-        if mode not in ("cascade", "pregen"):
-            raise ValueError(f"unknown mode {mode!r}; known: cascade, pregen")
 
         def col(name: str) -> np.ndarray:
             return records[name].to_numpy(float)
 
-        router, slm, llm = col("router_cost"), col("slm_cost"), col("llm_cost")
-        refused = refusals(records)
+        keep_cost, escalate_cost = decision.prices(col("router_cost"), col("slm_cost"), col("llm_cost"), mode)
         return cls(scores=col("score"), slm_correct=col("slm_correct").astype(bool),
-                   llm_correct=col("llm_correct").astype(bool), keep_cost=router + slm,
-                   escalate_cost=router + llm + (slm if mode == "cascade" else 0.0), llm_cost=llm, refused=refused)
+                   llm_correct=col("llm_correct").astype(bool), keep_cost=keep_cost, escalate_cost=escalate_cost,
+                   llm_cost=col("llm_cost"), refused=refusals(records))
 
     def take(self, index: ArrayLike) -> Outcomes:
         """The outcomes of some queries (a boolean mask or positions), e.g. one dataset of a mixed split."""
@@ -154,25 +133,25 @@ class Outcomes:
     def a_llm(self) -> float:
         return float(np.mean(self.llm_correct))
 
-    @property
-    def kept_correct(self) -> np.ndarray:
-        """Per query, whether a finite threshold that keeps it gets a right answer: the SLM's, or the
-        LLM's after a refusal."""
-        return np.where(self.refused, self.llm_correct, self.slm_correct).astype(bool)
-
     def grid(self, n_points: int = 101) -> np.ndarray:
         """The thresholds the policies choose from (quantile_grid, from −inf where the SLM refuses)."""
         return quantile_grid(self.scores, n_points, never=bool(np.any(self.refused)))
 
     def curve(self, grid: np.ndarray) -> dict[str, np.ndarray]:
         """call_rate, cost (normalized) and accuracy at each threshold of `grid`."""
+
+        def figures(d: decision.Decision) -> np.ndarray:
+            return np.column_stack([d.escalated, d.price(self.keep_cost, self.escalate_cost, self.llm_cost),
+                                    d.answer(self.slm_correct, self.llm_correct)])
+
         n = len(self.scores)
-        kept = np.column_stack([self.refused, self.keep_cost + self.refused * self.llm_cost, self.kept_correct])
-        escalated = np.column_stack([np.ones(n), self.escalate_cost, self.llm_correct])
-        never = np.column_stack([np.zeros(n), self.keep_cost, self.slm_correct])
-        sums = totals(np.asarray(self.scores, float), kept, escalated, np.asarray(grid, float), never)
+        sums = decision.sweep(self.scores, grid, figures, self.refused)
         return {"threshold": np.asarray(grid, float), "call_rate": sums[:, 0] / n,
                 "cost": sums[:, 1] / self.llm_only_cost, "accuracy": sums[:, 2] / n}
+
+    def lost(self, d: decision.Decision) -> np.ndarray:
+        """Per query under `d`, whether it loses an answer the LLM gets right (the risk's loss)."""
+        return ~d.answer(self.slm_correct, self.llm_correct).astype(bool) & np.asarray(self.llm_correct, bool)
 
 
 @dataclass(frozen=True)
@@ -232,8 +211,9 @@ def cost_optimal(out: Outcomes, error_cost: float, n_points: int = 101) -> Pick:
 
 
 def lost_answers(out: Outcomes) -> np.ndarray:
-    """Per query, whether keeping it loses an answer the LLM gets right (the risk's loss)."""
-    return ~out.kept_correct & np.asarray(out.llm_correct, bool)
+    """Per query, whether keeping it (any finite threshold at or below its score) loses an answer the LLM
+    gets right: the SLM's mistakes, but not its refusals, which the LLM answers anyway."""
+    return out.lost(decision.decide(out.scores, decision.KEEP_ALL, out.refused))
 
 
 def risk_controlled(out: Outcomes, epsilon: float, alpha: float) -> Pick:
@@ -263,7 +243,7 @@ def risk_controlled(out: Outcomes, epsilon: float, alpha: float) -> Pick:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     grid = np.append(np.inf, np.unique(out.scores)[::-1])  # fixed sequence: most escalations first
     n = len(out.scores)
-    losses = totals(np.asarray(out.scores, float), lost_answers(out), np.zeros(n), grid)
+    losses = decision.sweep(out.scores, grid, out.lost, out.refused)
     rejected = binom.cdf(np.rint(losses).astype(int), n, epsilon) <= alpha
     rejected[0] = True  # +inf keeps nothing: its loss is 0 surely, no test needed
     last = int(np.argmin(rejected)) - 1 if not rejected.all() else len(grid) - 1

@@ -1,10 +1,10 @@
 """The router interface: a query (and, for a cascade, the SLM's output) becomes a score.
 
-Higher scores mean "the SLM will be right"; the one threshold rule, escalate when score < threshold,
-lives here in the base. A router also says which SLM answer its strategy gives (the greedy one, or a
-vote over all samples), whether that answer is a refusal (SATER's SLM refuses; a refusal the
-threshold kept still escalates: nobody is served "I don't know") and which samples it paid for, so
-records and costs follow from it.
+Higher scores mean "the SLM will be right"; the base applies the one escalation rule to them
+(evaluation/decision.py: score < threshold). A router also says which SLM answer its strategy gives
+(the greedy one, or a vote over all samples), whether that answer is a refusal (SATER's SLM refuses;
+a refusal the threshold kept still escalates: nobody is served "I don't know") and which samples it
+paid for, so records and costs follow from it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from escalate.evaluation.decision import escalates
 from escalate.train.preferences import is_refusal
 
 
@@ -53,9 +54,10 @@ class Router(ABC):
         return self.decide(self.score(inputs), threshold)
 
     @staticmethod
-    def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
-        """The one threshold rule, for callers that already hold the scores."""
-        return np.asarray(scores, dtype=float) < threshold
+    def decide(scores: np.ndarray, threshold: float, refused: np.ndarray | None = None) -> np.ndarray:
+        """The one escalation rule (decision.escalates), for callers that already hold the scores; `refused`
+        once the SLM's answers are known (slm_answers), None before."""
+        return escalates(scores, threshold, refused)
 
     def slm_reads(self, inputs: RouterInputs) -> np.ndarray | None:
         """Per question, how many tokens the SLM reads to score it (a prefill, priced as SLM input tokens and
