@@ -36,13 +36,16 @@ import pandas as pd
 from escalate.cascade import ANSWERED_BY
 from escalate.config import GateLimits
 from escalate.evaluation import metrics
+from escalate.registry import load_gate_child
 
 DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD = (
     "data_validation", "accuracy", "cost_saving", "ece", "regression", "bundle_load")
 GATES = (DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD)
 # Accuracies are ratios k/n: a limit met exactly may sit one rounding error above the figure.
 _TOL = 1e-9
-_MARKER = "ESCALATE_LOAD_GATE "
+_MARKER = load_gate_child.MARKER  # what starts each of the child's report lines
+# The directory holding this escalate package: the load gate's child starts from the same code.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -268,61 +271,9 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-LOAD_SCRIPT = f"""
-import gc, json, signal, sys, time
-import mlflow
-import pandas as pd
-
-
-class TimedOut(Exception):
-    pass
-
-
-def alarm(signum, frame):
-    raise TimedOut()
-
-
-signal.signal(signal.SIGALRM, alarm)
-for job in json.loads(sys.stdin.read()):
-    # Each bundle imports escalate from its own code path, not from the bundle loaded before it.
-    for name in [m for m in sys.modules if m == "escalate" or m.startswith("escalate.")]:
-        del sys.modules[name]
-    start = time.perf_counter()
-    model = None
-    signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
-    try:
-        model = mlflow.pyfunc.load_model(job["uri"])
-        loaded = time.perf_counter()
-        out = model.predict(pd.DataFrame({{"question": job["questions"]}}))
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report = {{
-            "uri": job["uri"], "rows": len(out), "columns": list(out.columns),
-            "models": [str(m) for m in out["model"]] if "model" in out else [],
-            "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
-            "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
-            "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
-        }}
-    except TimedOut:
-        report = {{"uri": job["uri"], "error": f"did not load and answer within {{job['timeout_s']:g}} s"}}
-    except Exception as exc:  # this bundle fails its gate; the next one is still loaded
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report = {{"uri": job["uri"], "error": f"{{type(exc).__name__}}: {{exc}}"[:2000]}}
-    print({_MARKER!r} + json.dumps(report), flush=True)
-    # Free this bundle's models (a GPU holds one vLLM engine at a time) before the next loads.
-    try:
-        model.unwrap_python_model().cascade.close()
-    except Exception:
-        pass
-    del model
-    gc.collect()
-    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-        sys.modules["torch"].cuda.empty_cache()
-"""
-
-
 def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None = None, timeout_s: float = 600.0,
               python: str | None = None) -> GateResult:
-    """The bundle loads and answers `questions` in a fresh Python process (`python -c`), within timeout_s."""
+    """The bundle loads and answers `questions` in a fresh Python process, within timeout_s."""
     return load_gates([model_uri], [questions], tracking_uri, timeout_s, python)[0]
 
 
@@ -334,9 +285,11 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     load's time on a small machine) once. Each bundle still loads from its own artifacts and imports
     escalate from its own code path (the previous bundle's modules are dropped first), its models are
     closed before the next loads, and an error or a timeout (an alarm in the child) fails that bundle
-    alone. The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI = tracking_uri (for models:/ URIs)
-    and runs in an empty directory, so nothing comes from the caller's tree. Only a crash of the
-    process itself fails every bundle it had not reported on yet, with its stderr tail.
+    alone. The child is `python -m escalate.registry.load_gate_child` (this escalate's package root on
+    its PYTHONPATH, so it starts from the same code); it gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    = tracking_uri (for models:/ URIs) and runs in an empty directory, so nothing comes from the
+    caller's tree. Only a crash of the process itself fails every bundle it had not reported on yet,
+    with its stderr tail.
     """
     jobs = [{"uri": uri, "questions": [str(q) for q in qs], "timeout_s": float(timeout_s)}
             for uri, qs in zip(model_uris, questions, strict=True)]
@@ -346,7 +299,8 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     if not jobs:
         return [results[uri] for uri in model_uris]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
     if tracking_uri:
         from escalate.tracking import resolve_uri
 
@@ -357,8 +311,8 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     timed_out = False
     with tempfile.TemporaryDirectory(prefix="escalate-load-gate-") as cwd:
         try:
-            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT], check=False, input=json.dumps(jobs),
-                                  capture_output=True, text=True, timeout=limit, cwd=cwd, env=env)
+            proc = subprocess.run([python or sys.executable, "-m", load_gate_child.__name__], check=False,
+                                  input=json.dumps(jobs), capture_output=True, text=True, timeout=limit, cwd=cwd, env=env)
             stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
             stdout, stderr, code, timed_out = _text(exc.stdout), _text(exc.stderr), None, True
