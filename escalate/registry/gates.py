@@ -8,8 +8,10 @@ A candidate takes `@champion` only when every gate passes (aliases.Registry.regi
 - ECE ≤ a maximum, where the strategy's score is meant as P(SLM correct) (skipped, and passed,
   with the reason, where it is not);
 - no significant regression against the current champion on the same test set: a seeded paired
-  bootstrap over per-query correctness gives a 95% interval of (candidate − champion) accuracy,
-  whose lower bound must be > −margin (with no champion yet, it passes and says so);
+  bootstrap over per-query correctness (the champion's from its bundle's stored outcomes, never by
+  running it) gives a 95% interval of (candidate − champion) accuracy, whose lower bound must be
+  > −margin (with no champion yet, or one whose stored outcomes do not cover the candidate's test
+  queries, it passes and says so);
 - the bundle loads and answers a smoke set in a fresh process (the one gate that does I/O: it
   runs a subprocess, so it still decides from what comes back, never from this process's state).
 
@@ -43,6 +45,7 @@ DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD = (
 GATES = (DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD)
 # Accuracies are ratios k/n: a limit met exactly may sit one rounding error above the figure.
 _TOL = 1e-9
+NO_CHAMPION = "no current champion: nothing to regress against"
 _MARKER = load_gate_child.MARKER  # what starts each of the child's report lines
 # The directory holding this escalate package: the load gate's child starts from the same code.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -194,14 +197,15 @@ def paired_bootstrap(candidate: Sequence[bool], champion: Sequence[bool], n_samp
 
 
 def regression_gate(candidate_correct: Sequence[bool] | None, champion_correct: Sequence[bool] | None,
-                    margin: float, n_samples: int = 2000, seed: int = 0) -> GateResult:
+                    margin: float, n_samples: int = 2000, seed: int = 0, unpaired: str = NO_CHAMPION) -> GateResult:
     """No significant regression: the 95% lower bound of (candidate − champion) accuracy > −margin.
 
     Both vectors hold per-query correctness on the same test queries in the same order
-    (align_outcomes pairs them). With no champion (None) the gate passes and says so.
+    (pair_with_champion pairs them). With nothing to pair with (champion_correct None) the gate
+    passes and says why (`unpaired`): there is no champion, or its stored outcomes are not comparable.
     """
     if champion_correct is None:
-        return GateResult(REGRESSION, True, None, -margin, "no current champion: nothing to regress against")
+        return GateResult(REGRESSION, True, None, -margin, unpaired)
     if candidate_correct is None or len(candidate_correct) == 0:
         return GateResult(REGRESSION, False, None, -margin, "no per-query outcomes of the candidate to compare")
     ci = paired_bootstrap(candidate_correct, champion_correct, n_samples, seed)
@@ -237,9 +241,9 @@ def align_outcomes(candidate: pd.DataFrame, champion: pd.DataFrame) -> tuple[np.
     """Paired correctness on the candidate's queries, or None when the champion's outcomes do not cover them.
 
     Queries pair by id and, where both tables have it, by question text (a regenerated test set may
-    reuse ids for other questions). None means "not the same test set": answer it with the champion.
+    reuse ids for other questions). None means "not the same test set".
     """
-    keys = ["id"] + (["question"] if "question" in candidate.columns and "question" in champion.columns else [])
+    keys = _pair_keys(candidate, champion)
     champ = champion.drop_duplicates(keys)[keys + ["correct"]]
     merged = candidate[keys + ["correct"]].merge(champ, on=keys, how="left", suffixes=("_candidate", "_champion"))
     if merged.empty or merged["correct_champion"].isna().any():
@@ -247,13 +251,49 @@ def align_outcomes(candidate: pd.DataFrame, champion: pd.DataFrame) -> tuple[np.
     return merged["correct_candidate"].to_numpy(bool), merged["correct_champion"].to_numpy(bool)
 
 
+def _pair_keys(candidate: pd.DataFrame, champion: pd.DataFrame) -> list[str]:
+    return ["id"] + (["question"] if "question" in candidate.columns and "question" in champion.columns else [])
+
+
+@dataclass(frozen=True)
+class ChampionPairs:
+    """What the regression gate compares: per-query correctness of the candidate and of the champion on
+    the same queries, or (both None) the reason there is nothing to compare."""
+
+    candidate: np.ndarray | None = None
+    champion: np.ndarray | None = None
+    unpaired: str = NO_CHAMPION
+
+
+def pair_with_champion(candidate: pd.DataFrame, stored: pd.DataFrame | None, champion: str) -> ChampionPairs:
+    """Pair the candidate's per-query outcomes with the champion's stored ones (its bundle's outcomes.parquet).
+
+    Only stored outcomes are compared: the champion is never run here. When they do not cover every
+    one of the candidate's test queries (another test set, or a bundle without outcomes), the champion
+    is not comparable, and the regression gate passes saying so: failing would block every candidate
+    after the test set changes (promote refuses failed versions), while the accuracy gate still holds
+    each candidate to LLM-only on its own test set. `champion` names it in the reason.
+    """
+    if stored is None:
+        return ChampionPairs(unpaired=f"not comparable: {champion} stored no per-query outcomes; "
+                                      "nothing to regress against")
+    pairs = align_outcomes(candidate, stored)
+    if pairs is not None:
+        return ChampionPairs(*pairs)
+    keys = _pair_keys(candidate, stored)
+    shared = len(candidate[keys].drop_duplicates().merge(stored[keys].drop_duplicates(), on=keys))
+    which = "no" if shared == 0 else f"only {shared} of {len(candidate)}"
+    return ChampionPairs(unpaired=f"not comparable: {champion}'s stored outcomes share {which} test queries with "
+                                  f"the candidate (paired by {' and '.join(keys)}); nothing to regress against")
+
+
 def candidate_gates(*, validation: Mapping[str, Any], summary: Mapping[str, Any], llm_accuracy: float,
-                    is_probability: bool, candidate_correct: Sequence[bool] | None,
-                    champion_correct: Sequence[bool] | None, load: GateResult, limits: GateLimits) -> list[GateResult]:
+                    is_probability: bool, pairs: ChampionPairs, load: GateResult, limits: GateLimits) -> list[GateResult]:
     """Every gate of one candidate, in GATES order, from its figures (no I/O but the load result passed in).
 
     summary: the strategy's row of the evaluation's metrics.json (accuracy and normalized cost at
-    its calib-chosen threshold, ECE of its score, its name); llm_accuracy: LLM-only on the same split.
+    its calib-chosen threshold, ECE of its score, its name); llm_accuracy: LLM-only on the same split;
+    pairs: the candidate's and the champion's per-query correctness (pair_with_champion).
     """
     strategy = str(summary.get("strategy", "the strategy"))
     return [
@@ -261,8 +301,8 @@ def candidate_gates(*, validation: Mapping[str, Any], summary: Mapping[str, Any]
         accuracy_gate(float(summary["accuracy"]), llm_accuracy, limits.delta),
         cost_saving_gate(float(summary["cost"]), limits.min_saving),
         ece_gate(_float_or_none(summary.get("ece")), is_probability, limits.max_ece, strategy),
-        regression_gate(candidate_correct, champion_correct, limits.regression_margin, limits.bootstrap_samples,
-                        limits.seed),
+        regression_gate(pairs.candidate, pairs.champion, limits.regression_margin, limits.bootstrap_samples,
+                        limits.seed, pairs.unpaired),
         load,
     ]
 

@@ -202,14 +202,12 @@ def register_bundled(
 ) -> Candidate:
     """Gate a bundled candidate (its load result given) and register it with its verdicts and lineage."""
     source, info = bundled.source, bundled.info
-    pairs = registry.champion_pairs(source.outcomes, bundled.test)
     gates = candidate_gates(
         validation=validation,
         summary=source.row,
         llm_accuracy=source.llm_accuracy,
         is_probability=source.is_probability,
-        candidate_correct=None if pairs is None else pairs[0],
-        champion_correct=None if pairs is None else pairs[1],
+        pairs=registry.champion_pairs(source.outcomes),
         load=loaded,
         limits=profile.gates,
     )
