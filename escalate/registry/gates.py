@@ -342,7 +342,7 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
            "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
     if tracking_uri:
-        from escalate.tracking import resolve_uri
+        from escalate.tracking import resolve_uri  # loads MLflow's client, which the pure gates do not need
 
         tracking_uri = resolve_uri(tracking_uri, Path.cwd())  # the child runs elsewhere: no relative sqlite paths
         env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
