@@ -214,7 +214,7 @@ class EvaluationConfig:
     targets of the threshold policies reported beside the objective (escalate/evaluation/thresholds.py)."""
 
     split: str = "test"
-    delta: float = 0.02  # "comparable accuracy": within delta of LLM-only
+    delta: float = 0.02  # "comparable accuracy": within delta of LLM-only (the objective and the accuracy gate)
     n_thresholds: int = 101
     seed: int = 0  # for the random router
     # Routers to evaluate (and register as candidates); empty means every registered router.
@@ -240,9 +240,9 @@ class EvaluationConfig:
 
 @dataclass
 class GateLimits:
-    """The limits gates apply; a profile's `gates:` section fills this."""
+    """The limits gates apply; a profile's `gates:` section fills this (the accuracy gate's δ is evaluation.delta)."""
 
-    delta: float = 0.02  # accuracy may be at most this far below LLM-only
+    delta: float | None = None  # removed: only here to tell a profile that still sets gates.delta where δ went
     min_saving: float = 0.10  # smallest cost saving 1 − C to be worth deploying
     max_ece: float = 0.15  # largest ECE of a probability-like score
     regression_margin: float = 0.02  # the bootstrap lower bound of (candidate − champion) must exceed −margin
@@ -251,7 +251,8 @@ class GateLimits:
     load_timeout_s: float = 600.0  # the fresh-process load-and-answer gate's time limit
 
     def __post_init__(self) -> None:
-        _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
+        _check(self.delta is None, "delta", "was removed: set evaluation.delta, the one accuracy slack vs LLM-only "
+               "(the objective on calib and the accuracy gate on test)")
         _check(-1 <= self.min_saving < 1, "min_saving", f"must be in [-1, 1), got {self.min_saving}")
         _check(0 < self.max_ece <= 1, "max_ece", f"must be in (0, 1], got {self.max_ece}")
         _check(0 <= self.regression_margin < 1, "regression_margin",

@@ -136,15 +136,15 @@ def test_the_champion_pairs_only_through_its_stored_outcomes_or_is_not_comparabl
 
 
 def test_candidate_gates_run_every_gate_in_order() -> None:
-    limits = GateLimits(delta=0.02, min_saving=0.2, max_ece=0.1)
+    limits = GateLimits(min_saving=0.2, max_ece=0.1)
     load = GateResult(gates.BUNDLE_LOAD, True, 3.0, 3.0, "answered 3/3")
     row = {"strategy": "p_true_token", "accuracy": 0.82, "cost": 0.55, "ece": 0.05}
     results = gates.candidate_gates(validation={"questions": True}, summary=row, llm_accuracy=0.83,
-                                    is_probability=True, pairs=gates.ChampionPairs(), load=load, limits=limits)
+                                    is_probability=True, pairs=gates.ChampionPairs(), load=load, delta=0.02, limits=limits)
     assert [r.name for r in results] == list(gates.GATES) and gates.all_passed(results)
     worse = gates.candidate_gates(validation={"questions": True}, summary={**row, "cost": 0.9, "ece": None},
                                   llm_accuracy=0.83, is_probability=True, pairs=gates.ChampionPairs(), load=load,
-                                  limits=limits)
+                                  delta=0.02, limits=limits)
     assert [r.name for r in gates.failed(worse)] == ["cost_saving", "ece"]
 
 
@@ -165,6 +165,11 @@ def test_gate_limits_reject_bad_values_by_name(bad: dict) -> None:
     key = next(iter(bad))
     with pytest.raises(ConfigError, match=f"gates.{key}"):
         from_dict(GateLimits, bad, source="profile.yaml", where="gates")
+
+
+def test_a_profile_setting_the_removed_gates_delta_is_told_where_it_went() -> None:
+    with pytest.raises(ConfigError, match=r"gates\.delta: was removed: set evaluation\.delta"):
+        from_dict(GateLimits, {"delta": 0.02}, source="profile.yaml", where="gates")
 
 
 def _fake_python(tmp_path: Path, body: str) -> str:

@@ -15,7 +15,7 @@ A candidate takes `@champion` only when every gate passes (aliases.Registry.regi
 - the bundle loads and answers a smoke set in a fresh process (the one gate that does I/O: it
   runs a subprocess, so it still decides from what comes back, never from this process's state).
 
-Limits come from the profile through GateLimits. Every figure names what it is in its reason.
+Limits come from the profile through GateLimits, and δ from its evaluation.delta. Every figure names what it is in its reason.
 """
 
 from __future__ import annotations
@@ -288,17 +288,19 @@ def pair_with_champion(candidate: pd.DataFrame, stored: pd.DataFrame | None, cha
 
 
 def candidate_gates(*, validation: Mapping[str, Any], summary: Mapping[str, Any], llm_accuracy: float,
-                    is_probability: bool, pairs: ChampionPairs, load: GateResult, limits: GateLimits) -> list[GateResult]:
+                    is_probability: bool, pairs: ChampionPairs, load: GateResult, delta: float,
+                    limits: GateLimits) -> list[GateResult]:
     """Every gate of one candidate, in GATES order, from its figures (no I/O but the load result passed in).
 
     summary: the strategy's row of the evaluation's metrics.json (accuracy and normalized cost at
     its calib-chosen threshold, ECE of its score, its name); llm_accuracy: LLM-only on the same split;
-    pairs: the candidate's and the champion's per-query correctness (pair_with_champion).
+    pairs: the candidate's and the champion's per-query correctness (pair_with_champion); delta: the
+    profile's evaluation.delta, the accuracy slack vs LLM-only its threshold was chosen under.
     """
     strategy = str(summary.get("strategy", "the strategy"))
     return [
         data_validation_gate(validation),
-        accuracy_gate(float(summary["accuracy"]), llm_accuracy, limits.delta),
+        accuracy_gate(float(summary["accuracy"]), llm_accuracy, delta),
         cost_saving_gate(float(summary["cost"]), limits.min_saving),
         ece_gate(_float_or_none(summary.get("ece")), is_probability, limits.max_ece, strategy),
         regression_gate(pairs.candidate, pairs.champion, limits.regression_margin, limits.bootstrap_samples,

@@ -209,6 +209,7 @@ def register_bundled(
         is_probability=source.is_probability,
         pairs=registry.champion_pairs(source.outcomes),
         load=loaded,
+        delta=profile.evaluation.delta,
         limits=profile.gates,
     )
     tags = {**lineage_tags(root, profile.name, run_id=bundled.run_id, parent_run_id=parent_run_id), **info.tags()}
