@@ -198,7 +198,9 @@ class SamplingConfig:
 class CostConfig:
     """How a query's cost is priced (METRICS.md): per-token prices or FLOPs."""
 
-    kind: Literal["tokens", "flops"] = "tokens"
+    # The cost model's name in evaluation.cost.COST_MODELS, the word a bundle's cascade.json and its
+    # registry params (cost.kind) use too.
+    kind: Literal["token_price", "flops"] = "token_price"
     # role -> [input price, output price] per token; the default LLM:SLM ratio is 20:1
     prices: dict[str, list[float]] = field(default_factory=lambda: {"slm": [0.05, 0.05], "llm": [1.0, 1.0]})
 
@@ -294,7 +296,7 @@ class Profile:
         _check(not missing, "models", f"must define {sorted(missing)} (roles slm and llm)")
         uses_zoo = any(m.source == "zoo" for m in self.models.values())
         _check(not uses_zoo or self.zoo is not None, "zoo", "a model has source 'zoo' but the profile has no zoo section")
-        if self.cost.kind == "tokens":
+        if self.cost.kind == "token_price":
             missing_prices = set(self.models) - set(self.cost.prices)
             _check(not missing_prices, "cost", f"prices missing for models {sorted(missing_prices)}")
 
