@@ -133,6 +133,8 @@ def test_the_champion_pairs_only_through_its_stored_outcomes_or_is_not_comparabl
 
     result = gates.regression_gate(other.candidate, other.champion, margin=0.02, unpaired=other.unpaired)
     assert result.passed and result.figure is None and result.reason == other.unpaired
+    empty = gates.pair_with_champion(candidate.iloc[:0], stored, "m@champion (version 1)")
+    assert not gates.regression_gate(empty.candidate, empty.champion, margin=0.02).passed
 
 
 def test_candidate_gates_run_every_gate_in_order() -> None:

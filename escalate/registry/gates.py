@@ -15,7 +15,8 @@ A candidate takes `@champion` only when every gate passes (aliases.Registry.regi
 - the bundle loads and answers a smoke set in a fresh process (the one gate that does I/O: it
   runs a subprocess, so it still decides from what comes back, never from this process's state).
 
-Limits come from the profile through GateLimits, and δ from its evaluation.delta. Every figure names what it is in its reason.
+Limits come from the profile through GateLimits, and δ from its evaluation.delta. Every figure
+names what it is in its reason.
 """
 
 from __future__ import annotations
@@ -274,6 +275,8 @@ def pair_with_champion(candidate: pd.DataFrame, stored: pd.DataFrame | None, cha
     after the test set changes (promote refuses failed versions), while the accuracy gate still holds
     each candidate to LLM-only on its own test set. `champion` names it in the reason.
     """
+    if candidate.empty:  # the candidate measured no query: the gate fails on that, not on comparability
+        return ChampionPairs(np.zeros(0, bool), np.zeros(0, bool))
     if stored is None:
         return ChampionPairs(unpaired=f"not comparable: {champion} stored no per-query outcomes; "
                                       "nothing to regress against")
