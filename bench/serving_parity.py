@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = load_profile(args.profile, root)
     questions = pd.read_parquet(paths(profile, root)["questions"])
     questions = questions[questions["split"] == profile.evaluation.split].head(args.n)
-    uri = resolve_uri(profile.tracking.uri, root)
+    uri = resolve_uri(None, root, profile)
     with use_tracking_uri(uri), keep_sys_path():
         model = mlflow.pyfunc.load_model(f"models:/{deployment.model_name}/{deployment.version}")
     local = model.predict(pd.DataFrame({"question": questions["question"].tolist()}))

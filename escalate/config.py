@@ -242,11 +242,12 @@ class SamplingConfig:
 class CostConfig:
     """How a query's cost is priced (METRICS.md): per-token prices or FLOPs."""
 
-    kind: Literal["tokens", "flops"] = field(default="tokens", metadata={
-        "help": "tokens: per-token prices below; flops: 2 * parameters * tokens (needs each model's n_params)"})
+    kind: Literal["token_price", "flops"] = field(default="token_price", metadata={
+        "help": "token_price: per-token prices below (the name bundles and registry params use too); "
+                "flops: 2 * parameters * tokens (needs each model's n_params)"})
     prices: dict[str, list[float]] = field(default_factory=lambda: {"slm": [0.05, 0.05], "llm": [1.0, 1.0]},
                                            metadata={
-        "help": "role -> [input, output] price per token (kind tokens); only ratios matter, default LLM:SLM 20:1"})
+        "help": "role -> [input, output] price per token (kind token_price); only ratios matter, default LLM:SLM 20:1"})
 
     def __post_init__(self) -> None:
         for role, pair in self.prices.items():
@@ -261,8 +262,8 @@ class EvaluationConfig:
 
     split: str = field(default="test", metadata={"help": "held-out split every reported figure comes from"})
     delta: float = field(default=0.02, metadata={
-        "help": "\"comparable accuracy\": within delta (a fraction, 0.02 = 2 points) of LLM-only; the accuracy "
-                "policy and the iso-accuracy saving use it"})
+        "help": "\"comparable accuracy\": within delta (a fraction, 0.02 = 2 points) of LLM-only; the objective, "
+                "the accuracy policy, the iso-accuracy saving and the accuracy gate use it"})
     n_thresholds: int = field(default=101, metadata={
         "help": "threshold points swept per strategy (quantiles of its score, both ends included); at least 101"})
     seed: int = field(default=0, metadata={
@@ -295,10 +296,10 @@ class EvaluationConfig:
 
 @dataclass
 class GateLimits:
-    """The limits gates apply; a profile's `gates:` section fills this."""
+    """The limits gates apply; a profile's `gates:` section fills this (the accuracy gate's δ is evaluation.delta)."""
 
-    delta: float = field(default=0.02, metadata={
-        "help": "the accuracy gate: test accuracy may be at most this far (a fraction) below LLM-only"})
+    delta: float | None = field(default=None, metadata={
+        "help": "removed: the accuracy gate uses evaluation.delta; kept only to tell a profile that still sets it"})
     min_saving: float = field(default=0.10, metadata={
         "help": "the cost gate: the smallest cost saving 1 − C worth deploying (a fraction of LLM-only's cost)"})
     max_ece: float = field(default=0.15, metadata={
@@ -313,7 +314,8 @@ class GateLimits:
         "help": "seconds the load gate allows a fresh process to load the bundle and answer"})
 
     def __post_init__(self) -> None:
-        _check(0 <= self.delta < 1, "delta", f"must be in [0, 1), got {self.delta}")
+        _check(self.delta is None, "delta", "was removed: set evaluation.delta, the one accuracy slack vs LLM-only "
+               "(the objective on calib and the accuracy gate on test)")
         _check(-1 <= self.min_saving < 1, "min_saving", f"must be in [-1, 1), got {self.min_saving}")
         _check(0 < self.max_ece <= 1, "max_ece", f"must be in (0, 1], got {self.max_ece}")
         _check(0 <= self.regression_margin < 1, "regression_margin",
@@ -366,7 +368,7 @@ class Profile:
         _check(not missing, "models", f"must define {sorted(missing)} (roles slm and llm)")
         uses_zoo = any(m.source == "zoo" for m in self.models.values())
         _check(not uses_zoo or self.zoo is not None, "zoo", "a model has source 'zoo' but the profile has no zoo section")
-        if self.cost.kind == "tokens":
+        if self.cost.kind == "token_price":
             missing_prices = set(self.models) - set(self.cost.prices)
             _check(not missing_prices, "cost", f"prices missing for models {sorted(missing_prices)}")
 

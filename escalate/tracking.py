@@ -16,14 +16,24 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
+from escalate.config import Profile, load_profile
 from escalate.telemetry import disable_telemetry
 
 
-def resolve_uri(uri: str, root: Path) -> str:
-    """Make a relative `sqlite:///mlruns/...` URI absolute under the project root."""
+def resolve_uri(uri: str | None, root: Path | str, profile: Profile | str | None = None) -> str:
+    """The one place a tracking (and registry) URI is decided: `uri` when given (e.g. --tracking-uri),
+    else the profile's tracking.uri (a profile name is loaded from root's configs/).
+
+    A relative `sqlite:///mlruns/...` path is made absolute under root, so the child processes and
+    commands run from elsewhere reach the same store.
+    """
+    if uri is None:
+        if profile is None:
+            raise ValueError("resolve_uri needs a tracking URI or the profile whose tracking.uri to use")
+        uri = (load_profile(profile, root) if isinstance(profile, str) else profile).tracking.uri
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
-        path = (root / uri[len(prefix):]).resolve()
+        path = (Path(root) / uri[len(prefix):]).resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return prefix + str(path)
     return uri

@@ -87,7 +87,7 @@ def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str
     gate); then each is gated and registered, in order."""
     p = paths(cfg, root)
     rows, sources = candidate_sources(cfg, root)
-    ranked = rank_candidates(rows, cfg.gates.delta)
+    ranked = rank_candidates(rows, cfg.evaluation.delta)
     order = list(reversed(ranked))
     shared = dict(cost=cost_model(cfg, root), zoo_dir=p["zoo"], questions=pd.read_parquet(p["questions"]),
                   tracker=tracker, parent_run_id=run_id)

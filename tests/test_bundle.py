@@ -87,13 +87,14 @@ def test_champion_bundle_answers_in_a_fresh_process(store: tuple[str, str], smok
     pd.testing.assert_frame_equal(registry.champion_outcomes(), outcomes)
 
     # The regression gate's pairs: the champion's stored outcomes on the same queries...
-    cand, champ = registry.champion_pairs(outcomes.assign(correct=[False, False]))
+    pairs = registry.champion_pairs(outcomes.assign(correct=[False, False]))
+    cand, champ = pairs.candidate, pairs.champion
     assert list(cand) == [False, False] and list(champ) == [True, False]
-    # ...or, on another test set, the champion answers it here and is graded.
-    test = pd.DataFrame({"id": [f"t{i}" for i in range(4)], "question": QUESTIONS, "answer": ["6", "1", "14", "7"],
-                         "choices": None})
-    cand, champ = registry.champion_pairs(test.assign(correct=True)[["id", "question", "correct"]], test)
-    assert len(champ) == 4 and list(cand) == [True] * 4
+    # ...and on another test set, not comparable: the champion is never run here to answer it.
+    test = pd.DataFrame({"id": [f"t{i}" for i in range(4)], "question": QUESTIONS, "correct": True})
+    other = registry.champion_pairs(test)
+    assert other.champion is None and "not comparable" in other.unpaired
+    assert f"@champion (version {registration.version})" in other.unpaired
 
 
 def test_corrupt_bundle_fails_its_load_gate_and_moves_nothing(store: tuple[str, str], smoke: Path) -> None:

@@ -140,7 +140,7 @@ def test_the_candidate_is_priced_under_the_registry_cost_model_and_its_round_cho
     assert found.outcomes.to_dict("list") == {"id": ["a", "b"], "correct": [True, False], "escalated": [True, False],
                                               "cost": [with_llm, PRICES.cost("slm", 10, 4)]}
     entropy = {"strategy": "entropy", "calib_accuracy": 1.0, "calib_llm_accuracy": 1.0, "calib_cost": 0.9}
-    assert rank_candidates([entropy, found.row], profile.gates.delta) == [STRATEGY, "entropy"]
+    assert rank_candidates([entropy, found.row], profile.evaluation.delta) == [STRATEGY, "entropy"]
 
     pd.concat(parts).drop(columns="n_llm_input_tokens").to_parquet(tmp_path / "records.parquet")
     with pytest.raises(ValueError, match="rerun `escalate citer train`"):

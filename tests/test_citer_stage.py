@@ -83,7 +83,7 @@ def test_the_citer_cascade_registers_as_a_gated_candidate(citer_outputs: Path, m
     row, citer_eval = citer_candidate(profile, root)
     metrics = json.loads((citer_eval / "metrics.json").read_text())
     assert row["strategy"] == STRATEGY and row["threshold"] == metrics["rounds"][f"r{row['round']}"]["tau"]
-    assert rank_candidates([row], profile.gates.delta) == [STRATEGY]
+    assert rank_candidates([row], profile.evaluation.delta) == [STRATEGY]
     p = stages.paths(profile, root)
     tracker = Tracker(mlflow_uri, "citer-candidates", root)
     registry = Registry(mlflow_uri, name="citer-candidates")  # its own model: no champion from other tests

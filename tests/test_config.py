@@ -167,6 +167,7 @@ def test_wrong_type_inside_a_list_names_the_element(tmp_path: Path) -> None:
         ("models.llm.device", "tpu", "must be cpu, cuda, cuda:N or auto"),
         ("models.llm.endpoint", "localhost:8000", "must start with http:// or https://"),
         ("cost.prices.llm", [1.0], "expected [input, output] prices"),
+        ("cost.kind", "tokens", "must be one of ['token_price', 'flops']"),  # the registry's name for it
     ],
 )
 def test_out_of_range_value_names_file_and_key(tmp_path: Path, key: str, value: Any, expected: str) -> None:

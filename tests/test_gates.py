@@ -117,17 +117,36 @@ def test_outcomes_pair_by_id_and_question_or_not_at_all() -> None:
     assert gates.align_outcomes(out, champion.iloc[:2]) is None
 
 
+def test_the_champion_pairs_only_through_its_stored_outcomes_or_is_not_comparable() -> None:
+    candidate = pd.DataFrame({"id": ["a", "b", "c"], "question": ["qa", "qb", "qc"], "correct": [True, True, False]})
+    stored = candidate.assign(correct=[True, False, True]).iloc[::-1]
+    pairs = gates.pair_with_champion(candidate, stored, "m@champion (version 1)")
+    assert list(pairs.candidate) == [True, True, False] and list(pairs.champion) == [True, False, True]
+
+    other = gates.pair_with_champion(candidate, stored.assign(id=["x", "y", "z"]), "m@champion (version 1)")
+    assert other.champion is None and other.candidate is None
+    assert "not comparable" in other.unpaired and "share no test queries" in other.unpaired
+    partial = gates.pair_with_champion(candidate, stored.iloc[:2], "m@champion (version 1)")
+    assert "share only 2 of 3 test queries" in partial.unpaired
+    missing = gates.pair_with_champion(candidate, None, "m@champion (version 1)")
+    assert "m@champion (version 1) stored no per-query outcomes" in missing.unpaired
+
+    result = gates.regression_gate(other.candidate, other.champion, margin=0.02, unpaired=other.unpaired)
+    assert result.passed and result.figure is None and result.reason == other.unpaired
+    empty = gates.pair_with_champion(candidate.iloc[:0], stored, "m@champion (version 1)")
+    assert not gates.regression_gate(empty.candidate, empty.champion, margin=0.02).passed
+
+
 def test_candidate_gates_run_every_gate_in_order() -> None:
-    limits = GateLimits(delta=0.02, min_saving=0.2, max_ece=0.1)
+    limits = GateLimits(min_saving=0.2, max_ece=0.1)
     load = GateResult(gates.BUNDLE_LOAD, True, 3.0, 3.0, "answered 3/3")
     row = {"strategy": "p_true_token", "accuracy": 0.82, "cost": 0.55, "ece": 0.05}
     results = gates.candidate_gates(validation={"questions": True}, summary=row, llm_accuracy=0.83,
-                                    is_probability=True, candidate_correct=[True, False], champion_correct=None,
-                                    load=load, limits=limits)
+                                    is_probability=True, pairs=gates.ChampionPairs(), load=load, delta=0.02, limits=limits)
     assert [r.name for r in results] == list(gates.GATES) and gates.all_passed(results)
     worse = gates.candidate_gates(validation={"questions": True}, summary={**row, "cost": 0.9, "ece": None},
-                                  llm_accuracy=0.83, is_probability=True, candidate_correct=[True],
-                                  champion_correct=None, load=load, limits=limits)
+                                  llm_accuracy=0.83, is_probability=True, pairs=gates.ChampionPairs(), load=load,
+                                  delta=0.02, limits=limits)
     assert [r.name for r in gates.failed(worse)] == ["cost_saving", "ece"]
 
 
@@ -148,6 +167,11 @@ def test_gate_limits_reject_bad_values_by_name(bad: dict) -> None:
     key = next(iter(bad))
     with pytest.raises(ConfigError, match=f"gates.{key}"):
         from_dict(GateLimits, bad, source="profile.yaml", where="gates")
+
+
+def test_a_profile_setting_the_removed_gates_delta_is_told_where_it_went() -> None:
+    with pytest.raises(ConfigError, match=r"gates\.delta: was removed: set evaluation\.delta"):
+        from_dict(GateLimits, {"delta": 0.02}, source="profile.yaml", where="gates")
 
 
 def _fake_python(tmp_path: Path, body: str) -> str:

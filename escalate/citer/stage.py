@@ -411,7 +411,7 @@ def candidate_figures(profile: Profile, cost: CostModel, out: Path) -> CiterCand
 
     Each round's τ is the one the stage chose on the selection split (in bytes moved, CITER's measure);
     here both rounds are re-priced under `cost` and the round registered is the one the registry's
-    objective prefers on the selection split: within gates.delta of LLM-only accuracy at the lowest
+    objective prefers on the selection split: within evaluation.delta of LLM-only accuracy at the lowest
     cost (the later round on a tie, the last round when neither is within δ). The test split only
     confirms it. The call rate is the share of queries the LLM wrote any token of.
     """
@@ -429,7 +429,7 @@ def candidate_figures(profile: Profile, cost: CostModel, out: Path) -> CiterCand
         test, outcomes = ev.priced_point(part[part["split"] == split], tau, cost)
         found[r] = (tau, calib, test, outcomes)
     within = [r for r, (_, calib, _, _) in found.items()
-              if meets_accuracy(calib["accuracy"], calib["llm_accuracy"], profile.gates.delta)]
+              if meets_accuracy(calib["accuracy"], calib["llm_accuracy"], profile.evaluation.delta)]
     chosen = min(within, key=lambda r: (found[r][1]["cost"], -r)) if within else ROUNDS[-1]
     tau, calib, test, outcomes = found[chosen]
     row = {"strategy": STRATEGY, "mode": "token", "round": chosen, "threshold": tau,

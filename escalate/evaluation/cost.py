@@ -136,8 +136,8 @@ COST_MODELS: dict[str, type[CostModel]] = {
 
 
 def from_config(kind: str, prices: dict[str, list[float]], n_params: dict[str, int | None]) -> CostModel:
-    """The profile's cost model: `tokens` prices per token, `flops` needs every model's parameter count."""
-    if kind == "tokens":
+    """The profile's cost model: `token_price` prices per token, `flops` needs every model's parameter count."""
+    if kind == "token_price":
         return TokenPriceCost({role: (float(p[0]), float(p[1])) for role, p in prices.items()})
     missing = [role for role, n in n_params.items() if not n]
     if missing:

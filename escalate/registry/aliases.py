@@ -23,14 +23,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
+from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from escalate.registry.gates import GateResult, all_passed
+from escalate.registry.gates import ChampionPairs, GateResult, all_passed, pair_with_champion
 from escalate.telemetry import disable_telemetry
+from escalate.tracking import dvc_hashes, git_commit
 
 DEFAULT_NAME = "escalate-cascade"
 CHAMPION, CHALLENGER, SERVING = "champion", "challenger", "serving"
@@ -104,8 +105,6 @@ def gates_from_tags(tags: Mapping[str, str]) -> list[GateResult]:
 def lineage_tags(root: Path | str, profile: str, run_id: str | None = None,
                  parent_run_id: str | None = None) -> dict[str, str]:
     """Git commit (and dirtiness), the profile's DVC data hashes and the runs a version came from."""
-    from escalate.tracking import dvc_hashes, git_commit
-
     tags = {**git_commit(Path(root)), **dvc_hashes(Path(root), profile), "escalate.profile": profile}
     if run_id:
         tags[TAG_RUN] = run_id
@@ -204,51 +203,20 @@ class Registry:
 
     def champion_outcomes(self) -> pd.DataFrame | None:
         """The champion bundle's per-query test outcomes (outcomes.parquet), or None without a champion or file."""
-        from escalate.registry.bundle import OUTCOMES_FILE
-
         champion = self.champion()
-        if champion is None:
-            return None
+        return None if champion is None else self._stored_outcomes(champion)
 
-        def download() -> pd.DataFrame | None:
-            import mlflow
+    def champion_pairs(self, candidate: pd.DataFrame) -> ChampionPairs:
+        """The regression gate's pairs: the candidate's per_query_outcomes against the champion's stored ones.
 
-            root = self.client.get_model_version_download_uri(self.name, champion.version)
-            with tempfile.TemporaryDirectory(prefix="escalate-outcomes-") as tmp:
-                try:
-                    path = mlflow.artifacts.download_artifacts(artifact_uri=f"{root}/artifacts/{OUTCOMES_FILE}",
-                                                               dst_path=tmp, tracking_uri=self.uri)
-                except (MlflowException, OSError):
-                    return None
-                return pd.read_parquet(path)
-        return self._read(f"download the champion's {OUTCOMES_FILE}", download)
-
-    def champion_pairs(self, candidate: pd.DataFrame,
-                       questions: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray] | None:
-        """Paired per-query correctness (candidate, champion) for the regression gate; None without a champion.
-
-        `candidate` holds per_query_outcomes. The champion's stored outcomes are used when they cover
-        the same queries; otherwise the champion bundle answers `questions` (the candidate's test
-        questions with their gold answers) here, and is graded. RegistryError when neither is possible.
+        Bookkeeping, not inference: the champion's outcomes are read from its bundle, the champion is
+        never run here; gates.pair_with_champion says what the gate does when they are not comparable.
         """
-        from escalate.registry.bundle import graded_outcomes
-        from escalate.registry.gates import align_outcomes
-
         champion = self.champion()
         if champion is None:
-            return None
-        stored = self.champion_outcomes()
-        pairs = align_outcomes(candidate, stored) if stored is not None else None
-        if pairs is not None:
-            return pairs
-        if questions is None:
-            raise RegistryError(f"{self.name}@{CHAMPION} (version {champion.version}) has no outcomes on these test "
-                                "queries; pass the test questions so the champion can answer them")
-        answered = graded_outcomes(self.model_uri(CHAMPION), questions, self.uri)
-        pairs = align_outcomes(candidate, answered)
-        if pairs is None:
-            raise RegistryError("the candidate's outcomes name queries that are not in the questions given")
-        return pairs
+            return ChampionPairs()
+        return pair_with_champion(candidate, self._stored_outcomes(champion),
+                                  f"{self.name}@{CHAMPION} (version {champion.version})")
 
     # ---- writes ------------------------------------------------------------------------------
     def register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
@@ -262,7 +230,7 @@ class Registry:
         tags: lineage and identity (lineage_tags(), BundleInfo.tags()). Nothing moves unless the
         registry was read first; a failed alias move puts back the moves already made.
         """
-        from escalate.registry.bundle import use_tracking_uri
+        from escalate.registry.bundle import use_tracking_uri  # bundle loads MLflow's pyfunc machinery
 
         if not gates:
             raise RegistryError("register() needs the candidate's gate results; a version without gates "
@@ -383,6 +351,21 @@ class Registry:
         if mv is None:
             raise RegistryError(f"{self.name} has no version {version}")
         return mv
+
+    def _stored_outcomes(self, mv: ModelVersion) -> pd.DataFrame | None:
+        """A version's bundled outcomes.parquet, or None when its bundle has none."""
+        from escalate.registry.bundle import OUTCOMES_FILE  # bundle loads MLflow's pyfunc machinery
+
+        def download() -> pd.DataFrame | None:
+            root = self.client.get_model_version_download_uri(self.name, mv.version)
+            with tempfile.TemporaryDirectory(prefix="escalate-outcomes-") as tmp:
+                try:
+                    path = download_artifacts(artifact_uri=f"{root}/artifacts/{OUTCOMES_FILE}",
+                                              dst_path=tmp, tracking_uri=self.uri)
+                except (MlflowException, OSError):
+                    return None
+                return pd.read_parquet(path)
+        return self._read(f"download version {mv.version}'s {OUTCOMES_FILE}", download)
 
     def _tag(self, version: str | int, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from escalate.registry.aliases import CHALLENGER, CHAMPION, DEFAULT_NAME, Registry, RegistryError
+from escalate.tracking import resolve_uri
 
 EPILOG = """\
 examples:
@@ -63,21 +64,12 @@ def add_registry_commands(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def default_tracking_uri(profile: str, root: Path) -> str:
-    from escalate.config import load_profile
-    from escalate.tracking import resolve_uri
-
-    root = Path(root).resolve()
-    return resolve_uri(load_profile(profile, root).tracking.uri, root)
-
-
 def run_registry(args: argparse.Namespace) -> int:
     """Carry out one `registry` action; registry errors and refusals print one line and return 2."""
     from escalate.config import ConfigError
 
     try:
-        uri = args.tracking_uri or default_tracking_uri(args.profile, args.root)
-        registry = Registry(uri, args.name)
+        registry = Registry(resolve_uri(args.tracking_uri, Path(args.root).resolve(), args.profile), args.name)
         return _ACTIONS[args.action](registry, args)
     except (RegistryError, ConfigError) as exc:
         print(f"escalate: error: {exc}", file=sys.stderr)

@@ -8,12 +8,15 @@ A candidate takes `@champion` only when every gate passes (aliases.Registry.regi
 - ECE ≤ a maximum, where the strategy's score is meant as P(SLM correct) (skipped, and passed,
   with the reason, where it is not);
 - no significant regression against the current champion on the same test set: a seeded paired
-  bootstrap over per-query correctness gives a 95% interval of (candidate − champion) accuracy,
-  whose lower bound must be > −margin (with no champion yet, it passes and says so);
+  bootstrap over per-query correctness (the champion's from its bundle's stored outcomes, never by
+  running it) gives a 95% interval of (candidate − champion) accuracy, whose lower bound must be
+  > −margin (with no champion yet, or one whose stored outcomes do not cover the candidate's test
+  queries, it passes and says so);
 - the bundle loads and answers a smoke set in a fresh process (the one gate that does I/O: it
   runs a subprocess, so it still decides from what comes back, never from this process's state).
 
-Limits come from the profile through GateLimits. Every figure names what it is in its reason.
+Limits come from the profile through GateLimits, and δ from its evaluation.delta. Every figure
+names what it is in its reason.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ import pandas as pd
 from escalate.cascade import ANSWERED_BY
 from escalate.config import GateLimits
 from escalate.evaluation import metrics
+from escalate.registry import load_gate_child
 
 DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD = (
     "data_validation", "accuracy", "cost_saving", "ece", "regression", "bundle_load")
 GATES = (DATA_VALIDATION, ACCURACY, COST_SAVING, ECE, REGRESSION, BUNDLE_LOAD)
 # Accuracies are ratios k/n: a limit met exactly may sit one rounding error above the figure.
 _TOL = 1e-9
-_MARKER = "ESCALATE_LOAD_GATE "
+NO_CHAMPION = "no current champion: nothing to regress against"
+_MARKER = load_gate_child.MARKER  # what starts each of the child's report lines
+# The directory holding this escalate package: the load gate's child starts from the same code.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)
@@ -191,14 +198,15 @@ def paired_bootstrap(candidate: Sequence[bool], champion: Sequence[bool], n_samp
 
 
 def regression_gate(candidate_correct: Sequence[bool] | None, champion_correct: Sequence[bool] | None,
-                    margin: float, n_samples: int = 2000, seed: int = 0) -> GateResult:
+                    margin: float, n_samples: int = 2000, seed: int = 0, unpaired: str = NO_CHAMPION) -> GateResult:
     """No significant regression: the 95% lower bound of (candidate − champion) accuracy > −margin.
 
     Both vectors hold per-query correctness on the same test queries in the same order
-    (align_outcomes pairs them). With no champion (None) the gate passes and says so.
+    (pair_with_champion pairs them). With nothing to pair with (champion_correct None) the gate
+    passes and says why (`unpaired`): there is no champion, or its stored outcomes are not comparable.
     """
     if champion_correct is None:
-        return GateResult(REGRESSION, True, None, -margin, "no current champion: nothing to regress against")
+        return GateResult(REGRESSION, True, None, -margin, unpaired)
     if candidate_correct is None or len(candidate_correct) == 0:
         return GateResult(REGRESSION, False, None, -margin, "no per-query outcomes of the candidate to compare")
     ci = paired_bootstrap(candidate_correct, champion_correct, n_samples, seed)
@@ -234,9 +242,9 @@ def align_outcomes(candidate: pd.DataFrame, champion: pd.DataFrame) -> tuple[np.
     """Paired correctness on the candidate's queries, or None when the champion's outcomes do not cover them.
 
     Queries pair by id and, where both tables have it, by question text (a regenerated test set may
-    reuse ids for other questions). None means "not the same test set": answer it with the champion.
+    reuse ids for other questions). None means "not the same test set".
     """
-    keys = ["id"] + (["question"] if "question" in candidate.columns and "question" in champion.columns else [])
+    keys = _pair_keys(candidate, champion)
     champ = champion.drop_duplicates(keys)[keys + ["correct"]]
     merged = candidate[keys + ["correct"]].merge(champ, on=keys, how="left", suffixes=("_candidate", "_champion"))
     if merged.empty or merged["correct_champion"].isna().any():
@@ -244,22 +252,62 @@ def align_outcomes(candidate: pd.DataFrame, champion: pd.DataFrame) -> tuple[np.
     return merged["correct_candidate"].to_numpy(bool), merged["correct_champion"].to_numpy(bool)
 
 
+def _pair_keys(candidate: pd.DataFrame, champion: pd.DataFrame) -> list[str]:
+    return ["id"] + (["question"] if "question" in candidate.columns and "question" in champion.columns else [])
+
+
+@dataclass(frozen=True)
+class ChampionPairs:
+    """What the regression gate compares: per-query correctness of the candidate and of the champion on
+    the same queries, or (both None) the reason there is nothing to compare."""
+
+    candidate: np.ndarray | None = None
+    champion: np.ndarray | None = None
+    unpaired: str = NO_CHAMPION
+
+
+def pair_with_champion(candidate: pd.DataFrame, stored: pd.DataFrame | None, champion: str) -> ChampionPairs:
+    """Pair the candidate's per-query outcomes with the champion's stored ones (its bundle's outcomes.parquet).
+
+    Only stored outcomes are compared: the champion is never run here. When they do not cover every
+    one of the candidate's test queries (another test set, or a bundle without outcomes), the champion
+    is not comparable, and the regression gate passes saying so: failing would block every candidate
+    after the test set changes (promote refuses failed versions), while the accuracy gate still holds
+    each candidate to LLM-only on its own test set. `champion` names it in the reason.
+    """
+    if candidate.empty:  # the candidate measured no query: the gate fails on that, not on comparability
+        return ChampionPairs(np.zeros(0, bool), np.zeros(0, bool))
+    if stored is None:
+        return ChampionPairs(unpaired=f"not comparable: {champion} stored no per-query outcomes; "
+                                      "nothing to regress against")
+    pairs = align_outcomes(candidate, stored)
+    if pairs is not None:
+        return ChampionPairs(*pairs)
+    keys = _pair_keys(candidate, stored)
+    shared = len(candidate[keys].drop_duplicates().merge(stored[keys].drop_duplicates(), on=keys))
+    which = "no" if shared == 0 else f"only {shared} of {len(candidate)}"
+    return ChampionPairs(unpaired=f"not comparable: {champion}'s stored outcomes share {which} test queries with "
+                                  f"the candidate (paired by {' and '.join(keys)}); nothing to regress against")
+
+
 def candidate_gates(*, validation: Mapping[str, Any], summary: Mapping[str, Any], llm_accuracy: float,
-                    is_probability: bool, candidate_correct: Sequence[bool] | None,
-                    champion_correct: Sequence[bool] | None, load: GateResult, limits: GateLimits) -> list[GateResult]:
+                    is_probability: bool, pairs: ChampionPairs, load: GateResult, delta: float,
+                    limits: GateLimits) -> list[GateResult]:
     """Every gate of one candidate, in GATES order, from its figures (no I/O but the load result passed in).
 
     summary: the strategy's row of the evaluation's metrics.json (accuracy and normalized cost at
-    its calib-chosen threshold, ECE of its score, its name); llm_accuracy: LLM-only on the same split.
+    its calib-chosen threshold, ECE of its score, its name); llm_accuracy: LLM-only on the same split;
+    pairs: the candidate's and the champion's per-query correctness (pair_with_champion); delta: the
+    profile's evaluation.delta, the accuracy slack vs LLM-only its threshold was chosen under.
     """
     strategy = str(summary.get("strategy", "the strategy"))
     return [
         data_validation_gate(validation),
-        accuracy_gate(float(summary["accuracy"]), llm_accuracy, limits.delta),
+        accuracy_gate(float(summary["accuracy"]), llm_accuracy, delta),
         cost_saving_gate(float(summary["cost"]), limits.min_saving),
         ece_gate(_float_or_none(summary.get("ece")), is_probability, limits.max_ece, strategy),
-        regression_gate(candidate_correct, champion_correct, limits.regression_margin, limits.bootstrap_samples,
-                        limits.seed),
+        regression_gate(pairs.candidate, pairs.champion, limits.regression_margin, limits.bootstrap_samples,
+                        limits.seed, pairs.unpaired),
         load,
     ]
 
@@ -268,61 +316,9 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-LOAD_SCRIPT = f"""
-import gc, json, signal, sys, time
-import mlflow
-import pandas as pd
-
-
-class TimedOut(Exception):
-    pass
-
-
-def alarm(signum, frame):
-    raise TimedOut()
-
-
-signal.signal(signal.SIGALRM, alarm)
-for job in json.loads(sys.stdin.read()):
-    # Each bundle imports escalate from its own code path, not from the bundle loaded before it.
-    for name in [m for m in sys.modules if m == "escalate" or m.startswith("escalate.")]:
-        del sys.modules[name]
-    start = time.perf_counter()
-    model = None
-    signal.setitimer(signal.ITIMER_REAL, job["timeout_s"])
-    try:
-        model = mlflow.pyfunc.load_model(job["uri"])
-        loaded = time.perf_counter()
-        out = model.predict(pd.DataFrame({{"question": job["questions"]}}))
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report = {{
-            "uri": job["uri"], "rows": len(out), "columns": list(out.columns),
-            "models": [str(m) for m in out["model"]] if "model" in out else [],
-            "answers": [a if isinstance(a, str) else None for a in out["answer"]] if "answer" in out else [],
-            "costs": [float(c) for c in out["cost"]] if "cost" in out else [],
-            "load_s": loaded - start, "predict_s": time.perf_counter() - loaded,
-        }}
-    except TimedOut:
-        report = {{"uri": job["uri"], "error": f"did not load and answer within {{job['timeout_s']:g}} s"}}
-    except Exception as exc:  # this bundle fails its gate; the next one is still loaded
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        report = {{"uri": job["uri"], "error": f"{{type(exc).__name__}}: {{exc}}"[:2000]}}
-    print({_MARKER!r} + json.dumps(report), flush=True)
-    # Free this bundle's models (a GPU holds one vLLM engine at a time) before the next loads.
-    try:
-        model.unwrap_python_model().cascade.close()
-    except Exception:
-        pass
-    del model
-    gc.collect()
-    if "torch" in sys.modules and sys.modules["torch"].cuda.is_available():
-        sys.modules["torch"].cuda.empty_cache()
-"""
-
-
 def load_gate(model_uri: str, questions: Sequence[str], tracking_uri: str | None = None, timeout_s: float = 600.0,
               python: str | None = None) -> GateResult:
-    """The bundle loads and answers `questions` in a fresh Python process (`python -c`), within timeout_s."""
+    """The bundle loads and answers `questions` in a fresh Python process, within timeout_s."""
     return load_gates([model_uri], [questions], tracking_uri, timeout_s, python)[0]
 
 
@@ -334,9 +330,11 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     load's time on a small machine) once. Each bundle still loads from its own artifacts and imports
     escalate from its own code path (the previous bundle's modules are dropped first), its models are
     closed before the next loads, and an error or a timeout (an alarm in the child) fails that bundle
-    alone. The child gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI = tracking_uri (for models:/ URIs)
-    and runs in an empty directory, so nothing comes from the caller's tree. Only a crash of the
-    process itself fails every bundle it had not reported on yet, with its stderr tail.
+    alone. The child is `python -m escalate.registry.load_gate_child` (this escalate's package root on
+    its PYTHONPATH, so it starts from the same code); it gets MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI
+    = tracking_uri (for models:/ URIs) and runs in an empty directory, so nothing comes from the
+    caller's tree. Only a crash of the process itself fails every bundle it had not reported on yet,
+    with its stderr tail.
     """
     jobs = [{"uri": uri, "questions": [str(q) for q in qs], "timeout_s": float(timeout_s)}
             for uri, qs in zip(model_uris, questions, strict=True)]
@@ -346,9 +344,10 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     if not jobs:
         return [results[uri] for uri in model_uris]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)}
     if tracking_uri:
-        from escalate.tracking import resolve_uri
+        from escalate.tracking import resolve_uri  # loads MLflow's client, which the pure gates do not need
 
         tracking_uri = resolve_uri(tracking_uri, Path.cwd())  # the child runs elsewhere: no relative sqlite paths
         env.update(MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_REGISTRY_URI=tracking_uri)
@@ -357,8 +356,8 @@ def load_gates(model_uris: Sequence[str], questions: Sequence[Sequence[str]], tr
     timed_out = False
     with tempfile.TemporaryDirectory(prefix="escalate-load-gate-") as cwd:
         try:
-            proc = subprocess.run([python or sys.executable, "-c", LOAD_SCRIPT], check=False, input=json.dumps(jobs),
-                                  capture_output=True, text=True, timeout=limit, cwd=cwd, env=env)
+            proc = subprocess.run([python or sys.executable, "-m", load_gate_child.__name__], check=False,
+                                  input=json.dumps(jobs), capture_output=True, text=True, timeout=limit, cwd=cwd, env=env)
             stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
         except subprocess.TimeoutExpired as exc:
             stdout, stderr, code, timed_out = _text(exc.stdout), _text(exc.stderr), None, True

@@ -202,15 +202,14 @@ def register_bundled(
 ) -> Candidate:
     """Gate a bundled candidate (its load result given) and register it with its verdicts and lineage."""
     source, info = bundled.source, bundled.info
-    pairs = registry.champion_pairs(source.outcomes, bundled.test)
     gates = candidate_gates(
         validation=validation,
         summary=source.row,
         llm_accuracy=source.llm_accuracy,
         is_probability=source.is_probability,
-        candidate_correct=None if pairs is None else pairs[0],
-        champion_correct=None if pairs is None else pairs[1],
+        pairs=registry.champion_pairs(source.outcomes),
         load=loaded,
+        delta=profile.evaluation.delta,
         limits=profile.gates,
     )
     tags = {**lineage_tags(root, profile.name, run_id=bundled.run_id, parent_run_id=parent_run_id), **info.tags()}

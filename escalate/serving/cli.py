@@ -100,7 +100,6 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from escalate.config import load_profile
     from escalate.registry.aliases import Registry
     from escalate.serving.promote import export
     from escalate.tracking import resolve_uri
@@ -111,7 +110,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"escalate: error: --endpoint takes ROLE=URL with ROLE slm or llm; got {bad}", file=sys.stderr)
         return 2
     root = args.root.resolve()
-    registry = Registry(resolve_uri(load_profile(args.profile, root).tracking.uri, root))
+    registry = Registry(resolve_uri(None, root, args.profile))
     deployment = export(registry, args.alias, root, args.to.resolve(), endpoints)
     print(f"wrote {deployment.path} ({deployment.label}, endpoints {deployment.endpoints})")
     return 0
