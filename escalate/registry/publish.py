@@ -9,7 +9,7 @@ Candidates are registered in reverse rank order, so the objective's pick is regi
 A candidate is found by its cascade kind (escalate.kinds), and everything after is one path
 (register_candidate): a query-level strategy from the evaluate stage's directory (its summary row,
 score records and fitted router), or CITER's token-level cascade from the citer stage's directory
-(escalate.citer.stage.candidate_figures gives its summary row; its records are priced under the same
+(escalate.citer.stage.citer_candidate gives its summary row; its records are priced under the same
 cost model; its router is the round's saved directory).
 """
 
@@ -37,7 +37,7 @@ from escalate.tracking import Tracker
 def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str]:
     """Routable strategies, best first: those meeting accuracy >= LLM-only - delta on calib by calib
     cost, then the rest (no qualifying calib threshold) by name. Pure: rows are metrics.json's summary
-    (plus candidate_figures' row: CITER is routable, a token-level kind's, though it is no query-level router)."""
+    (plus citer_candidate's row: CITER is routable though it is no query-level router)."""
     strategies = [r for r in rows if any(kind.offers(r.get("strategy")) for kind in KINDS.values())]
 
     def key(row: Mapping[str, Any]) -> tuple[int, float, str]:
