@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from escalate.data.schema import SPLITS
+from escalate.models.backends import is_self_hosted
 
 if TYPE_CHECKING:
     from escalate.citer.config import CiterConfig
@@ -203,7 +204,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "name", "must not be empty")
-        _check(self.backend != "openai" or bool(self.endpoint), "endpoint", "backend 'openai' needs an endpoint URL")
+        _check(is_self_hosted(self.backend) or bool(self.endpoint), "endpoint", f"backend {self.backend!r} needs an endpoint URL")
         _check(self.endpoint is None or self.endpoint.startswith(("http://", "https://")), "endpoint",
                f"must start with http:// or https://, got {self.endpoint!r}")
         _check(self.device in ("cpu", "cuda", "auto") or self.device.startswith("cuda:"), "device",

@@ -22,12 +22,13 @@ from escalate.citer import STRATEGY
 from escalate.citer.router import TokenRouter
 from escalate.config import ModelConfig, SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
+from escalate.kinds import TOKEN_LEVEL
 from escalate.models.backends.base import SamplingParams
 from escalate.models.backends.hf import HFBackend
 from escalate.prompts import format_prompt
 from escalate.registry import gates
 from escalate.registry.aliases import Registry
-from escalate.registry.bundle import TOKEN_LEVEL, BundleError, CascadeSpec, log_bundle, read_bundle
+from escalate.registry.bundle import BundleError, CascadeSpec, log_bundle, read_bundle
 from escalate.serving import gateway_process
 from escalate.serving.deployment import Deployment, bundle_artifacts
 from escalate.serving.engine import IN_PROCESS

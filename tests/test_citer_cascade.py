@@ -18,10 +18,11 @@ from escalate.citer.router import TokenRouter
 from escalate.citer.stage import candidate_figures
 from escalate.config import ModelConfig, SamplingConfig, load_profile
 from escalate.evaluation.cost import FlopsCost, TokenPriceCost
+from escalate.kinds import QUERY_LEVEL, TOKEN_LEVEL
 from escalate.models.backends.base import SamplingParams
 from escalate.models.backends.hf import HFBackend
 from escalate.prompts import format_prompt
-from escalate.registry.bundle import QUERY_LEVEL, TOKEN_LEVEL, BundleError, CascadeSpec
+from escalate.registry.bundle import BundleError, CascadeSpec
 from escalate.registry.publish import rank_candidates
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,8 +1,8 @@
 """CITER as a cascade: the token-level decoder behind escalate.cascade.Cascade's `answer`/`close` surface.
 
-A token-level bundle builds one (escalate.registry.bundle.build_cascade), and the gateway runs it in
-its own process (HF, torch), because no vLLM server steps two models token by token with one router
-between them. Each answer has escalate.cascade.RESULT_FIELDS, read as follows:
+A token-level bundle builds one (escalate.kinds.token, through escalate.registry.bundle.build_cascade),
+and the gateway runs it in its own process (HF, torch), because no vLLM server steps two models token
+by token with one router between them. Each answer has escalate.cascade.RESULT_FIELDS, read as follows:
 
 - `model`: "slm" when the SLM wrote every token, "llm" when the LLM did (τ = 0), else "slm+llm" (MIXED);
 - `escalated`: whether the LLM wrote any token;

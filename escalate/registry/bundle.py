@@ -12,12 +12,11 @@ report, and optionally `outcomes.parquet` (per-query test outcomes at the chosen
 the regression gate compares against the next candidate). The escalate package travels as code,
 and pip requirements are pinned explicitly so MLflow does not infer them.
 
-Two kinds of strategy share this one format. A query-level bundle (`kind: query`) routes whole
-questions: its router is `router.pkl` (a fitted escalate.routers Router) and it builds an
-escalate.cascade.Cascade. A token-level bundle (`kind: token`, CITER) routes each token: its router
-is `router/` (escalate.citer.router.TokenRouter's saved directory, its file sizes listed in
-cascade.json like the checkpoints'), its threshold is τ, both models are self-hosted, and it builds
-an escalate.citer.cascade.TokenLevelCascade. Both answer with the same RESULT_FIELDS.
+Every cascade kind (escalate.kinds: query-level, token-level) shares this one format; the bundle's
+kind says how its router is staged, checked and loaded, and what cascade it builds. A query-level
+bundle (`kind: query`) holds `router.pkl` and builds an escalate.cascade.Cascade; a token-level one
+(`kind: token`, CITER) holds `router/` and builds an escalate.citer.cascade.TokenLevelCascade. Both
+answer with the same RESULT_FIELDS.
 
 Format version 2 added `kind`. Version-1 files (written before token-level bundles) have none and
 are read as query-level; an escalate that knows only version 1 refuses a version-2 file by its
@@ -30,14 +29,13 @@ import importlib.metadata
 import json
 import math
 import os
-import pickle
 import shutil
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,22 +45,19 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
 import escalate
-from escalate.cascade import RESULT_FIELDS, ROLES, Answerer, Cascade
-from escalate.citer import STRATEGY as CITER
+from escalate.cascade import RESULT_FIELDS, ROLES, Answerer
 from escalate.config import ModelConfig, SamplingConfig
 from escalate.evaluation.cost import COST_MODELS, CostModel
-from escalate.routers import Router, make_router
+from escalate.kinds import KINDS, QUERY_LEVEL
+from escalate.models.backends import is_self_hosted
+from escalate.registry.files import SPEC_FILE, BundleError, check_files, file_sizes
+from escalate.routers import Router
 from escalate.telemetry import disable_telemetry
 
 BUNDLE_NAME = "cascade"  # the logged model's name inside its run
-SPEC_FILE = "cascade.json"
-ROUTER_FILE = "router.pkl"  # a query-level bundle's router
-ROUTER_DIR = "router"  # a token-level bundle's router (TokenRouter.save)
 OUTCOMES_FILE = "outcomes.parquet"
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: before `kind`, every bundle query-level
-QUERY_LEVEL, TOKEN_LEVEL = "query", "token"
-KINDS = (QUERY_LEVEL, TOKEN_LEVEL)
 # What a serving process imports on the cascade's path (escalate itself travels as code_paths).
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "numpy",
                 "pandas", "pyyaml", "httpx", "tqdm")
@@ -99,10 +94,6 @@ SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
 _MLFLOW_GLOBALS = threading.RLock()
 
 
-class BundleError(RuntimeError):
-    """A bundle that cannot be built or loaded; the message names the file or setting."""
-
-
 @dataclass
 class CascadeSpec:
     """What cascade.json records: enough, with the checkpoints, to rebuild the cascade anywhere."""
@@ -116,24 +107,16 @@ class CascadeSpec:
     seed: int = 0
     profile: str = ""
     router_kwargs: dict[str, Any] = field(default_factory=dict)
-    kind: str = QUERY_LEVEL  # QUERY_LEVEL or TOKEN_LEVEL
+    kind: str = QUERY_LEVEL  # a key of escalate.kinds.KINDS
 
     def __post_init__(self) -> None:
         if math.isnan(float(self.threshold)):
             raise BundleError("threshold must be a number (±inf allowed), got NaN")
-        if self.llm.backend == "openai" and not self.llm.endpoint:
-            raise BundleError("an LLM with backend 'openai' needs an endpoint in the bundle")
+        if not is_self_hosted(self.llm.backend) and not self.llm.endpoint:
+            raise BundleError(f"an LLM with backend {self.llm.backend!r} needs an endpoint in the bundle")
         if self.kind not in KINDS:
-            raise BundleError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.kind == TOKEN_LEVEL:
-            if self.strategy != CITER:
-                raise BundleError(f"a token-level bundle's strategy is {CITER!r}, got {self.strategy!r}")
-            if not 0 <= self.threshold <= 1:
-                raise BundleError(f"a token-level bundle's threshold is τ in [0, 1], got {self.threshold}")
-            remote = [r for r in ROLES if getattr(self, r).backend == "openai"]
-            if remote:
-                raise BundleError(f"token-level routing steps both models in process; the {', '.join(remote)} "
-                                  "has backend 'openai': bundle its checkpoint instead")
+            raise BundleError(f"kind must be one of {tuple(KINDS)}, got {self.kind!r}")
+        KINDS[self.kind].check(self)
 
     def to_dict(self) -> dict[str, Any]:
         kind = next((k for k, cls in COST_MODELS.items() if type(self.cost) is cls), None)
@@ -196,7 +179,7 @@ def _plain(value: Any) -> Any:
 
 def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any = None,
                   overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Answerer:
-    """The cascade a spec describes; `checkpoints` maps role -> local checkpoint dir (bundled models).
+    """The cascade a spec describes, as its kind builds it; `checkpoints` maps role -> local checkpoint dir.
 
     Query level: a Cascade over generation backends, with `router` the fitted Router (default:
     make_router(spec.strategy)). Token level: a TokenLevelCascade decoding both models in this
@@ -204,45 +187,7 @@ def build_cascade(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any
     fields per role at load time, e.g. {"slm": {"device": "cuda"}}, so one bundle runs on a laptop
     CPU and a GPU server.
     """
-    if spec.kind == TOKEN_LEVEL:
-        return _token_level(spec, checkpoints, router, overrides or {})
-    from escalate.models.backends import make_backend  # heavy backends load only when a cascade is built
-
-    backends = {}
-    try:
-        for role in ROLES:
-            cfg = getattr(spec, role)
-            if role in checkpoints:
-                cfg = replace(cfg, source=str(checkpoints[role]))
-            cfg = replace(cfg, **dict((overrides or {}).get(role, {})))
-            if cfg.source == "zoo":
-                raise BundleError(f"the {role} has source 'zoo' but the bundle holds no {role} checkpoint")
-            backends[role] = make_backend(cfg, role, Path("."), spec.sampling.batch_size)
-    except Exception:
-        for backend in backends.values():
-            backend.close()
-        raise
-    router = router or make_router(spec.strategy, **spec.router_kwargs)
-    if router.name != spec.strategy:
-        raise BundleError(f"{ROUTER_FILE} holds router {router.name!r} but {SPEC_FILE} says {spec.strategy!r}")
-    return Cascade(backends["slm"], backends["llm"], router, spec.threshold, spec.cost, spec.sampling, spec.seed)
-
-
-def _token_level(spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any,
-                 overrides: Mapping[str, Mapping[str, Any]]) -> Answerer:
-    from escalate.citer.cascade import TokenLevelCascade  # torch loads only when a token-level cascade is built
-
-    if router is None:
-        raise BundleError(f"a token-level cascade needs its token router (the bundle's {ROUTER_DIR}/, via read_bundle)")
-    missing = [role for role in ROLES if role not in checkpoints]
-    if missing:
-        raise BundleError(f"a token-level cascade decodes both models in process; no checkpoint for {missing}")
-    configs = {role: replace(getattr(spec, role), **dict(overrides.get(role, {}))) for role in ROLES}
-    try:
-        return TokenLevelCascade.from_checkpoints(configs["slm"], configs["llm"], checkpoints, router,
-                                                  spec.threshold, spec.cost, spec.sampling)
-    except (OSError, ValueError) as exc:
-        raise BundleError(f"cannot build the token-level cascade: {type(exc).__name__}: {exc}") from None
+    return KINDS[spec.kind].build(spec, checkpoints, router, overrides or {})
 
 
 def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Any, dict[str, str]]:
@@ -264,37 +209,16 @@ def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Any, dict[st
     except ValueError as exc:
         raise BundleError(f"bundle artifact {spec_path} unreadable: {type(exc).__name__}: {exc}") from None
     spec = CascadeSpec.from_dict(raw)
-    router = _read_router(spec, router_path, raw)
     checkpoints = {role: artifacts[role] for role in ROLES if role in artifacts}
+    router = KINDS[spec.kind].load_router(router_path, raw, checkpoints)
     for role in ROLES:
-        if getattr(spec, role).backend != "openai" and role not in checkpoints:
+        if is_self_hosted(getattr(spec, role).backend) and role not in checkpoints:
             raise BundleError(f"bundle lacks the {role} checkpoint")
     for role, files in raw.get("checkpoint_files", {}).items():
         if role not in checkpoints:
             raise BundleError(f"bundle lacks the {role} checkpoint its {SPEC_FILE} lists")
         check_files(Path(checkpoints[role]), files, role)
-    if spec.kind == QUERY_LEVEL and "slm" in checkpoints:
-        router.bind_slm(str(checkpoints["slm"]))  # not the path it was fitted with, which may not exist here
     return spec, router, checkpoints
-
-
-def _read_router(spec: CascadeSpec, path: Path, raw: Mapping[str, Any]) -> Any:
-    """The query-level router unpickled, or the token router checked file by file and loaded."""
-    if spec.kind == QUERY_LEVEL:
-        try:
-            with path.open("rb") as fh:
-                return pickle.load(fh)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError) as exc:
-            raise BundleError(f"bundle artifact {path} unreadable: {type(exc).__name__}: {exc}") from None
-    if "router_files" not in raw:
-        raise BundleError(f"{SPEC_FILE} of a token-level bundle lists no router_files; rebuild the bundle")
-    check_files(path, raw["router_files"], "router")
-    from escalate.citer.router import TokenRouter
-
-    try:
-        return TokenRouter.load(path)
-    except Exception as exc:  # safetensors and torch raise their own types for a corrupt file
-        raise BundleError(f"the bundled token router at {path} does not load: {type(exc).__name__}: {exc}") from None
 
 
 class CascadeModel(mlflow.pyfunc.PythonModel):
@@ -351,7 +275,7 @@ def local_checkpoint(cfg: ModelConfig, role: str, zoo_dir: Path | str) -> Path |
     download happens here). A self-hosted model that cannot be found locally is an error: a bundle
     that silently points at the hub would not load where the hub is unreachable.
     """
-    if cfg.backend == "openai":
+    if not is_self_hosted(cfg.backend):
         return None
     if cfg.source == "zoo":
         path = Path(zoo_dir) / role
@@ -415,10 +339,8 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
     Give each candidate its own run: the run is ended (FINISHED) when the bundle is logged.
     """
     disable_telemetry()
-    if spec.kind == TOKEN_LEVEL and not (isinstance(router, (str, Path)) and (Path(router) / "config.json").is_file()):
-        raise BundleError(f"a token-level bundle needs the token router's saved directory (TokenRouter.save), got {router!r}")
-    router = router or make_router(spec.strategy, **spec.router_kwargs)
-    missing = [r for r in ROLES if r not in checkpoints and getattr(spec, r).backend != "openai"]
+    router = KINDS[spec.kind].bundle_router(spec, router)
+    missing = [r for r in ROLES if r not in checkpoints and is_self_hosted(getattr(spec, r).backend)]
     if missing:
         raise BundleError(f"self-hosted models {missing} need a checkpoint directory in the bundle")
     with tempfile.TemporaryDirectory(prefix="escalate-bundle-") as tmp:
@@ -441,23 +363,6 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 client.log_metric(run_id, key, float(value), model_id=info.model_id)
     return BundleInfo(model_uri=f"models:/{info.model_id}", model_id=info.model_id, run_id=run_id, spec=spec)
-
-
-def file_sizes(directory: Path) -> dict[str, int]:
-    """relative path -> size in bytes of every file under a checkpoint directory (links followed)."""
-    files = sorted(p for p in directory.rglob("*") if p.is_file())
-    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in files}
-
-
-def check_files(directory: Path, expected: Mapping[str, int], role: str) -> None:
-    """Raise BundleError naming every file of a bundled checkpoint that is missing or has the wrong size."""
-    found = file_sizes(directory) if directory.is_dir() else {}
-    missing = sorted(f for f in expected if f not in found)
-    wrong = sorted(f for f in expected if f in found and found[f] != expected[f])
-    if missing or wrong:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"wrong size {', '.join(f'{f} ({found[f]} of {expected[f]} bytes)' for f in wrong)}"] if wrong else [])
-        raise BundleError(f"the bundled {role} checkpoint at {directory} is incomplete: {'; '.join(parts)}")
 
 
 def graded_outcomes(model_uri: str, questions: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
@@ -512,18 +417,11 @@ def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, P
         if not (Path(path) / "config.json").is_file():
             raise BundleError(f"{role} checkpoint {path} has no config.json")
     files: dict[str, Any] = {"checkpoint_files": {role: file_sizes(Path(path)) for role, path in sorted(checkpoints.items())}}
-    if spec.kind == TOKEN_LEVEL:  # a few kilobytes: copied, and listed file by file like a checkpoint
-        shutil.copytree(Path(router), stage / ROUTER_DIR)
-        files["router_files"] = file_sizes(stage / ROUTER_DIR)
-        artifacts = {"router": str(stage / ROUTER_DIR)}
-    else:
-        with (stage / ROUTER_FILE).open("wb") as fh:
-            pickle.dump(router, fh)
-        artifacts = {"router": str(stage / ROUTER_FILE)}
-    (stage / SPEC_FILE).write_text(json.dumps({**spec.to_dict(), **files}, indent=2))
-    artifacts["cascade"] = str(stage / SPEC_FILE)
+    router_path, router_files = KINDS[spec.kind].stage_router(router, stage)
+    (stage / SPEC_FILE).write_text(json.dumps({**spec.to_dict(), **files, **router_files}, indent=2))
+    artifacts = {"router": str(router_path), "cascade": str(stage / SPEC_FILE)}
     # basenames MLflow will store artifacts under
-    names = {SPEC_FILE, ROUTER_FILE, ROUTER_DIR, "eval", OUTCOMES_FILE, *ROLES}
+    names = {SPEC_FILE, *(kind.router_artifact for kind in KINDS.values()), "eval", OUTCOMES_FILE, *ROLES}
     for role, path in sorted(checkpoints.items()):
         if role not in ROLES:
             raise BundleError(f"unknown checkpoint role {role!r}; known: {', '.join(ROLES)}")

@@ -6,18 +6,16 @@ Candidates are registered in reverse rank order, so the objective's pick is regi
 @challenger ends on it; then @champion moves to the best-ranked candidate that passed every gate
 (champion_pick), or stays where it is when none did.
 
-A candidate comes from one of two places, and everything after is one path (register_candidate):
-a query-level strategy from the evaluate stage's directory (its summary row, score records and
-fitted router), or CITER's token-level cascade from the citer stage's directory
+A candidate is found by its cascade kind (escalate.kinds), and everything after is one path
+(register_candidate): a query-level strategy from the evaluate stage's directory (its summary row,
+score records and fitted router), or CITER's token-level cascade from the citer stage's directory
 (escalate.citer.stage.citer_candidate gives its summary row; its records are priced under the same
 cost model; its router is the round's saved directory).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +23,14 @@ from typing import Any
 
 import pandas as pd
 
-from escalate.citer import STRATEGY as CITER
 from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.thresholds import meets_accuracy
+from escalate.kinds import KINDS, kind_for
 from escalate.registry.aliases import Registration, Registry, lineage_tags
-from escalate.registry.bundle import QUERY_LEVEL, TOKEN_LEVEL, CascadeSpec, local_checkpoint, log_bundle
-from escalate.registry.gates import GateResult, candidate_gates, load_gates, outcome_table, per_query_outcomes
-from escalate.routers import ROUTERS, Router, make_router
+from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
+from escalate.registry.gates import GateResult, candidate_gates, load_gates
+from escalate.routers import Router
 from escalate.tracking import Tracker
 
 
@@ -40,7 +38,7 @@ def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str
     """Routable strategies, best first: those meeting accuracy >= LLM-only - delta on calib by calib
     cost, then the rest (no qualifying calib threshold) by name. Pure: rows are metrics.json's summary
     (plus citer_candidate's row: CITER is routable though it is no query-level router)."""
-    strategies = [r for r in rows if r.get("strategy") in ROUTERS or r.get("strategy") == CITER]
+    strategies = [r for r in rows if any(kind.offers(r.get("strategy")) for kind in KINDS.values())]
 
     def key(row: Mapping[str, Any]) -> tuple[int, float, str]:
         cost = row.get("calib_cost")
@@ -74,19 +72,6 @@ def champion_pick(ranked: Sequence[Candidate]) -> Candidate | None:
     return next((c for c in ranked if c.registration.passed), None)
 
 
-def router_kwargs(strategy: str, seed: int) -> dict[str, Any]:
-    return {"seed": seed} if strategy == "random" else {}
-
-
-def fitted_router(eval_dir: Path, strategy: str, kwargs: dict[str, Any]) -> Router:
-    """The router as the evaluation fitted it on calib (routers/<name>.pkl), so the bundle scores alike."""
-    path = eval_dir / "routers" / f"{strategy}.pkl"
-    if not path.is_file():
-        return make_router(strategy, **kwargs)
-    with path.open("rb") as fh:
-        return pickle.load(fh)
-
-
 @dataclass(frozen=True)
 class CandidateSource:
     """What differs between candidates; the rest of registration is one path."""
@@ -100,36 +85,16 @@ class CandidateSource:
     eval_dir: Path  # whose report, metrics and plots go in the bundle
 
 
-def _spec(strategy: str, threshold: float, profile: Profile, cost: CostModel, kind: str) -> CascadeSpec:
-    return CascadeSpec(strategy=strategy, threshold=threshold, slm=profile.models["slm"], llm=profile.models["llm"],
+def candidate_source(strategy: str, profile: Profile, cost: CostModel, stage_dir: Path,
+                     test: pd.DataFrame) -> CandidateSource:
+    """`strategy`'s candidate as its kind finds it in `stage_dir` (the directory of the stage that evaluated it)."""
+    kind = kind_for(strategy)
+    found = kind.find(strategy, profile, cost, stage_dir, test)
+    spec = CascadeSpec(strategy=strategy, threshold=found.threshold, slm=profile.models["slm"], llm=profile.models["llm"],
                        cost=cost, sampling=profile.sampling, seed=profile.seed, profile=profile.name,
-                       router_kwargs=router_kwargs(strategy, profile.evaluation.seed), kind=kind)
-
-
-def query_level_source(strategy: str, profile: Profile, cost: CostModel, eval_dir: Path,
-                       test: pd.DataFrame) -> CandidateSource:
-    """A query-level strategy from the evaluate stage's directory (metrics.json, records.parquet, routers/)."""
-    result = json.loads((eval_dir / "metrics.json").read_text())
-    row = next(r for r in result["summary"] if r["strategy"] == strategy)
-    threshold = math.inf if row.get("threshold") is None else float(row["threshold"])
-    records = pd.read_parquet(eval_dir / "records.parquet")
-    records = records[records["strategy"] == strategy].drop(columns="strategy")
-    spec = _spec(strategy, threshold, profile, cost, QUERY_LEVEL)
-    return CandidateSource(spec, fitted_router(eval_dir, strategy, spec.router_kwargs), row, float(result["a_llm"]),
-                           per_query_outcomes(records, row["mode"], threshold, test),
-                           ROUTERS[strategy].is_probability, eval_dir)
-
-
-def citer_source(profile: Profile, cost: CostModel, citer_dir: Path, test: pd.DataFrame) -> CandidateSource:
-    """CITER's token-level cascade from the citer stage's directory, priced under `cost` (citer_candidate's row).
-
-    Its score is the router's per-token P(LLM needed), not P(SLM correct) of an answer: ECE does not apply.
-    """
-    from escalate.citer.stage import candidate_figures  # the citer stage loads torch and transformers
-
-    found = candidate_figures(profile, cost, citer_dir)
-    return CandidateSource(_spec(CITER, found.tau, profile, cost, TOKEN_LEVEL), found.router_dir, found.row,
-                           found.llm_accuracy, outcome_table(found.outcomes, test), False, citer_dir)
+                       router_kwargs=found.router_kwargs, kind=kind.name)
+    return CandidateSource(spec, found.router, found.row, found.llm_accuracy, found.outcomes, found.is_probability,
+                           stage_dir)
 
 
 @dataclass(frozen=True)
@@ -157,11 +122,10 @@ def bundle_candidate(
 ) -> Bundled:
     """Log `strategy`'s cascade as a bundle in its own run (a child of the flow's run).
 
-    eval_dir: the evaluate stage's directory, or for "citer" the citer stage's (citer_candidate's).
+    eval_dir: the directory of the stage that evaluated it: the evaluate stage's, or for "citer" the citer stage's.
     """
     test = questions[questions["split"] == profile.evaluation.split]
-    source = (citer_source(profile, cost, eval_dir, test) if strategy == CITER
-              else query_level_source(strategy, profile, cost, eval_dir, test))
+    source = candidate_source(strategy, profile, cost, eval_dir, test)
     checkpoints = {
         role: path
         for role in ("slm", "llm")

@@ -1,12 +1,13 @@
 """Answer one request with a deployed bundle: its cascade over HTTP backends, and what to do when a model is down.
 
-`open_engine` picks the engine by the bundle's kind. A query-level bundle gets `Engine`: the
-bundle's `Cascade` with each self-hosted model pointed at its vLLM server, so the gateway routes
+`open_engine` picks the engine by whether the bundle's kind (escalate.kinds) needs model servers.
+A query-level bundle does, and gets `Engine`: the bundle's `Cascade` with each self-hosted model
+pointed at its vLLM server, so the gateway routes
 exactly as evaluation scored (same prompts, router, threshold and cost model). When the SLM is
 down, requests go straight to the LLM (and say so); when the LLM is down, the questions the SLM
 keeps are still answered and the rest fail with ModelDown("llm").
 
-A token-level bundle (CITER) gets `InProcessEngine`: its TokenLevelCascade decodes both models in
+A token-level bundle (CITER) needs none and gets `InProcessEngine`: its TokenLevelCascade decodes both models in
 the gateway's own process (HF, torch), since a token router steps the two models token by token
 and no vLLM server does that. There is no server to be down, so the fallbacks do not apply: a
 failure is the gateway's own (500), and /admin/deploy refuses a bundle that does not load.
@@ -23,9 +24,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from escalate.kinds import KINDS
 from escalate.models.backends.base import BackendError, Generation, GenerationBackend, SamplingParams
 from escalate.prompts import format_prompt
-from escalate.registry.bundle import TOKEN_LEVEL, BundleError, CascadeSpec, build_cascade
+from escalate.registry.bundle import BundleError, CascadeSpec, build_cascade
 from escalate.routers.base import Router, RouterInputs
 from escalate.serving.deployment import Deployment
 
@@ -92,19 +94,21 @@ Bundle = tuple[CascadeSpec, Any, dict[str, str]]  # read_bundle's spec, router a
 
 
 def open_engine(deployment: Deployment) -> Engine | InProcessEngine:
-    """The engine for a deployment's bundle: in process for a token-level one, over HTTP otherwise."""
+    """The engine for a deployment's bundle: over HTTP where its kind needs model servers, else in process."""
     bundle = deployment.read()
-    return (InProcessEngine if bundle[0].kind == TOKEN_LEVEL else Engine)(deployment, bundle)
+    return (Engine if KINDS[bundle[0].kind].needs_servers else InProcessEngine)(deployment, bundle)
 
 
 class Engine:
-    """One query-level deployment, loaded: answers questions over its models' servers and reports who answered."""
+    """One deployment whose kind needs model servers (query level), loaded: answers questions over its
+    models' servers and reports who answered."""
 
     def __init__(self, deployment: Deployment, bundle: Bundle | None = None) -> None:
         self.deployment = deployment
         spec, router, checkpoints = bundle or deployment.read()
-        if spec.kind == TOKEN_LEVEL:
-            raise BundleError(f"{deployment.label} is a token-level bundle; it is served in process (open_engine)")
+        kind = KINDS[spec.kind]
+        if not kind.needs_servers:
+            raise BundleError(f"{deployment.label} is a {kind.label} bundle; it is served in process (open_engine)")
         self.spec = spec
         cascade = build_cascade(spec, checkpoints, router, http_overrides(deployment))
         self.cascade = replace(cascade, slm=_RoleBackend(cascade.slm, "slm"), llm=_RoleBackend(cascade.llm, "llm"))
@@ -144,7 +148,8 @@ class Engine:
 
 
 class InProcessEngine:
-    """One token-level deployment, loaded in this process: the same surface as Engine, without servers.
+    """One deployment whose kind needs no model server (token level), loaded in this process: the same
+    surface as Engine, without servers.
 
     Requests decode one at a time: torch already spreads one decode over the cores, and concurrent
     decodes on shared CPU cores would only make each slower.

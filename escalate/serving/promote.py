@@ -1,7 +1,8 @@
 """Promote a registry alias to serving: export, start vLLM, switch the gateway, smoke-test, record.
 
-A token-level (CITER) bundle starts no vLLM server: the gateway decodes it in its own process
-(serving.engine.InProcessEngine), so `launch` has nothing to start and `export` takes no endpoints.
+A bundle whose kind needs no model servers (escalate.kinds: token-level, CITER) starts no vLLM
+server: the gateway decodes it in its own process (serving.engine.InProcessEngine), so `launch` has
+nothing to start and `export` takes no endpoints.
 
 Each step is a plain function (the Prefect flow `promote` makes a task of each); `promote` chains
 them. Nothing user-visible changes until the last step: on any failure, the servers this run
@@ -18,8 +19,9 @@ from typing import Any
 
 import httpx
 
+from escalate.kinds import KINDS
 from escalate.registry.aliases import SERVING, Registry, who
-from escalate.registry.bundle import TOKEN_LEVEL, BundleError, read_bundle
+from escalate.registry.bundle import BundleError, read_bundle
 from escalate.serving import gateway_process
 from escalate.serving.deployment import (
     Deployment,
@@ -81,10 +83,11 @@ def export(registry: Registry, alias: str, root: Path, directory: Path | None = 
                             bundle_dir=str(bundle.relative_to(directory)))  # relative: the directory can move
     if endpoints is not None:
         spec, _, checkpoints = read_bundle(bundle_artifacts(bundle))
-        if spec.kind == TOKEN_LEVEL and endpoints:
-            raise BundleError(f"{deployment.label} is a token-level bundle, decoded in the gateway's process; "
+        kind = KINDS[spec.kind]
+        if not kind.needs_servers and endpoints:
+            raise BundleError(f"{deployment.label} is a {kind.label} bundle, decoded in the gateway's process; "
                               f"it takes no endpoints (got {sorted(endpoints)}): drop --endpoint")
-        missing = sorted(set(checkpoints) - set(endpoints)) if spec.kind != TOKEN_LEVEL else []
+        missing = sorted(set(checkpoints) - set(endpoints)) if kind.needs_servers else []
         if missing:
             raise BundleError(f"{deployment.label} needs a server for each self-hosted model; no endpoint for "
                               f"{missing}: add --endpoint {missing[0]}=URL")
@@ -98,7 +101,7 @@ def launch(deployment: Deployment, root: Path, timeout_s: float = 300.0) -> Depl
     """Start a vLLM server for each self-hosted model and wait until each is healthy; all or none.
     A token-level bundle needs none: the gateway decodes it in process."""
     spec, _, checkpoints = deployment.read()
-    if spec.kind == TOKEN_LEVEL:
+    if not KINDS[spec.kind].needs_servers:
         return deployment.save_to(Path(deployment.path).parent)
     python = serve_python(root)
     directory = Path(deployment.path).parent
