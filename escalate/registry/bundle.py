@@ -365,27 +365,6 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
     return BundleInfo(model_uri=f"models:/{info.model_id}", model_id=info.model_id, run_id=run_id, spec=spec)
 
 
-def graded_outcomes(model_uri: str, questions: pd.DataFrame, tracking_uri: str) -> pd.DataFrame:
-    """Answer a questions table (id, question, answer, optional choices) with a bundle, in this process, and grade it.
-
-    Returns per_query_outcomes' columns (id, question, correct, escalated, cost): what the regression
-    gate compares when a champion's stored outcomes were measured on another test set.
-    """
-    from escalate.data.graders import GRADERS
-    from escalate.sampling import grader_kind
-
-    with use_tracking_uri(tracking_uri), keep_sys_path():
-        model = mlflow.pyfunc.load_model(model_uri)
-    frame = pd.DataFrame({"question": questions["question"].astype(str)})
-    if "choices" in questions.columns and questions["choices"].notna().any():
-        frame["choices"] = questions["choices"].where(questions["choices"].notna(), None)
-    out = model.predict(frame)
-    correct = [bool(GRADERS[grader_kind(row)](str(text), str(row["answer"])))
-               for (_, row), text in zip(questions.iterrows(), out["answer"])]
-    return pd.DataFrame({"id": questions["id"].to_numpy(), "question": frame["question"].to_numpy(), "correct": correct,
-                         "escalated": out["escalated"].astype(bool).to_numpy(), "cost": out["cost"].astype(float).to_numpy()})
-
-
 def _checkpoint_artifact(path: Path, role: str, stage: Path, names: set[str]) -> Path:
     """The checkpoint dir as MLflow should copy it, without copying the weights twice where avoidable.
 

@@ -106,7 +106,6 @@ class Bundled:
     info: Any  # escalate.registry.bundle.BundleInfo
     run_id: str
     smoke: list[str]  # the questions its load gate asks
-    test: pd.DataFrame  # the test split its outcomes are paired on with the champion's
 
 
 def bundle_candidate(
@@ -145,7 +144,7 @@ def bundle_candidate(
         metrics=numeric,
         example_questions=smoke,
     )
-    return Bundled(strategy, source, info, run_id, smoke, test)
+    return Bundled(strategy, source, info, run_id, smoke)
 
 
 def load_bundled(bundled: Sequence[Bundled], tracking_uri: str, timeout_s: float) -> list[GateResult]:
