@@ -356,7 +356,7 @@ HOLES = [
          "two splits"),
     Hole("ids with leading or trailing whitespace", {"id": {1: " q1", 3: "q3\t"}}, "id", [" q1", "q3\t"],
          "start or end with whitespace"),
-    Hole("ids differing only by whitespace", {"id": {0: "q 1"}}, "id", ["q 1", "q1"], "differ only by whitespace"),
+    Hole("ids differing only by whitespace", {"id": {0: "q 1"}}, "id", ["q 1", "q1"], "only by whitespace"),
     Hole("non-finite numeric answers", {"answer": {0: "1e999", 3: "-1e400"}}, "answer", ["q0", "q3"],
          "finite number"),
     Hole("inf and nan answers", {"answer": {0: "inf", 3: "NaN"}}, "answer", ["q0", "q3"], "must be a number"),

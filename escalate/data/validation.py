@@ -10,6 +10,10 @@ passes: first the column pass, then the row pass with only the rules whose colum
 the right types, so a missing or mistyped column is reported once instead of crashing every rule
 that reads it. GX has no expectations on list elements or JSON contents; such rules expect on
 helper columns derived here and report the column they were derived from.
+
+A questions table must hold rows of the split the pipeline evaluates on (``eval_split``, the
+profile's evaluation.split); a table nothing is evaluated on, e.g. one for training only, is
+validated with ``eval_split=None``.
 """
 
 from __future__ import annotations
@@ -63,8 +67,9 @@ SPECIAL_TOKEN = (
     r"|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<(?:pad|unk|mask|bos|eos|sep|cls)>"
 )
 EDGE_SPACE = f"^[\\s{INVISIBLE}]|[\\s{INVISIBLE}]$"
-MAX_QUESTION_CHARS = DataConfig.max_question_chars  # the profile's default: a file checked by hand
-EVAL_SPLIT = EvaluationConfig.split  # meets the same limits as the pipeline's questions stage
+# The profile's defaults, so that a file checked by hand meets the pipeline's limits.
+MAX_QUESTION_CHARS = DataConfig.max_question_chars
+EVAL_SPLIT = EvaluationConfig.split
 # An int or float, optionally signed, thousands grouped by commas ("1,234.5"), optional exponent.
 NUMBER = r"^\s*[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -146,6 +151,7 @@ ONE_SPLIT = "_gx_question_one_split"
 ID_DISTINCT = "_gx_id_distinct"
 ANSWER_FINITE = "_gx_answer_finite"
 _NO_INVISIBLE = str.maketrans("", "", INVISIBLE)
+_SPACES = re.compile(f"[\\s{INVISIBLE}]+")
 
 
 def _is_missing(value: Any) -> bool:
@@ -230,8 +236,7 @@ def _question_in_one_split(df: pd.DataFrame) -> pd.Series:
 def _id_distinct(df: pd.DataFrame) -> pd.Series:
     """False on ids that another id equals once whitespace is removed ("q 1" and "q1"); exact
     duplicates are the uniqueness rule's to report."""
-    space = re.compile(f"[\\s{INVISIBLE}]+")
-    keys = [space.sub("", i) if isinstance(i, str) else None for i in df["id"]]
+    keys = [_SPACES.sub("", i) if isinstance(i, str) else None for i in df["id"]]
     spellings: dict[str, set[str]] = {}
     for key, value in zip(keys, df["id"], strict=True):
         if key is not None:
@@ -344,8 +349,10 @@ def _column_rules(col: Column) -> list[gxe.Expectation]:
 def _non_empty(*names: str) -> list[gxe.Expectation]:
     return [
         _expect(
-            gxe.ExpectColumnValuesToMatchRegex, "must be a non-empty string (zero-width characters are empty)", column=name,
-            regex=NON_EMPTY
+            gxe.ExpectColumnValuesToMatchRegex,
+            "must be a non-empty string (zero-width characters are empty)",
+            column=name,
+            regex=NON_EMPTY,
         )
         for name in names
     ]
@@ -397,7 +404,7 @@ def _questions(opts: _Options) -> list[gxe.Expectation]:
         _unique("id"),
         _expect(gxe.ExpectColumnValuesToNotMatchRegex, "must not start or end with whitespace", column="id",
                 regex=EDGE_SPACE),
-        _holds(ID_DISTINCT, "ids must not differ only by whitespace", "id"),
+        _holds(ID_DISTINCT, "must not differ from another id only by whitespace", "id"),
         _expect(gxe.ExpectColumnValuesToNotMatchRegex, "must not contain control characters", column="question",
                 regex=CONTROL),
         _expect(gxe.ExpectColumnValuesToNotMatchRegex,
