@@ -39,10 +39,11 @@ def _float(text: str) -> Any:
 
 
 def _int(text: str) -> Any:
+    """The int; "1.0" too, as pandas writes an int column with nulls; else what _float makes of it."""
     try:
         return int(text)
     except ValueError:
-        value = _float(text)  # pandas writes an int column with nulls as floats: "1.0"
+        value = _float(text)
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
@@ -68,9 +69,8 @@ def _csv_column(cells: pd.Series, col: Column) -> pd.Series:
     non-nullable text column, where it stays "" for the non-empty rule to report."""
     parse = _CSV_PARSERS[col.kind]
     keep_empty = col.kind == "str" and not col.nullable
-    values = [cell if keep_empty or cell != "" else None for cell in cells]
-    # built, not mapped: map would turn a column of ints and None into floats
-    return pd.Series([None if v is None else parse(v) for v in values], index=cells.index, dtype=object)
+    values = [None if cell == "" and not keep_empty else parse(cell) for cell in cells]
+    return pd.Series(values, index=cells.index, dtype=object)  # built, not mapped: map makes ints floats
 
 
 def read_table(path: str | Path, table: str | None = None, mapping: dict[str, str] | None = None) -> pd.DataFrame:
