@@ -182,7 +182,7 @@ def _validate_file(args: argparse.Namespace) -> int:
     from escalate.data.adapters.base import read_table
     from escalate.data.validation import validate
 
-    df = read_table(args.file)
+    df = read_table(args.file, args.table)
     ids = args.model_ids.split(",") if args.model_ids else None
     report = validate(df, args.table, source=str(args.file), model_ids=ids)
     print(report.to_markdown())

@@ -96,6 +96,8 @@ class DataConfig:
         "help": "share of a file's rows hashed into each split when the file has no `split` column; sums to 1"})
     limit: int | None = field(default=None, metadata={
         "help": "keep only a file's first N rows, for quick runs on a large dataset; null: every row"})
+    max_question_chars: int = field(default=4000, metadata={
+        "help": "longest question (in characters) the questions table accepts; longer rows fail validation"})
 
     def __post_init__(self) -> None:
         _check(self.adapter == "arith" or self.path is not None, "path", f"adapter {self.adapter!r} needs a path")

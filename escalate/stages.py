@@ -63,7 +63,8 @@ def numeric_tasks(questions: pd.DataFrame) -> list[str]:
 def build_questions(profile: Profile, root: Path | str = ".") -> Path:
     p = paths(profile, root)
     df = get_adapter(profile.data.adapter).load(profile.data, profile.seed)
-    _write_validated(df, "questions", p["questions"], p["questions_report"], numeric_tasks=numeric_tasks(df))
+    _write_validated(df, "questions", p["questions"], p["questions_report"], numeric_tasks=numeric_tasks(df),
+                     max_question_chars=profile.data.max_question_chars, eval_split=profile.evaluation.split)
     return p["questions"]
 
 
@@ -72,7 +73,8 @@ def load_questions(profile: Profile, root: Path | str = ".") -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run `escalate data build --profile {profile.name}` first")
     df = pd.read_parquet(path)
-    ensure_valid(df, "questions", source=str(path), numeric_tasks=numeric_tasks(df))
+    ensure_valid(df, "questions", source=str(path), numeric_tasks=numeric_tasks(df),
+                 max_question_chars=profile.data.max_question_chars, eval_split=profile.evaluation.split)
     return df
 
 

@@ -15,6 +15,7 @@ from escalate.data.adapters import ADAPTERS, DataSourceError, get_adapter
 from escalate.data.adapters.base import assign_splits, finish, read_table
 from escalate.data.graders import grade_numeric
 from escalate.data.schema import SPLITS, columns
+from escalate.data.validation import validate
 from escalate.prompts import format_prompt
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "test.jsonl"
@@ -153,6 +154,28 @@ def test_table_adapter_applies_the_column_mapping(tmp_path: Path, suffix: str) -
     assert list(df["answer"]) == ["2", "4", "6"]  # always strings, whatever the file's type
     assert set(df["task"]) == {"sums"}
     assert set(df["split"]) <= set(SPLITS)
+
+
+def test_table_adapter_reads_csv_with_the_schema_types(tmp_path: Path) -> None:
+    """A CSV is all text: mapped or not, each contract column gets its type, so the table validates."""
+    path = tmp_path / "t.csv"
+    pd.DataFrame({
+        "qid": ["007", "8", "9"], "prompt": ["1+1?", "2+2?", "3+3?"], "gold": ["042", "4", "6"],
+        "split": ["train", "calib", "test"], "difficulty": [1.0, None, 3.0], "meta": [None, '{"s": 1}', None],
+    }).to_csv(path, index=False)
+    cfg = DataConfig(adapter="table", path=str(path), columns={"id": "qid", "question": "prompt", "answer": "gold"})
+    df = get_adapter("table").load(cfg, seed=0)
+    assert list(df["id"]) == ["007", "8", "9"] and list(df["answer"]) == ["042", "4", "6"]
+    assert list(df["difficulty"]) == [1, None, 3]
+    assert df["meta"].isna().tolist() == [True, False, True] and df.loc[1, "meta"] == '{"s": 1}'
+    assert validate(df, "questions", numeric_tasks=["table"]).ok
+
+
+def test_read_table_types_only_the_contract_columns_of_a_csv(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,difficulty,notes\n01,2,03\n")
+    assert read_table(path).iloc[0].tolist() == ["01", "2", "03"]
+    assert read_table(path, "questions").iloc[0].tolist() == ["01", 2, "03"]
 
 
 def test_table_adapter_bad_mapping_names_column_and_lists_file_columns(tmp_path: Path) -> None:

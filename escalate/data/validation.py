@@ -10,12 +10,18 @@ passes: first the column pass, then the row pass with only the rules whose colum
 the right types, so a missing or mistyped column is reported once instead of crashing every rule
 that reads it. GX has no expectations on list elements or JSON contents; such rules expect on
 helper columns derived here and report the column they were derived from.
+
+A questions table must hold rows of the split the pipeline evaluates on (``eval_split``, the
+profile's evaluation.split); a table nothing is evaluated on, e.g. one for training only, is
+validated with ``eval_split=None``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -33,6 +39,7 @@ from great_expectations.core.batch_definition import BatchDefinition
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.expectations.row_conditions import Column as Col
 
+from escalate.config import DataConfig, EvaluationConfig
 from escalate.data.schema import SPLITS, TOKEN_LABEL_CASES, Column, columns
 
 MAX_IDS = 20  # offending row ids kept per failure; the count says how many there are in all
@@ -49,7 +56,20 @@ _TYPE_NAMES = {
     "list[float]": ["list"],
     "list[int]": ["list"],
 }
-NON_EMPTY = r"\S"
+# Zero-width space, non-joiner and joiner, word joiner, byte-order mark: invisible, yet not whitespace.
+INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff"
+NON_EMPTY = f"[^\\s{INVISIBLE}]"  # some visible character
+# C0 and C1 control characters (and DEL), except tab, line feed and carriage return.
+CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+# Chat-template and tokenizer markers: a question must not be able to inject a turn or a token.
+SPECIAL_TOKEN = (
+    r"<\|[^|<>\s]*\|>"  # <|im_start|>, <|endoftext|>, <|eot_id|>, <|begin_of_text|>, ...
+    r"|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|<(?:pad|unk|mask|bos|eos|sep|cls)>"
+)
+EDGE_SPACE = f"^[\\s{INVISIBLE}]|[\\s{INVISIBLE}]$"
+# The profile's defaults, so that a file checked by hand meets the pipeline's limits.
+MAX_QUESTION_CHARS = DataConfig.max_question_chars
+EVAL_SPLIT = EvaluationConfig.split
 # An int or float, optionally signed, thousands grouped by commas ("1,234.5"), optional exponent.
 NUMBER = r"^\s*[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?\s*$"
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -127,6 +147,11 @@ CHOICES_OK = "_gx_choices_ok"
 LETTER_OK = "_gx_answer_letter_ok"
 LOGPROBS_OK = "_gx_token_logprobs_ok"
 LOGPROBS_MAX = "_gx_token_logprobs_max"
+ONE_SPLIT = "_gx_question_one_split"
+ID_DISTINCT = "_gx_id_distinct"
+ANSWER_FINITE = "_gx_answer_finite"
+_NO_INVISIBLE = str.maketrans("", "", INVISIBLE)
+_SPACES = re.compile(f"[\\s{INVISIBLE}]+")
 
 
 def _is_missing(value: Any) -> bool:
@@ -190,6 +215,46 @@ def _logprobs_max(df: pd.DataFrame) -> pd.Series:
     return df["token_logprobs"].map(largest).astype(float)
 
 
+def _question_key(question: Any) -> str | None:
+    """What makes two questions the same one: text without zero-width characters, spacing or case."""
+    if not isinstance(question, str):
+        return None
+    return " ".join(question.translate(_NO_INVISIBLE).split()).casefold()
+
+
+def _question_in_one_split(df: pd.DataFrame) -> pd.Series:
+    """False on every row whose question is also asked in another split: a test answer seen in training."""
+    keys = [_question_key(q) for q in df["question"]]
+    splits: dict[str, set[str]] = {}
+    for key, split in zip(keys, df["split"], strict=True):
+        if key is not None and isinstance(split, str):
+            splits.setdefault(key, set()).add(split)
+    return pd.Series([None if k is None else len(splits.get(k, ())) <= 1 for k in keys], index=df.index,
+                     dtype=object)
+
+
+def _id_distinct(df: pd.DataFrame) -> pd.Series:
+    """False on ids that another id equals once whitespace is removed ("q 1" and "q1"); exact
+    duplicates are the uniqueness rule's to report."""
+    keys = [_SPACES.sub("", i) if isinstance(i, str) else None for i in df["id"]]
+    spellings: dict[str, set[str]] = {}
+    for key, value in zip(keys, df["id"], strict=True):
+        if key is not None:
+            spellings.setdefault(key, set()).add(value)
+    return pd.Series([None if k is None else len(spellings[k]) == 1 for k in keys], index=df.index, dtype=object)
+
+
+def _answer_finite(df: pd.DataFrame) -> pd.Series:
+    """Whether a numeric answer is a finite number ("1e999" is inf); None where it is not a number at
+    all, which the number rule reports."""
+    def finite(answer: Any) -> bool | None:
+        if not isinstance(answer, str) or not re.match(NUMBER, answer):
+            return None
+        return math.isfinite(float(answer.replace(",", "")))
+
+    return df["answer"].map(finite).astype(object)
+
+
 @dataclass(frozen=True)
 class _Helper:
     sources: tuple[str, ...]
@@ -201,6 +266,9 @@ _HELPERS: dict[str, _Helper] = {
     LETTER_OK: _Helper(("answer", "choices"), _answer_letter_ok),
     LOGPROBS_OK: _Helper(("token_logprobs",), _logprobs_ok),
     LOGPROBS_MAX: _Helper(("token_logprobs",), _logprobs_max),
+    ONE_SPLIT: _Helper(("question", "split"), _question_in_one_split),
+    ID_DISTINCT: _Helper(("id",), _id_distinct),
+    ANSWER_FINITE: _Helper(("answer",), _answer_finite),
 }
 
 
@@ -211,6 +279,8 @@ _HELPERS: dict[str, _Helper] = {
 class _Options:
     model_ids: tuple[str, ...] | None
     numeric_tasks: tuple[str, ...]
+    max_question_chars: int
+    eval_split: str | None
 
 
 def _expect(
@@ -279,7 +349,10 @@ def _column_rules(col: Column) -> list[gxe.Expectation]:
 def _non_empty(*names: str) -> list[gxe.Expectation]:
     return [
         _expect(
-            gxe.ExpectColumnValuesToMatchRegex, "must be a non-empty string", column=name, regex=NON_EMPTY
+            gxe.ExpectColumnValuesToMatchRegex,
+            "must be a non-empty string (zero-width characters are empty)",
+            column=name,
+            regex=NON_EMPTY,
         )
         for name in names
     ]
@@ -329,6 +402,17 @@ def _questions(opts: _Options) -> list[gxe.Expectation]:
     rules = [
         *_non_empty("id", "task", "question", "answer"),
         _unique("id"),
+        _expect(gxe.ExpectColumnValuesToNotMatchRegex, "must not start or end with whitespace", column="id",
+                regex=EDGE_SPACE),
+        _holds(ID_DISTINCT, "must not differ from another id only by whitespace", "id"),
+        _expect(gxe.ExpectColumnValuesToNotMatchRegex, "must not contain control characters", column="question",
+                regex=CONTROL),
+        _expect(gxe.ExpectColumnValuesToNotMatchRegex,
+                "must not contain chat-template or tokenizer markers (<|...|>, <s>, [INST], ...)",
+                column="question", regex=SPECIAL_TOKEN),
+        _expect(gxe.ExpectColumnValueLengthsToBeBetween, f"must be at most {opts.max_question_chars} characters",
+                column="question", max_value=opts.max_question_chars, show_values=False),
+        _holds(ONE_SPLIT, "the same question (ignoring case and spacing) must not be in two splits", "question"),
         _in_splits(),
         _at_least("difficulty", 0),
         _holds(CHOICES_OK, "must be a JSON list of at least 2 options (strings or numbers)", "choices"),
@@ -343,6 +427,28 @@ def _questions(opts: _Options) -> list[gxe.Expectation]:
                 regex=NUMBER,
                 row_condition=Col("task").is_in(opts.numeric_tasks),
                 needs=["answer", "task"],
+            )
+        )
+        rules.append(
+            _expect(
+                gxe.ExpectColumnValuesToBeInSet,
+                f"must be a finite number (tasks {', '.join(opts.numeric_tasks)})",
+                column=ANSWER_FINITE,
+                value_set=[True],
+                row_condition=Col("task").is_in(opts.numeric_tasks),
+                report="answer",
+                needs=["answer", "task"],
+                show_values=False,
+            )
+        )
+    if opts.eval_split is not None:
+        rules.append(
+            _expect(
+                gxe.ExpectColumnDistinctValuesToContainSet,
+                f"no {opts.eval_split!r} rows: the evaluation split must not be empty",
+                column="split",
+                value_set=[opts.eval_split],
+                show_values=False,
             )
         )
     return rules
@@ -465,15 +571,20 @@ def expectation_suite(
     *,
     model_ids: Iterable[str] | None = None,
     numeric_tasks: Iterable[str] = ("arith", "gsm8k"),
+    max_question_chars: int = MAX_QUESTION_CHARS,
+    eval_split: str | None = EVAL_SPLIT,
 ) -> gx.ExpectationSuite:
     """The GX suite of one table kind, e.g. to inspect or save it; validate() runs it in two passes."""
-    return gx.ExpectationSuite(
-        name=f"escalate.{table}", expectations=_rules(table, _options(model_ids, numeric_tasks))
+    opts = _options(model_ids, numeric_tasks, max_question_chars, eval_split)
+    return gx.ExpectationSuite(name=f"escalate.{table}", expectations=_rules(table, opts))
+
+
+def _options(
+    model_ids: Iterable[str] | None, numeric_tasks: Iterable[str], max_question_chars: int, eval_split: str | None
+) -> _Options:
+    return _Options(
+        None if model_ids is None else tuple(model_ids), tuple(numeric_tasks), max_question_chars, eval_split
     )
-
-
-def _options(model_ids: Iterable[str] | None, numeric_tasks: Iterable[str]) -> _Options:
-    return _Options(None if model_ids is None else tuple(model_ids), tuple(numeric_tasks))
 
 
 # --- running GX --------------------------------------------------------------------------------
@@ -537,15 +648,18 @@ def _column_frame(df: pd.DataFrame, contract: tuple[Column, ...]) -> pd.DataFram
     return frame.assign(**{ROW: np.arange(len(df))})
 
 
-def _row_frame(df: pd.DataFrame, contract: tuple[Column, ...], usable: set[str]) -> pd.DataFrame:
-    """The usable scalar columns, the helper columns derived from usable ones, and row numbers.
+def _row_frame(
+    df: pd.DataFrame, contract: tuple[Column, ...], usable: set[str], suite: gx.ExpectationSuite
+) -> pd.DataFrame:
+    """The usable scalar columns, the helper columns the suite reads, and row numbers.
 
     List columns stay out: rules read them through helpers, and GX fingerprints every batch by
     pickling it when a cell is unhashable, which costs seconds on a large table of arrays.
     """
     table = df.reset_index(drop=True)
     keep = [c.name for c in contract if c.name in usable and not c.kind.startswith("list")]
-    helpers = {name: h.compute(table) for name, h in _HELPERS.items() if set(h.sources) <= usable}
+    read = {getattr(e, "column", None) for e in suite.expectations}
+    helpers = {name: h.compute(table) for name, h in _HELPERS.items() if name in read}
     labels = ["id"] if "id" in table.columns and "id" not in keep else []
     return table[keep + labels].assign(**helpers, **{ROW: np.arange(len(table))})
 
@@ -616,18 +730,25 @@ def validate(
     source: str = "<dataframe>",
     model_ids: Iterable[str] | None = None,
     numeric_tasks: Iterable[str] = ("arith", "gsm8k"),
+    max_question_chars: int = MAX_QUESTION_CHARS,
+    eval_split: str | None = EVAL_SPLIT,
 ) -> ValidationReport:
     """Run the table kind's suite on df and report every broken rule with the rows that broke it.
 
     model_ids: the profile's model ids; samples naming any other model fail (None: not checked).
-    numeric_tasks: tasks whose answers must parse as numbers.
+    numeric_tasks: tasks whose answers must parse as finite numbers.
+    max_question_chars: the longest question a questions table may hold (the profile's
+    data.max_question_chars).
+    eval_split: the split a questions table must have rows of, as the pipeline evaluates on it
+    (the profile's evaluation.split); None for a table that is not evaluated on, e.g. training only.
     """
     contract = columns(table)
-    rules = _rules(table, _options(model_ids, numeric_tasks))
+    rules = _rules(table, _options(model_ids, numeric_tasks, max_question_chars, eval_split))
     present = {c.name for c in contract if c.name in df.columns}
     checked = _run(_stage(table, rules, COLUMN_PASS, present), _column_frame(df, contract))
     usable = present - _mistyped(checked)
-    results = checked + _run(_stage(table, rules, ROW_PASS, usable), _row_frame(df, contract, usable))
+    row_suite = _stage(table, rules, ROW_PASS, usable)
+    results = checked + _run(row_suite, _row_frame(df, contract, usable, row_suite))
     return ValidationReport(table, source, len(df), [_failure(r) for r in results if not r.success])
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from escalate.config import DataConfig
-from escalate.data.schema import SPLITS
+from escalate.data.schema import SPLITS, Column, columns
 
 
 class DataSourceError(ValueError):
@@ -28,8 +30,57 @@ class DatasetAdapter(ABC):
         """The questions table, with ids unique and every row assigned a split."""
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read JSONL, JSON, CSV or Parquet by extension, with errors that name the file."""
+def _float(text: str) -> Any:
+    """The number, or the text itself when it is none: validation then reports it, value and all."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _int(text: str) -> Any:
+    """The int; "1.0" too, as pandas writes an int column with nulls; else what _float makes of it."""
+    try:
+        return int(text)
+    except ValueError:
+        value = _float(text)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+_CSV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": _int,
+    "float": _float,
+    "bool": lambda text: {"true": True, "false": False}.get(text.strip().lower(), text),
+    "list[float]": _json,
+    "list[int]": _json,
+}
+
+
+def _csv_column(cells: pd.Series, col: Column) -> pd.Series:
+    """One CSV column (all text) as its contract's kind; an empty cell is null, except in a
+    non-nullable text column, where it stays "" for the non-empty rule to report."""
+    parse = _CSV_PARSERS[col.kind]
+    keep_empty = col.kind == "str" and not col.nullable
+    values = [None if cell == "" and not keep_empty else parse(cell) for cell in cells]
+    return pd.Series(values, index=cells.index, dtype=object)  # built, not mapped: map makes ints floats
+
+
+def read_table(path: str | Path, table: str | None = None, mapping: dict[str, str] | None = None) -> pd.DataFrame:
+    """Read JSONL, JSON, CSV or Parquet by extension, with errors that name the file.
+
+    A CSV holds only text: with `table`, the columns its contract names (found under the file's
+    names through `mapping`, ours -> theirs) get the contract's types, so "042" stays a string,
+    difficulty is an int and an empty optional cell is null, as the other formats read them.
+    Other columns stay text; without `table` every column does.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataSourceError(f"{path}: no such file")
@@ -42,9 +93,13 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if path.suffix not in readers:
         raise DataSourceError(f"{path}: unsupported extension {path.suffix!r}; use one of {', '.join(readers)}")
     try:
-        return readers[path.suffix](path)
+        df = readers[path.suffix](path)
     except Exception as exc:  # parsers raise many types; all mean "unreadable"
         raise DataSourceError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from None
+    if path.suffix != ".csv" or table is None:
+        return df
+    names = {(mapping or {}).get(col.name, col.name): col for col in columns(table)}
+    return df.assign(**{name: _csv_column(df[name], col) for name, col in names.items() if name in df.columns})
 
 
 def rename_columns(df: pd.DataFrame, mapping: dict[str, str], required: tuple[str, ...], source: str) -> pd.DataFrame:

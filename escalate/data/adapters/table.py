@@ -13,6 +13,7 @@ class TableAdapter(DatasetAdapter):
     grader = "numeric"
 
     def load(self, cfg: DataConfig, seed: int) -> pd.DataFrame:
-        df = rename_columns(read_table(cfg.path), cfg.columns, ("question", "answer"), str(cfg.path))
+        df = read_table(cfg.path, "questions", cfg.columns)
+        df = rename_columns(df, cfg.columns, ("question", "answer"), str(cfg.path))
         df["answer"] = df["answer"].astype(str)
         return finish(df, cfg, cfg.task or "table", seed)
