@@ -33,7 +33,8 @@ class ChoiceAdapter(DatasetAdapter):
 
     def load(self, cfg: DataConfig, seed: int) -> pd.DataFrame:
         source = str(cfg.path)
-        df = rename_columns(read_table(cfg.path), cfg.columns, ("question", "choices", "answer"), source)
+        raw = read_table(cfg.path, "questions", cfg.columns)  # a CSV's difficulty reads as an int, as in JSONL
+        df = rename_columns(raw, cfg.columns, ("question", "choices", "answer"), source)
         df["choices"] = [_as_json_list(v, source, i) for i, v in enumerate(df["choices"])]
         df["answer"] = df["answer"].map(_as_letter)
         return finish(df, cfg, cfg.task or "choice", seed)
