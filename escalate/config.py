@@ -13,33 +13,18 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
+# The checks live in the leaf escalate.checks, which the method configs import too; ConfigError stays importable here.
+from escalate.checks import Bad as _Bad
+from escalate.checks import ConfigError
+from escalate.checks import check as _check
+from escalate.citer.config import CiterConfig
+from escalate.corea.config import CoreaConfig
 from escalate.data.schema import SPLITS
-
-if TYPE_CHECKING:
-    from escalate.citer.config import CiterConfig
-    from escalate.train.corea import CoreaConfig
-    from escalate.train.sater import SaterConfig
-
-
-class ConfigError(ValueError):
-    """A profile that cannot be used; the message names the file and the key."""
-
-
-class _Bad(ValueError):
-    """Raised by __post_init__ checks: carries the offending field so the loader can name it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise _Bad(key, message)
+from escalate.sater.config import SaterConfig
 
 
 @dataclass
@@ -321,7 +306,7 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
     """Build dataclass `cls` from plain data, checking keys, types and values recursively."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {where or 'top level'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls, localns=_late_types())
+    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in data:
         if key not in names:
@@ -335,15 +320,6 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
         raise ConfigError(f"{source}: {_join(where, exc.key)}: {exc}") from None
     except TypeError as exc:  # a required field is missing
         raise ConfigError(f"{source}: {where or 'top level'}: {exc}") from None
-
-
-def _late_types() -> dict[str, type]:
-    """Section types defined in modules that import this one (their configs use `_check`), so imported late."""
-    from escalate.citer.config import CiterConfig
-    from escalate.train.corea import CoreaConfig
-    from escalate.train.sater import SaterConfig
-
-    return {"SaterConfig": SaterConfig, "CoreaConfig": CoreaConfig, "CiterConfig": CiterConfig}
 
 
 def _join(where: str, key: str) -> str:

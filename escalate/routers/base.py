@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from escalate.train.preferences import is_refusal
+from escalate.data.schema import is_refusal
 
 
 @dataclass

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.data.schema import is_refusal
 from escalate.evaluation.report import markdown_table, target_verdicts, verdict_table, write_report
-from escalate.train.preferences import is_refusal
 
 VANILLA = ("p_true_token", "self_consistency")  # the vanilla SLM's cascades issue 4 compares with
 STRATEGIES = ("sater_refusal", "sater_pregen", "sater_vote")  # SATER's three ways of routing

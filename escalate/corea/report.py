@@ -16,8 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.corea.confidence import confidence_counts
 from escalate.evaluation.report import format_cell, markdown_table, target_verdicts, verdict_table, write_report
-from escalate.train.confidence import confidence_counts
 
 VARIANTS = ("warmup", "rlvr", "corea")  # the checkpoints the corea stage trains, in training order
 MODELS = ("base", *VARIANTS)  # what the report compares; "base" is the vanilla SLM

@@ -19,21 +19,6 @@ PREFERENCE_COLUMNS = ["id", "prompt", "chosen", "rejected", "chosen_correct", "r
 REFUSAL_COLUMNS = ["id", "prompt", "completion", "p_correct"]
 
 
-def _normal(text: str) -> str:
-    return " ".join(text.replace("’", "'").lower().split())
-
-
-_REFUSAL_KEY = _normal(REFUSAL).rstrip(".")
-
-
-def is_refusal(text: str | None) -> bool:
-    """Whether a response is the refusal: it starts with it, up to case, spacing and the final period.
-
-    A model that refuses and then rambles on has still refused; a bare "I don't know" has not.
-    """
-    return isinstance(text, str) and _normal(text).startswith(_REFUSAL_KEY)
-
-
 def _prompts(questions: pd.DataFrame) -> dict[str, str]:
     choices = questions["choices"] if "choices" in questions else [None] * len(questions)
     return {qid: format_prompt(q, c if isinstance(c, str) and c.strip() else None)
