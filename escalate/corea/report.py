@@ -5,6 +5,7 @@ threshold, reliability diagram), so every figure here is one METRICS.md defines;
 says which questions form each domain, gathers the four evaluations into one table, checks issue
 5's targets and writes the report. The base SLM states no confidence, so its row scores it by P(T),
 the probability of its answer tokens: the best probability-like signal it has.
+Run by `escalate corea train --profile tiny`, which writes artifacts/<profile>/corea/report.md.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@
 RLVR, the baseline, trains on correctness and format only; COREA adds calibration. GRPOTrainer
 passes the dataset's columns as keyword arguments: `answer` (the gold answer) and `kind` (the
 grader, "numeric" or "choice", as escalate.sampling.grader_kind says).
+Run by GRPO (escalate.corea.grpo), from `escalate corea train --profile tiny`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 Both read one model's K graded samples per question. Completions are kept exactly as the samples
 hold them, including the leading space that follows "Answer:", so that a training pair tokenizes
 like the text the model generated; the refusal target gets the same leading space.
+Run by the sater stage (escalate.sater.stage); from Python: `build_preferences(samples, questions)`.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 The SLM must be a COREA-trained (or warm-up) checkpoint, which ends each answer with
 "Confidence: 0.xx" (escalate.corea.confidence). A response whose confidence is missing or
 malformed scores 0, so every threshold above 0 escalates it.
+Run by name, like every router: `evaluation.strategies: [corea_confidence]` or `escalate corea train`.
 """
 
 from __future__ import annotations
