@@ -22,11 +22,9 @@ import time
 from pathlib import Path
 
 from escalate.config import load_profile
-from escalate.stages import TRAINING_STAGES, trained_stages
+from escalate.stages.registry import enabled_stages
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = {"questions": ["data", "build"], "zoo": ["zoo", "build"], "samples": ["sample"], "evaluate": ["evaluate"],
-          "sater": ["sater", "train"], "corea": ["corea", "train"], "citer": ["citer", "train"]}
 
 
 def main() -> int:
@@ -37,7 +35,7 @@ def main() -> int:
     args = parser.parse_args()
     escalate = Path(sys.executable).with_name("escalate")
     profile = load_profile(args.profile, ROOT)
-    stages = {name: cmd for name, cmd in STAGES.items() if name not in TRAINING_STAGES or name in trained_stages(profile)}
+    stages = {stage.name: stage.command for stage in enabled_stages(profile)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         shutil.copytree(ROOT / "configs", Path(tmp) / "configs")

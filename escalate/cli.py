@@ -14,11 +14,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from escalate.citer.stage import log_command
 from escalate.config_help import SHOW_HELP, show
 from escalate.data.schema import TABLES
 from escalate.registry.cli import add_registry_commands
 from escalate.routers.cli import add_router_commands
 from escalate.serving.cli import add_serving_commands
+from escalate.stages.registry import STAGES
 from escalate.telemetry import disable_telemetry
 
 EPILOG = """\
@@ -63,36 +65,38 @@ def build_parser() -> argparse.ArgumentParser:
     _profile_arg(config.add_parser("check", help="load and validate a profile, print it as JSON"))
     _profile_arg(config.add_parser("show", help="every key of a profile with its value and help", description=SHOW_HELP))
 
-    data = sub.add_parser("data", help="questions and table validation").add_subparsers(dest="action", required=True)
-    _profile_arg(data.add_parser("build", help="build and validate the questions table"))
-    v = data.add_parser("validate", help="validate a table file (JSONL, CSV or Parquet) against its contract")
+    groups = _add_stage_commands(sub)
+    v = groups["data"].add_parser("validate", help="validate a table file (JSONL, CSV or Parquet) against its contract")
     v.add_argument("file", type=Path)
     v.add_argument("--table", required=True, choices=list(TABLES), metavar="TABLE",
                    help=f"table kind: {', '.join(TABLES)}")
     v.add_argument("--model-ids", default=None, help="comma-separated allowed model ids (samples)")
 
-    zoo = sub.add_parser("zoo", help="the embedded models").add_subparsers(dest="action", required=True)
-    _profile_arg(zoo.add_parser("build", help="train the tokenizer, SLM and LLM from config (tiny, smoke)"))
-
-    _profile_arg(sub.add_parser("sample", help="K generations per question per model into the samples table"))
-    _profile_arg(sub.add_parser("evaluate", help="evaluate every strategy on the held-out split and write the report"))
-    sater = sub.add_parser("sater", help="SATER: train the SLM to answer short and refuse").add_subparsers(
-        dest="action", required=True)
-    _profile_arg(sater.add_parser("train", help="stage I (DPO), stage II (refusal SFT) at each τ, SATER routing vs "
-                                                "the vanilla cascades; report"))
-    corea = sub.add_parser("corea", help="COREA: train the SLM to state a calibrated confidence").add_subparsers(
-        dest="action", required=True)
-    _profile_arg(corea.add_parser("train", help="warm-up, RLVR and COREA GRPO runs; cascades evaluated; report"))
-    citer = sub.add_parser("citer", help="CITER: token-level routing between the SLM and the LLM").add_subparsers(
-        dest="action", required=True)
-    _profile_arg(citer.add_parser("train", help="token labels, routers of rounds 1 and 2, τ sweep, comparison, report"))
-    citer_log = citer.add_parser("log", help="log the finished stage's figures and files to MLflow under citer/")
+    citer_log = groups["citer"].add_parser("log", help="log the finished stage's figures and files to MLflow under citer/")
     _profile_arg(citer_log)
     citer_log.add_argument("--run-id", default=None, help="an existing MLflow run (default: a new run citer-<profile>)")
     add_registry_commands(sub)
     add_router_commands(sub)
     add_serving_commands(sub)
     return parser
+
+
+def _add_stage_commands(sub: argparse._SubParsersAction) -> dict[str, argparse._SubParsersAction]:
+    """One subcommand per registered stage, in pipeline order; returns the command groups (e.g. `data`), which
+    hold other commands too."""
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for stage in STAGES.values():
+        if len(stage.command) == 1:
+            parser = sub.add_parser(stage.command[0], help=stage.help)
+        else:
+            group, action = stage.command
+            if group not in groups:
+                groups[group] = sub.add_parser(group, help=stage.group_help).add_subparsers(dest="action",
+                                                                                           required=True)
+            parser = groups[group].add_parser(action, help=stage.help)
+        _profile_arg(parser)
+        parser.set_defaults(stage=stage.name)
+    return groups
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +124,6 @@ def _is_user_error(exc: Exception) -> bool:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from escalate import stages
     from escalate.config import load_profile
 
     if args.group == "data" and args.action == "validate":
@@ -137,45 +140,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from dataclasses import asdict
 
         print(json.dumps(asdict(profile), indent=2))
-    elif args.group == "data":
-        print(f"wrote {stages.build_questions(profile)}")
-    elif args.group == "zoo":
-        print(f"wrote {stages.build_zoo(profile)}")
-    elif args.group == "sample":
-        print(f"wrote {stages.build_samples(profile)}")
-    elif args.group == "evaluate":
-        from escalate.evaluation.report import format_table
-        from escalate.evaluation.run import SUMMARY_COLUMNS
-
-        result = stages.run_evaluation(profile)
-        print(format_table(result["summary"], list(SUMMARY_COLUMNS)))
-        print(f"report: {stages.paths(profile)['eval'] / 'report.md'}")
-    elif args.group == "sater":
-        from escalate.train.sater_report import ROUTING_COLUMNS
-
-        _print_results(json.loads(stages.build_sater(profile).read_text()), ROUTING_COLUMNS,
-                       stages.paths(profile)["sater"] / "report.md")
-    elif args.group == "corea":
-        from escalate.train.corea_report import COLUMNS
-
-        _print_results(json.loads(stages.build_corea(profile).read_text()), COLUMNS,
-                       stages.paths(profile)["corea"] / "report.md")
-    elif args.group == "citer":
-        from escalate.citer.stage import run_command
-
-        print(run_command(profile, args.action, getattr(args, "run_id", None)))
+    elif args.group == "citer" and args.action == "log":
+        print(log_command(profile, args.run_id))
+    else:
+        print(STAGES[args.stage].run(profile))
     return 0
-
-
-def _print_results(metrics: dict, columns: tuple[str, ...], report: Path) -> None:
-    """A training stage's table, each target with its figure and verdict, and where the report is."""
-    from escalate.evaluation.report import format_cell, format_table
-
-    print(format_table(metrics["rows"], list(columns)))
-    for name, target in metrics["targets"].items():
-        print(f"{name}: {format_cell(target['value'])} (needs {target['relation']} {target['limit']}): "
-              f"{'met' if target['met'] else 'missed'}")
-    print(f"report: {report}")
 
 
 def _validate_file(args: argparse.Namespace) -> int:

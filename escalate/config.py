@@ -13,34 +13,19 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import yaml
 
+# The checks live in the leaf escalate.checks, which the method configs import too; ConfigError stays importable here.
+from escalate.checks import Bad as _Bad
+from escalate.checks import ConfigError
+from escalate.checks import check as _check
+from escalate.citer.config import CiterConfig
+from escalate.corea.config import CoreaConfig
 from escalate.data.schema import SPLITS
 from escalate.models.backends import is_self_hosted
-
-if TYPE_CHECKING:
-    from escalate.citer.config import CiterConfig
-    from escalate.train.corea import CoreaConfig
-    from escalate.train.sater import SaterConfig
-
-
-class ConfigError(ValueError):
-    """A profile that cannot be used; the message names the file and the key."""
-
-
-class _Bad(ValueError):
-    """Raised by __post_init__ checks: carries the offending field so the loader can name it."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise _Bad(key, message)
+from escalate.sater.config import SaterConfig
 
 
 @dataclass
@@ -416,17 +401,8 @@ def from_dict(cls: type, data: Any, source: str = "<dict>", where: str = "") -> 
 
 
 def field_types(cls: type) -> dict[str, Any]:
-    """Each field's resolved type hint: the one place that knows where the method sections' types live."""
-    return typing.get_type_hints(cls, localns=_late_types())
-
-
-def _late_types() -> dict[str, type]:
-    """Section types defined in modules that import this one (their configs use `_check`), so imported late."""
-    from escalate.citer.config import CiterConfig
-    from escalate.train.corea import CoreaConfig
-    from escalate.train.sater import SaterConfig
-
-    return {"SaterConfig": SaterConfig, "CoreaConfig": CoreaConfig, "CiterConfig": CiterConfig}
+    """Each field's resolved type hint (the method sections' types are imported above)."""
+    return typing.get_type_hints(cls)
 
 
 def _join(where: str, key: str) -> str:

@@ -28,10 +28,11 @@ from prefect import flow  # noqa: E402
 
 from escalate.config import Profile, load_profile  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
-from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
-from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
-from escalate.stages import STAGES, candidates, cost_model, paths, trained_stages, validation_reports  # noqa: E402
+from escalate.registry.publish import rank_candidates  # noqa: E402
+from escalate.stages import cost_model, paths  # noqa: E402
+from escalate.stages.registry import enabled_stages, validation_reports  # noqa: E402
+from escalate.stages.results import candidate_sources, data_unchanged, results_table  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, bundle, load_gates, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
@@ -56,11 +57,11 @@ def retrain(
     tracker.params(run_id, {"profile": profile, **asdict(cfg)})
     ok = False
     try:
-        for stage in STAGES + trained_stages(cfg):
-            run_stage(stage, profile, str(root_path))
-            log_stage(tracker, run_id, stage, cfg, str(root_path))
-            champion = registry.champion() if stage == "questions" and skip_if_unchanged else None
-            if champion is not None and same_data(champion.tags, dvc_hashes(root_path, profile), profile):
+        for stage in enabled_stages(cfg):
+            run_stage(stage.name, profile, str(root_path))
+            log_stage(tracker, run_id, stage.name, cfg, str(root_path))
+            champion = registry.champion() if stage.name == "questions" and skip_if_unchanged else None
+            if champion is not None and data_unchanged(champion.tags, root_path, profile):
                 tracker.tags(run_id, {"escalate.outcome": "no-change", **dvc_hashes(root_path, profile)})
                 print("no change: the data has the same DVC hash as the champion's; nothing retrained")
                 ok = True
@@ -71,12 +72,6 @@ def retrain(
     finally:
         tracker.end(run_id, ok)
     return finish(cfg, root_path, run_id, registry, candidates)
-
-
-def candidate_sources(cfg: Profile, root: Path) -> tuple[list[dict], dict[str, tuple[Profile, Path]]]:
-    """Every candidate's summary row, and the profile and evaluation it is registered from."""
-    found = candidates(cfg, root)
-    return [row for row, _, _ in found], {row["strategy"]: (profile, where) for row, profile, where in found}
 
 
 def register_all(cfg: Profile, tracker: Tracker, registry: Registry, run_id: str, root: Path) -> list:
@@ -109,9 +104,7 @@ def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates
     verdicts and the champion answering."""
     p = paths(cfg, root)
     metrics = json.loads((p["eval"] / "metrics.json").read_text())
-    rows, _ = candidate_sources(cfg, root)
-    references = [r for r in rows if r.get("mode") == "-" or r["strategy"] == "oracle"]
-    table = format_table([r for r in rows if r not in references] + references, ["strategy", *SUMMARY_COLUMNS[1:]])
+    table = results_table(candidate_sources(cfg, root)[0])
     verdicts = "\n".join(f"  {c.strategy:<18} {c.registration.summary()}" for c in reversed(candidates))
     champion = registry.aliases().get(CHAMPION)
     verdicts += f"\n  @champion: {'version ' + champion if champion else 'unset (no candidate passed every gate)'}"

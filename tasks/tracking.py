@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 
 from escalate.config import Profile
-from escalate.stages import stage_log
+from escalate.stages.registry import stage_log
 from escalate.tracking import Tracker
 
 

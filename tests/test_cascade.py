@@ -15,7 +15,7 @@ from escalate.evaluation import decision, metrics, thresholds
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
 from escalate.routers import Router, RouterInputs, make_router
-from escalate.train.preferences import REFUSAL_COMPLETION
+from escalate.sater.preferences import REFUSAL_COMPLETION
 
 ROOT = Path(__file__).resolve().parents[1]
 COST = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})

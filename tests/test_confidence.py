@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from escalate.corea.confidence import Stated, confidence_counts, parse_confidence, with_confidence
 from escalate.routers import make_router
 from escalate.routers.base import RouterInputs
-from escalate.train.confidence import Stated, confidence_counts, parse_confidence, with_confidence
 
 
 @pytest.mark.parametrize(("text", "expected"), [

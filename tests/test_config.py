@@ -69,8 +69,7 @@ def test_profile_values_come_from_the_file_not_the_defaults() -> None:
 
 
 def test_sater_section_fills_its_typed_configs() -> None:
-    from escalate.train.sater import SaterConfig
-    from escalate.train.sater_dpo import SaterDPOConfig
+    from escalate.sater.config import SaterConfig, SaterDPOConfig
 
     smoke, gpu = load_profile("smoke", root=ROOT), load_profile("gpu", root=ROOT)
     assert isinstance(smoke.sater, SaterConfig) and isinstance(smoke.sater.dpo, SaterDPOConfig)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from escalate.corea.rewards import calibration, correctness, format_ok, reward_functions
 from escalate.data.graders import reward
-from escalate.train.corea_rewards import calibration, correctness, format_ok, reward_functions
 
 # gold answer 7 for all; numeric grading
 CORRECT_CONFIDENT = " 3 + 4 = 7. The answer is 7. Confidence: 0.90"

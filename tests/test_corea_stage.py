@@ -13,10 +13,12 @@ from mlflow.tracking import MlflowClient
 from escalate import stages
 from escalate.cli import main
 from escalate.config import load_profile
+from escalate.corea import report as corea_report
+from escalate.corea.confidence import parse_confidence
+from escalate.corea.stage import corea_candidate
 from escalate.data.validation import ensure_valid
+from escalate.stages.registry import stage_log
 from escalate.tracking import Tracker
-from escalate.train import corea_report
-from escalate.train.confidence import parse_confidence
 from tests.checkpoints import weights_changed
 from tests.conftest import dvc_repro
 
@@ -121,7 +123,7 @@ def test_stage_trains_every_model_and_writes_validated_outputs(corea_project: Pa
 @pytest.mark.slow
 def test_stage_log_puts_every_figure_under_its_models_prefix(corea_project: Path, mlflow_uri: str) -> None:
     profile = load_profile("smoke", root=corea_project)
-    record = stages.stage_log("corea", profile, corea_project)
+    record = stage_log("corea", profile, corea_project)
     for key in ("corea/in_domain/ece", "corea/ood/accuracy", "rlvr/in_domain/brier", "base/all/accuracy",
                 "corea/in_domain/saving_at_iso_accuracy", "corea/targets/accuracy_drop"):
         assert key in record["metrics"], key
@@ -141,7 +143,7 @@ def test_stage_log_puts_every_figure_under_its_models_prefix(corea_project: Path
 @pytest.mark.slow
 def test_candidate_is_the_corea_checkpoint_with_its_whole_split_evaluation(corea_project: Path) -> None:
     profile = load_profile("smoke", root=corea_project)
-    candidate, eval_dir = stages.corea_candidate(profile, corea_project)
+    candidate, eval_dir = corea_candidate(profile, corea_project)
     assert Path(candidate.models["slm"].source) == (stages.paths(profile, corea_project)["corea"] / "corea").resolve()
     assert candidate.models["slm"].name == f"{profile.models['slm'].name}-corea"
     assert candidate.models["llm"] == profile.models["llm"]

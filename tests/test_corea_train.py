@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from escalate.config import ConfigError, from_dict, load_profile
-from escalate.train.corea import CoreaConfig
-from escalate.train.corea_grpo import CoreaGRPOConfig, grpo_dataset, train_grpo
-from escalate.train.corea_warmup import CoreaWarmupConfig, train_warmup, warmup_targets
+from escalate.corea.config import CoreaConfig, CoreaGRPOConfig, CoreaWarmupConfig
+from escalate.corea.grpo import grpo_dataset, train_grpo
+from escalate.corea.warmup import train_warmup, warmup_targets
 from tests.checkpoints import weights_changed
 
 ROOT = Path(__file__).resolve().parents[1]

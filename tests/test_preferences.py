@@ -5,10 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from escalate.data.schema import REFUSAL
+from escalate.data.schema import REFUSAL, is_refusal
 from escalate.data.validation import validate
 from escalate.prompts import format_prompt
-from escalate.train.preferences import REFUSAL_COMPLETION, build_preferences, is_refusal, refusal_targets
+from escalate.sater.preferences import REFUSAL_COMPLETION, build_preferences, refusal_targets
 
 QUESTIONS = pd.DataFrame({
     "id": ["q1", "q2", "q3", "q4"],

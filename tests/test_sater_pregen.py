@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from escalate.routers import RouterInputs, make_router
-from escalate.routers.sater_pregen import RefusalProbability
-from escalate.train.preferences import REFUSAL_COMPLETION
+from escalate.sater.preferences import REFUSAL_COMPLETION
+from escalate.sater.routers.pregen import RefusalProbability
 
 
 def inputs(questions: list[str]) -> RouterInputs:

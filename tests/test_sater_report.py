@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from escalate.train import sater_report as report
-from escalate.train.preferences import REFUSAL_COMPLETION
+from escalate.sater import report
+from escalate.sater.preferences import REFUSAL_COMPLETION
 
 
 def greedy(texts: list[str], correct: list[bool], tokens: list[int]) -> pd.DataFrame:

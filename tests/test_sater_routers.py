@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from escalate.routers import RouterInputs, make_router
-from escalate.routers.sater_vote import weighted_vote
-from escalate.train.preferences import REFUSAL_COMPLETION
+from escalate.sater.preferences import REFUSAL_COMPLETION
+from escalate.sater.routers.vote import weighted_vote
 
 LN = math.log
 

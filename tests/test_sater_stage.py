@@ -11,6 +11,8 @@ import pytest
 from escalate import stages
 from escalate.config import load_profile
 from escalate.data.validation import ensure_valid
+from escalate.sater.stage import build_sater, sater_candidate
+from escalate.stages.registry import STAGES, stage_log
 from tests.checkpoints import weights_changed
 from tests.conftest import make_project
 
@@ -22,9 +24,9 @@ STAGE1_KEYS = {"tokens_before", "tokens_after", "accuracy_before", "accuracy_aft
 def test_build_sater_trains_both_stages_and_writes_validated_outputs(tmp_path: Path) -> None:
     smoke_project = make_project(tmp_path)
     profile = load_profile("smoke", root=smoke_project)
-    for build in (stages.build_questions, stages.build_zoo, stages.build_samples):
+    for build in (STAGES["questions"].build, STAGES["zoo"].build, STAGES["samples"].build):
         build(profile, smoke_project)
-    metrics_path = stages.build_sater(profile, smoke_project)
+    metrics_path = build_sater(profile, smoke_project)
 
     out, zoo_slm = stages.paths(profile, smoke_project)["sater"], stages.paths(profile, smoke_project)["zoo"] / "slm"
     assert weights_changed(zoo_slm, out / "stage1")
@@ -53,11 +55,11 @@ def test_build_sater_trains_both_stages_and_writes_validated_outputs(tmp_path: P
     for where in ("vanilla", "sater", "tau_1"):
         assert (out / "eval" / where / "metrics.json").is_file()
 
-    logged = stages.stage_log("sater", profile, smoke_project)
+    logged = stage_log("sater", profile, smoke_project)
     assert all(key.startswith("sater/") for key in logged["metrics"])
     assert "sater/sater/sater_refusal/saving_at_iso_accuracy" in logged["metrics"]
     assert set(logged["series"]) == {"sater/train/stage1/loss", "sater/train/stage2/loss"}
 
-    candidate, eval_dir = stages.sater_candidate(profile, smoke_project)
+    candidate, eval_dir = sater_candidate(profile, smoke_project)
     assert Path(candidate.models["slm"].source) == (out / "stage2").resolve() and eval_dir == out / "eval" / "sater"
     assert candidate.models["slm"].name.endswith("-sater")

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from escalate.config import ConfigError, from_dict
-from escalate.train.preferences import REFUSAL_COMPLETION
-from escalate.train.sater_dpo import SaterDPOConfig, train_dpo
-from escalate.train.sater_refusal import SaterRefusalConfig, add_refusal_token, train_refusal
+from escalate.sater.config import SaterDPOConfig, SaterRefusalConfig
+from escalate.sater.dpo import train_dpo
+from escalate.sater.preferences import REFUSAL_COMPLETION
+from escalate.sater.refusal_sft import add_refusal_token, train_refusal
 from tests.checkpoints import weights_changed
 
 PROMPTS = [f"Question: Ann has {n} cups. Then buys 2. How many cups does Ann have now?\nAnswer:" for n in range(4)]

@@ -1,14 +1,14 @@
 """CITER's profile section: where token labels come from, the router's shape and training, the τ sweep.
 
-It lives beside the CITER modules rather than in escalate.config, because it uses escalate.config's
-checks; escalate.config resolves this type lazily when it loads a profile (as it does SATER's).
+Run `escalate config check --profile smoke` to see it filled. It imports only the leaf escalate.checks,
+so escalate.config imports it to type the profile's section.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from escalate.config import _check
+from escalate.checks import check
 from escalate.data.schema import SPLITS
 
 
@@ -26,13 +26,13 @@ class CiterRouterConfig:
         "help": "share of labelled questions held out: early stopping on their loss, and the router's AUROC"})
 
     def __post_init__(self) -> None:
-        _check(bool(self.hidden_sizes) and all(h >= 1 for h in self.hidden_sizes), "hidden_sizes",
+        check(bool(self.hidden_sizes) and all(h >= 1 for h in self.hidden_sizes), "hidden_sizes",
                f"must be a non-empty list of widths >= 1, got {self.hidden_sizes}")
         for key in ("epochs", "batch_size"):
-            _check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
-        _check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+            check(getattr(self, key) >= 1, key, f"must be >= 1, got {getattr(self, key)}")
+        check(0 < self.learning_rate < 1, "learning_rate", f"must be in (0, 1), got {self.learning_rate}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
 
 
 @dataclass
@@ -57,13 +57,13 @@ class CiterConfig:
         "help": "the token router's shape and training, the same for both rounds"})
 
     def __post_init__(self) -> None:
-        _check(bool(self.reference_key.strip()), "reference_key", "must not be empty")
-        _check(self.max_train_questions is None or self.max_train_questions >= 1, "max_train_questions",
+        check(bool(self.reference_key.strip()), "reference_key", "must not be empty")
+        check(self.max_train_questions is None or self.max_train_questions >= 1, "max_train_questions",
                f"must be >= 1, got {self.max_train_questions}")
-        _check(self.rollout_tau is None or 0 <= self.rollout_tau <= 1, "rollout_tau",
+        check(self.rollout_tau is None or 0 <= self.rollout_tau <= 1, "rollout_tau",
                f"must be in [0, 1], got {self.rollout_tau}")
-        _check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        _check(3 <= self.n_taus <= 201, "n_taus", f"must be in [3, 201], got {self.n_taus}")
-        _check(self.select_split in SPLITS and self.select_split != "train", "select_split",
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(3 <= self.n_taus <= 201, "n_taus", f"must be in [3, 201], got {self.n_taus}")
+        check(self.select_split in SPLITS and self.select_split != "train", "select_split",
                f"must be calib or test, got {self.select_split!r}")
-        _check(self.latency_queries >= 0, "latency_queries", f"must be >= 0, got {self.latency_queries}")
+        check(self.latency_queries >= 0, "latency_queries", f"must be >= 0, got {self.latency_queries}")

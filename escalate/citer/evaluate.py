@@ -27,8 +27,8 @@ from escalate.evaluation.records import LatencyModel, build_records
 from escalate.models.backends.base import SamplingParams
 from escalate.prompts import format_prompt
 from escalate.routers import Router, RouterInputs
-from escalate.routers.sater_refusal import SaterRefusalRouter
 from escalate.sampling import grader_kind
+from escalate.sater.routers.refusal import SaterRefusalRouter
 
 # n_llm_input_tokens: what the LLM read that it did not write (cascade.billed_tokens), so a record can be
 # priced under token prices as the served cascade prices its answer.

@@ -14,6 +14,21 @@ REFUSAL = "I don't know; escalating."
 TOKEN_LABEL_CASES = {"slm_match": 0, "llm_match": 1, "slm_rollout": 0, "llm_rollout": 1, "neither": 0}
 
 
+def _normal(text: str) -> str:
+    return " ".join(text.replace("’", "'").lower().split())
+
+
+_REFUSAL_KEY = _normal(REFUSAL).rstrip(".")
+
+
+def is_refusal(text: str | None) -> bool:
+    """Whether a response is the refusal: it starts with it, up to case, spacing and the final period.
+
+    A model that refuses and then rambles on has still refused; a bare "I don't know" has not.
+    """
+    return isinstance(text, str) and _normal(text).startswith(_REFUSAL_KEY)
+
+
 @dataclass(frozen=True)
 class Column:
     name: str

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from escalate.corea.routers.confidence import CoreaConfidenceRouter
 from escalate.routers.base import Router, RouterInputs
-from escalate.routers.corea_confidence import CoreaConfidenceRouter
 from escalate.routers.embedding_features import EmbeddingFeaturesRouter
 from escalate.routers.embedding_knn import EmbeddingKNNRouter
 from escalate.routers.embedding_lr import EmbeddingLRRouter
@@ -14,11 +14,11 @@ from escalate.routers.logprob import MeanLogprobRouter, MinLogprobRouter
 from escalate.routers.pik_probe import PIKProbeRouter
 from escalate.routers.prompt_length import PromptLengthRouter
 from escalate.routers.random_router import RandomRouter
-from escalate.routers.sater_pregen import SaterPregenRouter
-from escalate.routers.sater_refusal import SaterRefusalRouter
-from escalate.routers.sater_vote import SaterVoteRouter
 from escalate.routers.self_consistency import SelfConsistencyRouter
 from escalate.routers.token_prob import TokenProbRouter
+from escalate.sater.routers.pregen import SaterPregenRouter
+from escalate.sater.routers.refusal import SaterRefusalRouter
+from escalate.sater.routers.vote import SaterVoteRouter
 
 ROUTERS: dict[str, type[Router]] = {
     "p_true_token": TokenProbRouter,

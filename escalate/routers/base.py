@@ -17,8 +17,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from escalate.data.schema import is_refusal
 from escalate.evaluation.decision import escalates
-from escalate.train.preferences import is_refusal
 
 
 @dataclass

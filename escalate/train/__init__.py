@@ -1,8 +1,6 @@
-"""Training the SLM (DESIGN.md, "train/"): one module per method, each a config dataclass and a
-function that builds a TRL trainer.
+"""What the training methods share (DESIGN.md, "train/"): config.py (the loop's settings every method's
+config extends) and loop.py (the TRL SFT loop and turning a finished trainer into a summary).
 
-SATER (arXiv 2510.05164): `preferences` builds its tables from the samples table, `sater_dpo`
-trains stage I (shortest-correct preference optimisation), `sater_refusal` stage II (answer or
-refuse), and `sater` holds the profile's `sater:` section that configures both. Modules import
-TRL inside their train functions, so loading a profile stays cheap.
+Each method lives in its own package (escalate/sater/, escalate/corea/, escalate/citer/); TRL is imported
+inside the train functions, so loading a profile stays cheap.
 """

@@ -1,10 +1,10 @@
 """COREA's RL (arXiv 2603.03752): GRPO whose reward adds calibrated confidence to correctness.
 
 GRPO samples `num_generations` completions per prompt, scores each with the reward functions of
-escalate.train.corea_rewards, and pushes up the completions that beat their group's mean. With
+escalate.corea.rewards, and pushes up the completions that beat their group's mean. With
 `calibration` on (COREA) the reward is correctness + format + calibration; off, it is RLVR, the
 baseline: correctness + format only, where nothing keeps the stated confidence honest. Both runs
-start from the warm-up checkpoint (escalate.train.corea_warmup) with the same steps, data and seed.
+start from the warm-up checkpoint (escalate.corea.warmup) with the same steps, data and seed.
 
 Advantages are not divided by the group's reward std by default (Dr. GRPO's choice, TRL's
 `scale_rewards="none"`). Dividing weights each group by how much its rewards happened to differ: a
@@ -17,48 +17,16 @@ Run from Python: `train_grpo("artifacts/tiny/corea/warmup", questions, CoreaGRPO
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 
-from escalate.config import _check
+from escalate.corea.config import CoreaGRPOConfig
+from escalate.corea.rewards import reward_functions
 from escalate.prompts import format_prompt
 from escalate.sampling import grader_kind
-from escalate.train.corea_rewards import reward_functions
-from escalate.train.loop import LoopConfig, train_and_save, trainer_args, with_bos
-
-
-@dataclass
-class CoreaGRPOConfig(LoopConfig):
-    """GRPO: the loop's settings plus sampling and reward settings. `batch_size` counts completions."""
-
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate (linear decay to 0)"})
-    batch_size: int = field(default=32, metadata={
-        "help": "completions per device per forward pass (batch_size / num_generations prompts)"})
-    max_length: int = field(default=96, metadata={
-        "help": "tokens generated per completion (TRL's max_completion_length); prompts are kept whole"})
-    calibration: bool = field(default=True, metadata={
-        "help": "add the calibration reward (COREA); off is the RLVR baseline. The corea stage trains both"})
-    num_generations: int = field(default=8, metadata={"help": "completions per prompt, compared within their group"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the completions"})
-    beta: float = field(default=0.0, metadata={"help": "KL penalty towards the starting model (0: no reference model)"})
-    calibration_weight: float = field(default=1.0, metadata={
-        "help": "weight of the calibration reward (correctness and format weigh 1)"})
-    scale_rewards: Literal["none", "group", "batch"] = field(default="none", metadata={
-        "help": "divide advantages by the reward std of the group, the batch, or not at all (see the module)"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(2 <= self.num_generations <= 64, "num_generations", f"must be in [2, 64], got {self.num_generations}")
-        _check(self.batch_size * self.gradient_accumulation % self.num_generations == 0, "batch_size",
-               f"must make batch_size * gradient_accumulation a multiple of num_generations ({self.num_generations}), "
-               f"got {self.batch_size} * {self.gradient_accumulation}")
-        _check(0 < self.temperature <= 2, "temperature", f"must be in (0, 2], got {self.temperature}")
-        _check(0 <= self.beta <= 10, "beta", f"must be in [0, 10], got {self.beta}")
-        _check(0 < self.calibration_weight <= 10, "calibration_weight",
-               f"must be in (0, 10], got {self.calibration_weight}")
+from escalate.train.loop import train_and_save, trainer_args, with_bos
 
 
 def grpo_dataset(questions: pd.DataFrame, bos: str | None) -> dict[str, list]:

@@ -2,6 +2,7 @@
 
 The strategy answers with the voted answer and pays for all K samples; it escalates when the
 winning weighted share is below the threshold.
+Run by name, like every router: `evaluation.strategies: [sater_vote]` or `escalate sater train`.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 and the refusal escalates at once, without a full generation.
 
 A refusal is what `escalate.routers.base.refused` says it is: the one definition every strategy uses.
+Run by name, like every router: `evaluation.strategies: [sater_refusal]` or `escalate sater train`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 - `correctness`: 1 when the evaluation grader (escalate.data.graders.GRADERS) accepts the response,
   the same call sampling makes, so RL and evaluation cannot disagree on what is right.
-- `format_ok`: 1 when the response ends with one readable confidence (escalate.train.confidence).
+- `format_ok`: 1 when the response ends with one readable confidence (escalate.corea.confidence).
 - `calibration`: 1 − (confidence − correct)², the Brier score turned into a reward. It is a proper
   scoring rule: its expectation is highest when the stated confidence equals the probability of
   being right, so it rewards honesty rather than boldness or modesty.
@@ -10,14 +10,15 @@
 RLVR, the baseline, trains on correctness and format only; COREA adds calibration. GRPOTrainer
 passes the dataset's columns as keyword arguments: `answer` (the gold answer) and `kind` (the
 grader, "numeric" or "choice", as escalate.sampling.grader_kind says).
+Run by GRPO (escalate.corea.grpo), from `escalate corea train --profile tiny`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from escalate.corea.confidence import parse_confidence
 from escalate.data.graders import GRADERS
-from escalate.train.confidence import parse_confidence
 
 RewardFunc = Callable[..., list[float]]
 

@@ -1,6 +1,6 @@
 """SATER stage II: supervised fine-tuning to answer (shortest correct response) or refuse.
 
-The refusal_sft table (escalate.train.preferences.refusal_targets, at threshold `tau`) pairs each
+The refusal_sft table (escalate.sater.preferences.refusal_targets, at threshold `tau`) pairs each
 prompt with its target completion; the loss covers the completion only, since the question is
 given, not learned. Run from Python: `train_refusal(stage_one_dir, table, SaterRefusalConfig(), out)`.
 
@@ -14,32 +14,14 @@ costs one decode step (and eos) whatever the tokenizer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from escalate.config import _check
-from escalate.train.loop import LoopConfig, train_on_completions
-from escalate.train.preferences import REFUSAL_COMPLETION
-
-
-@dataclass
-class SaterRefusalConfig(LoopConfig):
-    """Stage II: the loop's settings plus the refusal threshold that builds the targets."""
-
-    learning_rate: float = field(default=1e-4, metadata={"help": "peak AdamW learning rate (linear decay to 0)"})
-    tau: float = field(default=0.5, metadata={
-        "help": "refuse where the SLM's sampled accuracy p̂ is below tau (refusal_targets); swept in the report"})
-    refusal_token: bool = field(default=True, metadata={
-        "help": "add the refusal to the SLM's vocabulary as one token before training, so refusing costs one "
-                "decode step (see the module); off keeps the tokenizer as it is"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # tau = 0 would ask for a shortest correct response where no sample is correct.
-        _check(0 < self.tau <= 1, "tau", f"must be in (0, 1], got {self.tau}")
+from escalate.sater.config import SaterRefusalConfig
+from escalate.sater.preferences import REFUSAL_COMPLETION
+from escalate.train.loop import train_on_completions
 
 
 def add_refusal_token(model_dir: str | Path, out_dir: str | Path) -> Path:

@@ -1,41 +1,19 @@
 """SATER stage I: DPO that prefers the SLM's shortest correct response over longer or wrong ones.
 
-The preferences table (escalate.train.preferences.build_preferences) holds plain-text prompts and
+The preferences table (escalate.sater.preferences.build_preferences) holds plain-text prompts and
 completions; the zoo's tokenizers have no chat template, so TRL tokenizes prompt + completion as
 one string. Run from Python: `train_dpo("artifacts/tiny/zoo/slm", prefs, SaterDPOConfig(), out)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from escalate.config import _check
-from escalate.train.loop import LoopConfig, train_and_save, trainer_args, with_bos
-
-
-@dataclass
-class SaterDPOConfig(LoopConfig):
-    """Stage I: the loop's settings plus DPO's own."""
-
-    beta: float = field(default=0.1, metadata={"help": "DPO's KL strength: higher stays closer to the base SLM"})
-    sft_weight: float = field(default=0.0, metadata={
-        "help": "weight of a negative log-likelihood loss on the chosen response beside DPO's (RPO; TRL's 'sft' "
-                "loss type); 0: plain DPO"})
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(0 < self.beta <= 10, "beta", f"must be in (0, 10], got {self.beta}")
-        _check(0 <= self.sft_weight <= 10, "sft_weight", f"must be in [0, 10], got {self.sft_weight}")
-
-    def loss(self) -> dict[str, list]:
-        """TRL's loss_type and loss_weights: DPO's sigmoid loss, plus the NLL on chosen when weighted."""
-        if self.sft_weight == 0:
-            return {"loss_type": ["sigmoid"], "loss_weights": [1.0]}
-        return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, self.sft_weight]}
+from escalate.sater.config import SaterDPOConfig
+from escalate.train.loop import train_and_save, trainer_args, with_bos
 
 
 def train_dpo(model_dir: str | Path, preferences: pd.DataFrame, cfg: SaterDPOConfig,

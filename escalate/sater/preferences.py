@@ -3,6 +3,7 @@
 Both read one model's K graded samples per question. Completions are kept exactly as the samples
 hold them, including the leading space that follows "Answer:", so that a training pair tokenizes
 like the text the model generated; the refusal target gets the same leading space.
+Run by the sater stage (escalate.sater.stage); from Python: `build_preferences(samples, questions)`.
 """
 
 from __future__ import annotations
@@ -17,21 +18,6 @@ from escalate.prompts import format_prompt
 REFUSAL_COMPLETION = " " + REFUSAL  # the refusal as a completion of a prompt ending in "Answer:"
 PREFERENCE_COLUMNS = ["id", "prompt", "chosen", "rejected", "chosen_correct", "rejected_correct"]
 REFUSAL_COLUMNS = ["id", "prompt", "completion", "p_correct"]
-
-
-def _normal(text: str) -> str:
-    return " ".join(text.replace("’", "'").lower().split())
-
-
-_REFUSAL_KEY = _normal(REFUSAL).rstrip(".")
-
-
-def is_refusal(text: str | None) -> bool:
-    """Whether a response is the refusal: it starts with it, up to case, spacing and the final period.
-
-    A model that refuses and then rambles on has still refused; a bare "I don't know" has not.
-    """
-    return isinstance(text, str) and _normal(text).startswith(_REFUSAL_KEY)
 
 
 def _prompts(questions: pd.DataFrame) -> dict[str, str]:

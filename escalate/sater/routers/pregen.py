@@ -6,11 +6,12 @@ probability it gives that refusal, read off one prefill of the prompt followed b
 tokens (teacher-forced: nothing is generated), says how unsure it is. Score = 1 − P(refusal):
 below the threshold the query goes to the LLM and the SLM has spent only that prefill, which is
 priced and timed as SLM input (`slm_reads`); above it the SLM answers. A threshold sweep trades
-refusals for answers, where the greedy response alone (escalate.routers.sater_refusal) refuses or not.
+refusals for answers, where the greedy response alone (escalate.sater.routers.refusal) refuses or not.
 
 The router needs the stage-II checkpoint (`model_dir`; a bundle re-points it at its own copy with
 `bind_slm`). Each distinct prompt is read once (escalate.routers.memo). A kept query whose answer is the
 refusal after all still escalates (routers.base.refused), as for every strategy.
+Run by name, like every router: `evaluation.strategies: [sater_pregen]` or `escalate sater train`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from escalate.routers.base import Router, RouterInputs
 from escalate.routers.memo import TextMemo
 from escalate.routers.pik_probe import prompts_of
-from escalate.train.preferences import REFUSAL_COMPLETION
+from escalate.sater.preferences import REFUSAL_COMPLETION
 
 
 class RefusalProbability:

@@ -5,6 +5,7 @@ threshold, reliability diagram), so every figure here is one METRICS.md defines;
 says which questions form each domain, gathers the four evaluations into one table, checks issue
 5's targets and writes the report. The base SLM states no confidence, so its row scores it by P(T),
 the probability of its answer tokens: the best probability-like signal it has.
+Run by `escalate corea train --profile tiny`, which writes artifacts/<profile>/corea/report.md.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.corea.confidence import confidence_counts
 from escalate.evaluation.report import format_cell, markdown_table, target_verdicts, verdict_table, write_report
-from escalate.train.confidence import confidence_counts
 
 VARIANTS = ("warmup", "rlvr", "corea")  # the checkpoints the corea stage trains, in training order
 MODELS = ("base", *VARIANTS)  # what the report compares; "base" is the vanilla SLM

@@ -7,6 +7,7 @@ stage-II SLM's (refusal cascade, pre-generation refusal probability, confidence-
 the same LLM samples, cost model and latency model; this module gathers them into one table, checks
 issue 4's targets and writes the report. AGL and AROL are taken at each strategy's cheapest point
 with accuracy ≥ LLM-only − δ on the test split (METRICS.md), measured and modeled.
+Run by `escalate sater train --profile tiny`, which writes artifacts/<profile>/sater/report.md.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.data.schema import is_refusal
 from escalate.evaluation.report import markdown_table, target_verdicts, verdict_table, write_report
-from escalate.train.preferences import is_refusal
 
 VANILLA = ("p_true_token", "self_consistency")  # the vanilla SLM's cascades issue 4 compares with
 STRATEGIES = ("sater_refusal", "sater_pregen", "sater_vote")  # SATER's three ways of routing

@@ -10,26 +10,18 @@ arithmetic. Run from Python: `train_warmup(zoo_slm_dir, warmup_targets(samples, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from escalate.corea.confidence import with_confidence
+from escalate.corea.config import CoreaWarmupConfig
 from escalate.prompts import format_prompt
-from escalate.train.confidence import with_confidence
-from escalate.train.loop import LoopConfig, train_on_completions
+from escalate.train.loop import train_on_completions
 
 # The table has the refusal_sft contract's columns (prompt, completion, p_correct), and is validated by that suite.
 WARMUP_COLUMNS = ["id", "prompt", "completion", "p_correct"]
-
-
-@dataclass
-class CoreaWarmupConfig(LoopConfig):
-    """The warm-up SFT: the loop's settings, with a learning rate that suits the zoo's small models."""
-
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak AdamW learning rate (linear decay to 0)"})
-    steps: int = field(default=100, metadata={"help": "optimizer steps (TRL's max_steps)"})
 
 
 def warmup_targets(samples: pd.DataFrame, questions: pd.DataFrame) -> pd.DataFrame:
