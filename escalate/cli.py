@@ -12,14 +12,21 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from escalate.citer.stage import log_command
+from escalate.config import ConfigError, load_profile
 from escalate.config_help import SHOW_HELP, show
+from escalate.data.adapters import DataSourceError
+from escalate.data.adapters.base import read_table
 from escalate.data.schema import TABLES
+from escalate.models.backends import BackendError
 from escalate.registry.cli import add_registry_commands
+from escalate.registry.files import BundleError
 from escalate.routers.cli import add_router_commands
 from escalate.serving.cli import add_serving_commands
+from escalate.serving.vllm_server import ServerError
 from escalate.stages.registry import STAGES
 from escalate.telemetry import disable_telemetry
 
@@ -112,20 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(exc: Exception) -> bool:
-    from escalate.config import ConfigError
-    from escalate.data.adapters import DataSourceError
-    from escalate.data.validation import ValidationError
-    from escalate.models.backends import BackendError
-    from escalate.registry.bundle import BundleError
-    from escalate.serving.vllm_server import ServerError
+    from escalate.data.validation import ValidationError  # great_expectations: seconds to import, only on an error
 
     return isinstance(exc, (ConfigError, DataSourceError, ValidationError, BackendError, BundleError, ServerError,
                             FileNotFoundError))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from escalate.config import load_profile
-
     if args.group == "data" and args.action == "validate":
         return _validate_file(args)
     if args.group == "registry":
@@ -137,8 +137,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.group == "config" and args.action == "show":
         print(show(profile, shutil.get_terminal_size().columns))
     elif args.group == "config":
-        from dataclasses import asdict
-
         print(json.dumps(asdict(profile), indent=2))
     elif args.group == "citer" and args.action == "log":
         print(log_command(profile, args.run_id))
@@ -148,8 +146,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _validate_file(args: argparse.Namespace) -> int:
-    from escalate.data.adapters.base import read_table
-    from escalate.data.validation import validate
+    from escalate.data.validation import validate  # great_expectations: seconds to import, only for this command
 
     df = read_table(args.file, args.table)
     ids = args.model_ids.split(",") if args.model_ids else None

@@ -25,6 +25,7 @@ from escalate.citer.config import CiterConfig
 from escalate.corea.config import CoreaConfig
 from escalate.data.schema import SPLITS
 from escalate.models.backends import is_self_hosted
+from escalate.routers.registry import ROUTERS
 from escalate.sater.config import SaterConfig
 
 
@@ -269,8 +270,6 @@ class EvaluationConfig:
         "help": "... with probability >= 1 - alpha over the calib draw"})
 
     def __post_init__(self) -> None:
-        from escalate.routers import ROUTERS
-
         unknown = set(self.strategies) - set(ROUTERS)
         _check(not unknown, "strategies", f"unknown routers {sorted(unknown)}; known: {', '.join(ROUTERS)}")
         _check(self.split in SPLITS, "split", f"must be one of {list(SPLITS)}, got {self.split!r}")

@@ -14,7 +14,8 @@ from escalate.config import SamplingConfig
 from escalate.evaluation import decision, metrics, thresholds
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
-from escalate.routers import Router, RouterInputs, make_router
+from escalate.routers.base import Router, RouterInputs
+from escalate.routers.registry import make_router
 from escalate.sater.preferences import REFUSAL_COMPLETION
 
 ROOT = Path(__file__).resolve().parents[1]

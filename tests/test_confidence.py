@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from escalate.corea.confidence import Stated, confidence_counts, parse_confidence, with_confidence
-from escalate.routers import make_router
 from escalate.routers.base import RouterInputs
+from escalate.routers.registry import make_router
 
 
 @pytest.mark.parametrize(("text", "expected"), [

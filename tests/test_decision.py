@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from escalate.evaluation import decision, metrics
-from escalate.routers import Router
+from escalate.routers.base import Router
 from tests.records_factory import records
 
 INF = math.inf

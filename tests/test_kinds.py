@@ -17,7 +17,7 @@ from escalate.evaluation.cost import TokenPriceCost
 from escalate.kinds import KINDS, QUERY_LEVEL, TOKEN_LEVEL, CascadeKind, Found, QueryLevel, TokenLevel, kind_for
 from escalate.models.backends import BACKENDS, is_self_hosted
 from escalate.registry.bundle import BundleError, CascadeSpec, build_cascade
-from escalate.routers import ROUTERS, make_router
+from escalate.routers.registry import ROUTERS, make_router
 
 PRICES = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
 SAMPLING = SamplingConfig(k=1, max_new_tokens=8, batch_size=4)

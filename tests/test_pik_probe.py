@@ -21,9 +21,10 @@ from escalate.evaluation.cached import pregen_routers
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.evaluation.run import EvalSettings, build_router, evaluate
 from escalate.models import zoo
-from escalate.routers import ROUTERS, RouterInputs, make_router
+from escalate.routers.base import RouterInputs
 from escalate.routers.joint_pik_pt import RATIOS, joint_score
 from escalate.routers.pik_probe import POOLINGS, HiddenStates
+from escalate.routers.registry import ROUTERS, make_router
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escalate.routers import ROUTERS, RouterInputs, make_router
+from escalate.routers.base import RouterInputs
 from escalate.routers.embedding import get_encoder
+from escalate.routers.registry import ROUTERS, make_router
 
 EMBEDDING_ROUTERS = ("embedding_lr", "embedding_knn", "embedding_mlp", "embedding_features")
 TOPICS_EASY = ["apples in a basket", "pages in a book", "cars in a parking lot", "birds on a wire",

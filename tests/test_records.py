@@ -13,7 +13,8 @@ from escalate.evaluation.cost import TokenPriceCost
 from escalate.evaluation.metrics import RECORD_COLUMNS, check_records, outcomes
 from escalate.evaluation.records import LatencyModel, build_records, fit_latency_model, usage
 from escalate.evaluation.thresholds import REFUSED_COLUMN
-from escalate.routers import Router, RouterInputs, make_router
+from escalate.routers.base import Router, RouterInputs
+from escalate.routers.registry import make_router
 
 COST = TokenPriceCost({"slm": (1.0, 2.0), "llm": (10.0, 20.0)})
 LATENCY = LatencyModel({"slm": (0.001, 0.01), "llm": (0.004, 0.05)})

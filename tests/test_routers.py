@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from escalate.evaluation.run import required_args
-from escalate.routers import ROUTERS, Router, RouterInputs, make_router
-from escalate.routers.base import majority
+from escalate.routers.base import Router, RouterInputs, majority
+from escalate.routers.registry import ROUTERS, make_router
 
 LN = math.log
 

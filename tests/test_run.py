@@ -18,7 +18,7 @@ from escalate.evaluation.cost import TokenPriceCost
 from escalate.evaluation.metrics import RECORD_COLUMNS, apgr, operating_point, saving_at_iso_accuracy, toa
 from escalate.evaluation.run import EvalSettings, evaluate
 from escalate.evaluation.thresholds import REFUSED_COLUMN
-from escalate.routers import ROUTERS
+from escalate.routers.registry import ROUTERS
 
 N_PER_SPLIT = 40
 COST = TokenPriceCost({"slm": (0.05, 0.05), "llm": (1.0, 1.0)})

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from escalate.routers import RouterInputs, make_router
+from escalate.routers.base import RouterInputs
+from escalate.routers.registry import make_router
 from escalate.sater.preferences import REFUSAL_COMPLETION
 from escalate.sater.routers.pregen import RefusalProbability
 

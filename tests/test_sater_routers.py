@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escalate.routers import RouterInputs, make_router
+from escalate.routers.base import RouterInputs
+from escalate.routers.registry import make_router
 from escalate.sater.preferences import REFUSAL_COMPLETION
 from escalate.sater.routers.vote import weighted_vote
 

@@ -24,7 +24,8 @@ from escalate.evaluation.cost import TokenPriceCost
 from escalate.registry import gates
 from escalate.registry.aliases import SERVING, Registry
 from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
-from escalate.routers import RouterInputs, make_router
+from escalate.routers.base import RouterInputs
+from escalate.routers.registry import make_router
 from escalate.serving import gateway_process
 from escalate.serving.deployment import Deployment, current
 from escalate.serving.engine import Engine, ModelDown

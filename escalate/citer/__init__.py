@@ -9,3 +9,5 @@ stage.py (`escalate citer train`, and the registry candidate), config.py (the pr
 # The strategy name of a token-level bundle, summary row and registry candidate. Kept here, free of
 # imports, so the registry and the gateway can name it without loading torch.
 STRATEGY = "citer"
+# The router rounds (the paper trains a round-2 router on labels from the round-1 cascade's own rollouts).
+ROUNDS = (1, 2)

@@ -31,6 +31,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
+from escalate.citer.router import FixedRouter, TokenRouter
+from escalate.models.backends.hf import DTYPES, resolve_device
+
 ROLES = ("slm", "llm", "router")
 
 
@@ -101,8 +104,6 @@ class TokenLevelGeneration:
 def load_pair(slm_dir: str | Path, llm_dir: str | Path, device: str = "cpu", slm_dtype: str = "float32",
               llm_dtype: str = "float32") -> tuple[PreTrainedModel, PreTrainedModel, PreTrainedTokenizerBase]:
     """The SLM, the LLM and their one tokenizer, on one device (the decoder mixes both models' tokens)."""
-    from escalate.models.backends.hf import DTYPES, resolve_device
-
     tokenizer = AutoTokenizer.from_pretrained(str(slm_dir))
     if AutoTokenizer.from_pretrained(str(llm_dir)).get_vocab() != tokenizer.get_vocab():
         raise ValueError(f"{slm_dir} and {llm_dir} have different tokenizers; token-level routing needs one")
@@ -153,8 +154,6 @@ class TokenLevelDecoder:
                          batch_size: int = 64, device: str = "cpu", chat_template: bool = False,
                          dtype: str = "float32") -> TokenLevelDecoder:
         """A decoder from two HF checkpoints and a saved router (None: FixedRouter, τ alone decides)."""
-        from escalate.citer.router import FixedRouter, TokenRouter
-
         slm, llm, tokenizer = load_pair(slm_dir, llm_dir, device, dtype, dtype)
         router = FixedRouter() if router_dir is None else TokenRouter.load(router_dir)
         return cls(slm, llm, tokenizer, router.to(slm.device), tau, batch_size, chat_template)

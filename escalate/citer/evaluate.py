@@ -26,7 +26,7 @@ from escalate.evaluation.cost import BytesMovedCost, CostModel, FlopsCost
 from escalate.evaluation.records import LatencyModel, build_records
 from escalate.models.backends.base import SamplingParams
 from escalate.prompts import format_prompt
-from escalate.routers import Router, RouterInputs
+from escalate.routers.base import Router, RouterInputs
 from escalate.sampling import grader_kind
 from escalate.sater.routers.refusal import SaterRefusalRouter
 

@@ -18,14 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-from escalate.citer import STRATEGY
+from escalate.citer import ROUNDS, STRATEGY
 from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.report import format_cell
 from escalate.evaluation.thresholds import meets_accuracy
 from escalate.stages.base import Candidate, TrainingStage, cost_model
-
-ROUNDS = (1, 2)
 
 
 class CiterStage(TrainingStage):
@@ -38,7 +36,7 @@ class CiterStage(TrainingStage):
     def build(self, profile: Profile, root: Path | str = ".") -> Path:
         from escalate.citer.train import build_citer  # torch and transformers: only when the stage runs
 
-        return build_citer(profile, root)
+        return build_citer(profile, citer_dir(profile, root), root)
 
     def run(self, profile: Profile) -> str:
         """Each target with its verdict, each round's operating point, the cheapest query-level rival."""
@@ -91,7 +89,7 @@ def log_command(profile: Profile, run_id: str | None = None) -> str:
 
 def log_citer(profile: Profile, root: Path | str = ".", run_id: str | None = None) -> str:
     """Log the stage's figures and files to MLflow under `citer/`: into run_id, or a new run `citer-<profile>`."""
-    from escalate.tracking import Tracker, git_commit
+    from escalate.tracking import Tracker, git_commit  # MLflow: seconds to import, only when logging
 
     tracker = Tracker(profile.tracking.uri, profile.tracking.experiment, Path(root))
     record = citer_log(profile, root)

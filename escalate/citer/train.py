@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from escalate.citer import ROUNDS
 from escalate.citer import evaluate as ev
 from escalate.citer.decode import ModelCost, TokenLevelDecoder
 from escalate.citer.labels import label, reference_solutions, teacher_force
 from escalate.citer.router import FixedRouter, fit_router
-from escalate.citer.stage import ROUNDS, citer_dir
 from escalate.config import ConfigError, Profile
 from escalate.data.graders import GRADERS
 from escalate.evaluation import metrics, plots
@@ -62,7 +62,7 @@ def label_summary(labels: pd.DataFrame) -> dict:
             "cases": {str(k): int(v) for k, v in labels["case"].value_counts().items()}}
 
 
-def build_citer(profile: Profile, root: Path | str = ".") -> Path:
+def build_citer(profile: Profile, out: Path, root: Path | str = ".") -> Path:
     """Label, train both rounds' routers, sweep τ on the selection and evaluation splits; returns metrics.json."""
     if profile.citer is None:  # checked before the chat templates, so a profile without one hears that first
         raise ConfigError(f"profile {profile.name!r} has no citer section; add one to its YAML to train CITER")
@@ -71,7 +71,6 @@ def build_citer(profile: Profile, root: Path | str = ".") -> Path:
         raise ConfigError(f"profile {profile.name!r}: CITER trains and evaluates on plain completion prompts; "
                           "set models.slm.chat_template and models.llm.chat_template to false for it")
     cfg, p = profile.citer, paths(profile, root)
-    out = citer_dir(profile, root)
     out.mkdir(parents=True, exist_ok=True)
     progress = Progress("citer", 2 * len(ROUNDS) + 2)  # its clock counts loading the models too
     max_new = profile.sampling.max_new_tokens

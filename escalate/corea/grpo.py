@@ -44,6 +44,7 @@ def train_grpo(model_dir: str | Path, questions: pd.DataFrame, cfg: CoreaGRPOCon
     Returns escalate.train.loop.train_and_save's summary plus `rewards`: per logged step, the mean of
     each reward function and of their weighted sum.
     """
+    # TRL, datasets, transformers: seconds to import; the stage registry (so every CLI command) imports this module
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer

@@ -20,7 +20,8 @@ from sklearn.model_selection import KFold, StratifiedGroupKFold, StratifiedKFold
 from escalate.data.adapters.base import DataSourceError, read_table
 from escalate.evaluation import curves, metrics, plots
 from escalate.evaluation.run import build_router, required_args, to_json
-from escalate.routers import ROUTERS, RouterInputs
+from escalate.routers.base import RouterInputs
+from escalate.routers.registry import ROUTERS
 
 TABLE_COLUMNS = ("router", "apgr", "cpt50", "cpt80", "auroc", "ece", "togr")
 ANALYTIC_RANDOM = "random (analytic)"

@@ -23,7 +23,8 @@ from escalate.evaluation import curves, plots, thresholds
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.records import build_records, fit_latency_model
 from escalate.evaluation.report import format_table, markdown_table, write_report
-from escalate.routers import ROUTERS, Router, RouterInputs, make_router
+from escalate.routers.base import Router, RouterInputs
+from escalate.routers.registry import ROUTERS, make_router
 
 SUMMARY_COLUMNS = (
     "strategy",

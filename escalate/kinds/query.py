@@ -23,7 +23,8 @@ from escalate.kinds.base import CascadeKind, Found
 from escalate.models.backends import make_backend
 from escalate.registry.files import SPEC_FILE, BundleError
 from escalate.registry.gates import per_query_outcomes
-from escalate.routers import ROUTERS, Router, make_router
+from escalate.routers.base import Router
+from escalate.routers.registry import ROUTERS, make_router
 
 if TYPE_CHECKING:
     from escalate.config import Profile

@@ -20,6 +20,7 @@ import pandas as pd
 
 from escalate.cascade import ROLES, Answerer
 from escalate.citer import STRATEGY as CITER
+from escalate.citer.stage import candidate_figures
 from escalate.kinds.base import CascadeKind, Found
 from escalate.models.backends import is_self_hosted
 from escalate.registry.files import SPEC_FILE, BundleError, check_files, file_sizes
@@ -45,8 +46,6 @@ class TokenLevel(CascadeKind):
     def find(self, strategy: str, profile: Profile, cost: CostModel, stage_dir: Path, test: pd.DataFrame) -> Found:
         """From the citer stage's directory. Its score is the router's per-token P(LLM needed), not
         P(SLM correct) of an answer: ECE does not apply."""
-        from escalate.citer.stage import candidate_figures  # the citer stage loads torch and transformers
-
         found = candidate_figures(profile, cost, stage_dir)
         return Found(found.tau, found.router_dir, found.row, found.llm_accuracy, outcome_table(found.outcomes, test),
                      False, {})

@@ -51,7 +51,7 @@ from escalate.evaluation.cost import COST_MODELS, CostModel
 from escalate.kinds import KINDS, QUERY_LEVEL
 from escalate.models.backends import is_self_hosted
 from escalate.registry.files import SPEC_FILE, BundleError, check_files, file_sizes
-from escalate.routers import Router
+from escalate.routers.base import Router
 from escalate.telemetry import disable_telemetry
 
 BUNDLE_NAME = "cascade"  # the logged model's name inside its run
@@ -98,7 +98,7 @@ _MLFLOW_GLOBALS = threading.RLock()
 class CascadeSpec:
     """What cascade.json records: enough, with the checkpoints, to rebuild the cascade anywhere."""
 
-    strategy: str  # query level: the router's registry name (escalate.routers.ROUTERS); token level: "citer"
+    strategy: str  # query level: the router's registry name (escalate.routers.registry.ROUTERS); token level: "citer"
     threshold: float  # query level: escalate when score < threshold; token level: τ (the LLM writes when P > τ)
     slm: ModelConfig
     llm: ModelConfig

@@ -39,7 +39,7 @@ def _drop_escalate() -> None:
 def answer(job: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     """Load one bundle and answer its questions within its alarm: (the report, the model or None)."""
     import mlflow  # on use: gates.py imports MARKER from this module without loading MLflow
-    import pandas as pd
+    import pandas as pd  # with MLflow: imported after the purge, for this bundle
 
     start = time.perf_counter()
     model = None

@@ -30,7 +30,7 @@ from escalate.kinds import KINDS, kind_for
 from escalate.registry.aliases import Registration, Registry, lineage_tags
 from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
 from escalate.registry.gates import GateResult, candidate_gates, load_gates
-from escalate.routers import Router
+from escalate.routers.base import Router
 from escalate.tracking import Tracker
 
 

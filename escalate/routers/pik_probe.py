@@ -48,9 +48,9 @@ class HiddenStates:
         return np.stack(self._memo(prompts))
 
     def _forward(self, prompts: list[str]) -> np.ndarray:
-        import torch
+        import torch  # loaded already: shared_backend (in __init__) brought it
 
-        from escalate.models.backends.hf import left_padded
+        from escalate.models.backends.hf import left_padded  # torch, as above
 
         encoded = [self.backend.encode_prompt(p) for p in prompts]
         ids, mask, positions = left_padded(encoded, self.backend.tokenizer.pad_token_id, self.backend.device)

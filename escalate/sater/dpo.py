@@ -23,6 +23,7 @@ def train_dpo(model_dir: str | Path, preferences: pd.DataFrame, cfg: SaterDPOCon
     The reference model is a second copy of the same checkpoint, loaded by TRL. Returns the summary
     of escalate.train.loop.train_and_save (steps, final loss, per-step losses, seconds).
     """
+    # TRL, datasets, transformers: seconds to import; the stage registry (so every CLI command) imports this module
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer

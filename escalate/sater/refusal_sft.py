@@ -33,6 +33,7 @@ def add_refusal_token(model_dir: str | Path, out_dir: str | Path) -> Path:
     its tokenizer (Qwen's) keeps its size and the new id takes a padding row. A tokenizer that already
     has the token is saved unchanged.
     """
+    # torch, transformers: seconds to import; the stage registry (so every CLI command) imports this module
     import torch
     from transformers import AddedToken, AutoModelForCausalLM, AutoTokenizer
 

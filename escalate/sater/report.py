@@ -182,7 +182,7 @@ def tokens_by_difficulty(questions: pd.DataFrame, before: pd.DataFrame, after: p
 
 def plot_sweep(sweep: Sequence[Mapping[str, Any]], path: Path, *, profile: str, split: str) -> Path:
     """Refusal rate, accuracy when answering and the two savings against τ."""
-    from escalate.evaluation.plots import plot_lines
+    from escalate.evaluation.plots import plot_lines  # matplotlib: only when a plot is drawn
 
     labels = {"refusal_rate": "refusal rate", "accuracy_when_answering": "accuracy when answering",
               "refusal_saving": "refusal cascade: saving at iso-accuracy",

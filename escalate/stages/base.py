@@ -144,8 +144,7 @@ def paths(profile: Profile, root: Path | str = ".") -> dict[str, Path]:
 
 def write_validated(df: pd.DataFrame, table: str, out: Path, report_path: Path, **rules: object) -> None:
     """Validate, always write the report, and write the table only when it passed."""
-    # great_expectations takes seconds to import: only a command that writes a table pays for it
-    from escalate.data.validation import ValidationError, validate
+    from escalate.data.validation import ValidationError, validate  # great_expectations: seconds, only to write a table
 
     report = validate(df, table, source=str(out), **rules)
     report_path.parent.mkdir(parents=True, exist_ok=True)

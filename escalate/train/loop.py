@@ -47,6 +47,7 @@ def with_bos(prompts: Iterable[str], bos: str | None) -> list[str]:
 def train_on_completions(model_dir: str | Path, table: pd.DataFrame, cfg: LoopConfig, out_dir: str | Path) -> dict[str, Any]:
     """Supervised fine-tuning on a (prompt, completion) table, the loss on the completion only (the
     question is given, not learned); saves model + tokenizer to out_dir and returns train_and_save's summary."""
+    # TRL, datasets, transformers: seconds to import; the stage registry (so every CLI command) imports this module
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -63,6 +64,7 @@ def train_on_completions(model_dir: str | Path, table: pd.DataFrame, cfg: LoopCo
 def progress_bar(desc: str) -> Any:
     """A TrainerCallback that draws one progress bar with the latest loss, in place of the log dict per step
     that transformers prints when its own bar is off (the losses stay in the trainer's log history)."""
+    # transformers: seconds to import, as above (tqdm comes with it)
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
@@ -90,7 +92,7 @@ def progress_bar(desc: str) -> Any:
 def train_and_save(trainer: Any, out_dir: Path) -> dict[str, Any]:
     """Run the trainer (one progress bar named after out_dir), save model and tokenizer as a plain HF
     checkpoint, and summarise the run."""
-    from transformers import PrinterCallback, ProgressCallback
+    from transformers import PrinterCallback, ProgressCallback  # seconds to import, as above
 
     for quiet in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(quiet)

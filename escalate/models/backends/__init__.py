@@ -20,19 +20,19 @@ if TYPE_CHECKING:  # escalate.config asks this module about backends, so it is i
 
 
 def _hf(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
-    from escalate.models.backends.hf import HFBackend
+    from escalate.models.backends.hf import HFBackend  # torch and transformers: only when this backend is built
 
     return HFBackend(path, dtype=cfg.dtype, device=cfg.device, batch_size=batch_size, chat_template=cfg.chat_template)
 
 
 def _vllm(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
-    from escalate.models.backends.vllm_offline import VLLMBackend
+    from escalate.models.backends.vllm_offline import VLLMBackend  # vllm: optional, only where it is installed
 
     return VLLMBackend(path, dtype=cfg.dtype)
 
 
 def _openai(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
-    from escalate.models.backends.openai_http import OpenAIBackend
+    from escalate.models.backends.openai_http import OpenAIBackend  # its HTTP client: only when this backend is built
 
     return OpenAIBackend(cfg.endpoint or "", model=cfg.name, api_key_env=cfg.api_key_env, top_logprobs=cfg.top_logprobs)
 

@@ -67,7 +67,7 @@ def request_to_generations(request_output: Any, top_logprobs: int, latency_s: fl
 def import_vllm() -> Any:
     """vLLM, or a BackendError saying where to get it."""
     try:
-        import vllm
+        import vllm  # optional: installed only in the serving environment or on a GPU machine
     except ImportError as exc:
         raise BackendError(
             f"vLLM is not installed in this environment ({exc}). `make setup-serve` builds .venv-serve "

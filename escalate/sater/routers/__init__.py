@@ -1,8 +1,2 @@
-"""SATER's routers, registered by name in escalate.routers.ROUTERS (one line each there).
-
-The registry imports these modules, and they import its base (escalate.routers.base), which runs the
-registry first; importing the registry here, before any of them, makes that order hold whichever module
-a caller imports first.
-"""
-
-import escalate.routers  # noqa: F401
+"""SATER's routers (refusal cascade, pre-generation refusal probability, weighted vote), registered by name in
+escalate.routers.registry (one line each there)."""

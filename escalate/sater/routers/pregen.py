@@ -43,9 +43,9 @@ class RefusalProbability:
         return np.array(self._memo(prompts), dtype=float)
 
     def _forward(self, prompts: list[str]) -> list[float]:
-        import torch
+        import torch  # loaded already: shared_backend (in __init__) brought it
 
-        from escalate.models.backends.hf import left_padded
+        from escalate.models.backends.hf import left_padded  # torch, as above
 
         encoded = [self.backend.encode_prompt(p) + self.refusal for p in prompts]
         ids, mask, positions = left_padded(encoded, self.backend.tokenizer.pad_token_id, self.backend.device)
