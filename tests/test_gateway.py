@@ -49,21 +49,25 @@ class StandInEngine:
         self.behaviour = behaviour or (lambda q: served(result()))
         self.closed = False
 
-    def answer(self, question: str) -> Answer:
+    def answer(self, question: str, budget: Any = None) -> Answer:
         return self.behaviour(question)
 
     def slm_skipped(self) -> bool:
         return False
 
+    def reachable(self) -> dict[str, bool]:
+        return {"slm": True, "llm": True}
+
     def close(self) -> None:
         self.closed = True
 
 
-def client(engine: Any = None, **limits: int) -> TestClient:
+def client(engine: Any = None, **limits: Any) -> TestClient:
+    """A client on loopback (where /metrics answers without a key)."""
     holder = EngineHolder()
     if engine is not None:
         holder.swap(engine)
-    return TestClient(create_app(GatewaySettings(api_keys=(KEY,), **limits), holder))
+    return TestClient(create_app(GatewaySettings(api_keys=(KEY,), **limits), holder), client=("127.0.0.1", 50000))
 
 
 def chat(c: TestClient, **extra: Any) -> Any:
