@@ -125,9 +125,10 @@ def test_the_gateway_serves_a_citer_deployment_in_process(logged: dict, tmp_path
     deployment = export(registry, "champion", tmp_path, tmp_path / "deployment", {})  # `escalate export`, no endpoint
     assert launch(deployment, tmp_path).pids == {} and deployment.endpoints == {}  # promote starts no vLLM for it
 
-    with TestClient(create_app(GatewaySettings(api_keys=(KEY,)))) as c:
+    settings = GatewaySettings(api_keys=(KEY,), admin_keys=("admin",), serving_dir=str(tmp_path))
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as c:  # loopback: /metrics answers
         auth = {"Authorization": f"Bearer {KEY}"}
-        deployed = c.post("/admin/deploy", json={"deployment": deployment.path}, headers=auth)
+        deployed = c.post("/admin/deploy", json={"deployment": deployment.path}, headers={"Authorization": "Bearer admin"})
         assert deployed.status_code == 200, deployed.text
         assert c.get("/ready").json()["strategy"] == STRATEGY
         body = {"model": "citer-serving", "messages": [{"role": "user", "content": QUESTIONS[0]}]}
