@@ -76,24 +76,32 @@ def raw_requests(key: str, admin_key: str | None = None) -> st.SearchStrategy[tu
         st.text(max_size=200).map(lambda t: t.encode("utf-8", "surrogatepass")),
     )
     keys = [f"Bearer {key}"] * 6 + ["Bearer wrong", key, "", "Basic abc", "Bearer", "bearer  " + key + " "]
-    keys += [f"Bearer {admin_key}"] * 3 if admin_key else []
-    auth = st.one_of(_header_value(st.sampled_from(keys)),
-                     _header_value(st.text(max_size=40).map(lambda t: f"Bearer {t}")),  # non-ASCII keys
-                     st.binary(max_size=40).map(lambda b: b"Bearer " + b),  # binary keys
-                     st.binary(max_size=40))
+    admin_keys = [f"Bearer {admin_key}"] * 6 + keys[:8] if admin_key else keys
+    odd_keys = st.one_of(_header_value(st.text(max_size=40).map(lambda t: f"Bearer {t}")),  # non-ASCII keys
+                         st.binary(max_size=40).map(lambda b: b"Bearer " + b),  # binary keys
+                         st.binary(max_size=40))
+
+    def auth(path: str) -> st.SearchStrategy[bytes]:
+        return st.one_of(_header_value(st.sampled_from(admin_keys if path == "/admin/deploy" else keys)), odd_keys)
+
+    def body(path: str) -> st.SearchStrategy[bytes]:
+        deploys = _deploy_body().map(lambda b: json.dumps(b).encode())
+        return st.one_of(deploys, deploys, bodies) if path == "/admin/deploy" else bodies
+
     content_type = st.one_of(
         _header_value(st.sampled_from(["application/json"] * 3 + ["text/plain", "", "multipart/form-data",
                                                                    "application/json; charset=latin-1"])),
         st.binary(max_size=30), _header_value(st.text(max_size=20)))
     names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=20).map(str.encode)  # the client's rule
     extra = st.lists(st.tuples(names, st.binary(max_size=40)), max_size=2)
-    return st.tuples(
-        st.sampled_from(["POST"] * 8 + ["GET", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"]),
-        st.sampled_from(PATHS[:2] * 4 + PATHS[2:4] * 2 + PATHS[4:]),
-        st.tuples(auth, content_type, extra).map(
+    def request(path: str) -> st.SearchStrategy[tuple[str, str, Headers, bytes]]:
+        headers = st.tuples(auth(path), content_type, extra).map(
             lambda h: [(name, value) for name, value in ((b"authorization", h[0]), (b"content-type", h[1])) if value]
-            + [(name, value) for name, value in h[2] if name not in (b"content-length", b"host", b"transfer-encoding")]),
-        bodies)
+            + [(name, value) for name, value in h[2] if name not in (b"content-length", b"host", b"transfer-encoding")])
+        return st.tuples(st.sampled_from(["POST"] * 8 + ["GET", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"]),
+                         st.just(path), headers, body(path))
+
+    return st.sampled_from(PATHS[:2] * 4 + PATHS[2:4] * 2 + PATHS[4:]).flatmap(request)
 
 
 def stub_result(question: str) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def test_broken_bundle_fails_promotion_and_the_previous_keeps_answering(served: 
 
 
 def test_llm_down_then_slm_down(served: dict, tmp_path: Path) -> None:
-    c, key, gateway = client(served), served["key"], served["promotion"].gateway
+    c, gateway = client(served), served["promotion"].gateway
     live = current(served["root"])
     bundle = str(Path(live.path).parent / live.bundle_dir)  # the copies below live elsewhere
     # The same bundle with its LLM unreachable: the SLM's questions are answered, the others cannot be.
