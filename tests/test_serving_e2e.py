@@ -29,7 +29,7 @@ from escalate.serving import gateway_process
 from escalate.serving.deployment import Deployment, current
 from escalate.serving.engine import Engine, ModelDown
 from escalate.serving.promote import PromotionFailed, promote_alias, retire
-from escalate.serving.vllm_server import stop_group
+from escalate.serving.vllm_server import VLLM_KEY_ENV, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -137,8 +137,9 @@ def test_broken_bundle_fails_promotion_and_the_previous_keeps_answering(served: 
     assert ask(client(served), SHORT).model_extra["escalate"]["deployment"]["version"] == "1"
 
 
-def test_llm_down_then_slm_down(served: dict, tmp_path: Path) -> None:
+def test_llm_down_then_slm_down(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     c, gateway = client(served), served["promotion"].gateway
+    monkeypatch.setenv(VLLM_KEY_ENV, gateway_process.vllm_key(served["root"]))  # the servers answer only their key
     live = current(served["root"])
     bundle = str(Path(live.path).parent / live.bundle_dir)  # the copies below live elsewhere
     # The same bundle with its LLM unreachable: the SLM's questions are answered, the others cannot be.
