@@ -125,9 +125,11 @@ def test_the_gateway_serves_a_citer_deployment_in_process(logged: dict, tmp_path
     deployment = export(registry, "champion", tmp_path, tmp_path / "deployment", {})  # `escalate export`, no endpoint
     assert launch(deployment, tmp_path).pids == {} and deployment.endpoints == {}  # promote starts no vLLM for it
 
-    with TestClient(create_app(GatewaySettings(api_keys=(KEY,)))) as c:
+    settings = GatewaySettings(api_keys=(KEY,), admin_keys=("admin",), serving_dir=str(tmp_path))
+    with TestClient(create_app(settings), client=("127.0.0.1", 50000)) as c:  # loopback: /metrics answers
         auth = {"Authorization": f"Bearer {KEY}"}
-        deployed = c.post("/admin/deploy", json={"deployment": deployment.path}, headers=auth)
+        admin = {"Authorization": "Bearer admin"}
+        deployed = c.post("/admin/deploy", json={"deployment": deployment.path}, headers=admin)
         assert deployed.status_code == 200, deployed.text
         assert c.get("/ready").json()["strategy"] == STRATEGY
         body = {"model": "citer-serving", "messages": [{"role": "user", "content": QUESTIONS[0]}]}
@@ -150,7 +152,7 @@ def test_the_gateway_serves_a_citer_deployment_in_process(logged: dict, tmp_path
         assert f'escalate_answers_total{{model="{e["model"]}",strategy="citer"}} 2.0' in metrics
 
         old = c.app.state.gateway.holder.engine
-        again = c.post("/admin/deploy", json={"deployment": deployment.path}, headers=auth)
+        again = c.post("/admin/deploy", json={"deployment": deployment.path}, headers=admin)
         assert again.status_code == 200 and again.json()["previous"] == deployment.label
         assert old.cascade.decoder.models == {}  # swapped out with no request in flight: closed, memory freed
 

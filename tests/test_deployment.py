@@ -7,9 +7,18 @@ from pathlib import Path
 import pytest
 
 from escalate.registry.bundle import BundleError
+from escalate.serving import gateway_process, vllm_server
 from escalate.serving.deployment import Deployment, bundle_artifacts
+from escalate.serving.gateway import ADMIN_KEY_ENV, API_KEY_ENV
 from escalate.serving.promote import top_logprobs
-from escalate.serving.vllm_server import SERVE_PYTHON_ENV, ServerError, VllmServer, serve_python, stop_group
+from escalate.serving.vllm_server import (
+    SERVE_PYTHON_ENV,
+    VLLM_KEY_ENV,
+    ServerError,
+    VllmServer,
+    serve_python,
+    stop_group,
+)
 
 
 def test_deployment_round_trips_and_resolves_its_bundle_relative_to_itself(tmp_path: Path) -> None:
@@ -56,3 +65,28 @@ def test_full_vocabulary_logprobs_only_for_small_vocabularies(tmp_path: Path) ->
     assert top_logprobs(tmp_path) == 400
     (tmp_path / "config.json").write_text('{"vocab_size": 151936}')
     assert top_logprobs(tmp_path) == 20
+
+
+def test_vllm_gets_its_key_in_its_environment_not_on_its_command_line(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    started: dict = {}
+
+    class Popen:
+        def __init__(self, command: list[str], env: dict, **kwargs: object) -> None:
+            started.update(command=command, env=env)
+            self.pid = 0
+
+    monkeypatch.setattr(vllm_server.subprocess, "Popen", Popen)
+    server = VllmServer(tmp_path, "slm", 1, Path("python"), tmp_path / "log", api_key="esv-secret").start()
+    assert started["env"]["VLLM_API_KEY"] == "esv-secret" and "esv-secret" not in " ".join(started["command"])
+    assert "esv-secret" not in repr(server)
+
+
+def test_each_kept_key_is_its_own_and_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for env in (API_KEY_ENV, ADMIN_KEY_ENV, VLLM_KEY_ENV):
+        monkeypatch.delenv(env, raising=False)
+    keys = [gateway_process.api_key(tmp_path), gateway_process.admin_key(tmp_path), gateway_process.vllm_key(tmp_path)]
+    assert len(set(keys)) == 3 and gateway_process.admin_key(tmp_path) == keys[1]  # made once, then kept
+    for name in ("gateway.key", "admin.key", "vllm.key"):
+        assert (tmp_path / "serving" / name).stat().st_mode & 0o777 == 0o600

@@ -5,14 +5,19 @@ metrics and the no-drop swap."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
 from escalate.cascade import RESULT_FIELDS
+from escalate.serving import gateway as gateway_module
 from escalate.serving.deployment import Deployment
 from escalate.serving.engine import Answer, EngineHolder, ModelDown
 from escalate.serving.gateway import GatewaySettings, create_app
@@ -49,21 +54,25 @@ class StandInEngine:
         self.behaviour = behaviour or (lambda q: served(result()))
         self.closed = False
 
-    def answer(self, question: str) -> Answer:
+    def answer(self, question: str, budget: Any = None) -> Answer:
         return self.behaviour(question)
 
     def slm_skipped(self) -> bool:
         return False
 
+    def reachable(self) -> dict[str, bool]:
+        return {"slm": True, "llm": True}
+
     def close(self) -> None:
         self.closed = True
 
 
-def client(engine: Any = None, **limits: int) -> TestClient:
+def client(engine: Any = None, **limits: Any) -> TestClient:
+    """A client on loopback (where /metrics answers without a key)."""
     holder = EngineHolder()
     if engine is not None:
         holder.swap(engine)
-    return TestClient(create_app(GatewaySettings(api_keys=(KEY,), **limits), holder))
+    return TestClient(create_app(GatewaySettings(api_keys=(KEY,), **limits), holder), client=("127.0.0.1", 50000))
 
 
 def chat(c: TestClient, **extra: Any) -> Any:
@@ -186,6 +195,7 @@ def test_full_queue_is_429() -> None:
         for t in threads:
             t.join()
     assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
+    assert third.headers["retry-after"] == "1"
     assert sorted(statuses) == [200, 200]
 
 
@@ -210,3 +220,158 @@ def test_swap_lets_requests_in_flight_finish_on_the_old_engine() -> None:
     release.set()
     t.join()
     assert answers == ["1"] and old.closed and not new.closed
+
+
+@pytest.mark.parametrize("header", [b"Bearer \xd0\xba\xd0\xbb\xd1\x8e\xd1\x87", b"Bearer \xff\x00\x01",
+                                    b"Bearer test-key\xe9", "Bearer tést-key".encode()])
+def test_non_ascii_or_binary_keys_are_401_not_500(header: bytes) -> None:
+    c = TestClient(create_app(GatewaySettings(api_keys=(KEY,))), raise_server_exceptions=False)
+    r = c.post("/v1/chat/completions", headers=[(b"authorization", header)], json={"model": "m", "messages": []})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_an_unexpected_error_is_500_without_its_text() -> None:
+    def broken(q: str) -> Answer:
+        raise RuntimeError("secret detail at http://10.0.0.7:8001")
+
+    holder = EngineHolder()
+    holder.swap(StandInEngine(broken))
+    c = TestClient(create_app(GatewaySettings(api_keys=(KEY,)), holder), raise_server_exceptions=False)
+    r = chat(c)
+    assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+    assert "secret" not in r.text and "RuntimeError" not in r.text and "10.0.0.7" not in r.text
+
+
+def test_metrics_answer_loopback_or_a_metrics_key_and_docs_are_off() -> None:
+    app = create_app(GatewaySettings(api_keys=(KEY,), metrics_keys=("scrape",)))
+    remote = TestClient(app, client=("203.0.113.9", 4000))
+    assert remote.get("/metrics").status_code == 403
+    assert remote.get("/metrics", headers=AUTH).status_code == 403  # a client key is not a metrics key
+    assert remote.get("/metrics", headers={"Authorization": "Bearer scrape"}).status_code == 200
+    assert TestClient(app, client=("127.0.0.1", 4000)).get("/metrics").status_code == 200
+    for path in ("/docs", "/openapi.json", "/redoc"):
+        assert remote.get(path).status_code == 404
+    assert TestClient(create_app(GatewaySettings(api_keys=(KEY,), docs=True))).get("/openapi.json").status_code == 200
+
+
+def test_a_client_that_disconnects_frees_its_place() -> None:
+    """Straight at the ASGI app: a queued request whose client leaves stops counting against the queue."""
+    release = threading.Event()
+
+    def slow(q: str) -> Answer:
+        release.wait(10)
+        return served(result())
+
+    app = create_app(GatewaySettings(api_keys=(KEY,), max_concurrency=1, max_queue=1), _holder(StandInEngine(slow)))
+    gateway = app.state.gateway
+    body = json.dumps({"model": "escalate-cascade", "messages": [{"role": "user", "content": QUESTION}]}).encode()
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+             "query_string": b"", "headers": [(b"authorization", f"Bearer {KEY}".encode()),
+                                               (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("test", 80), "scheme": "http", "http_version": "1.1",
+             "root_path": ""}
+
+    async def request(leave: anyio.Event, statuses: list[int]) -> None:
+        sent = False
+
+        async def receive() -> dict:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await leave.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+
+        await app(scope, receive, send)
+
+    async def main() -> list[int]:
+        stays, leaves, statuses = anyio.Event(), anyio.Event(), []
+        async with anyio.create_task_group() as group:
+            group.start_soon(request, stays, statuses)  # answering (blocked in the engine)
+            group.start_soon(request, leaves, statuses)  # waiting for the worker
+            with anyio.fail_after(5):
+                while gateway.admitted < 2:
+                    await anyio.sleep(0.01)
+            leaves.set()
+            with anyio.fail_after(5):
+                while gateway.admitted > 1:
+                    await anyio.sleep(0.01)
+            release.set()  # the first is answered; its client never leaves
+        return statuses
+
+    assert sorted(anyio.run(main)) == [200, 499]
+    assert gateway.admitted == 0
+
+
+def _holder(engine: Any) -> EngineHolder:
+    holder = EngineHolder()
+    holder.swap(engine)
+    return holder
+
+
+class Deployable(StandInEngine):
+    def check(self) -> None:
+        pass
+
+
+@pytest.fixture
+def admin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[TestClient, Path]:
+    """A gateway with an admin key and serving/ under tmp_path; loading a deployment opens a stand-in engine."""
+    serving = tmp_path / "serving"
+    (serving / "d").mkdir(parents=True)
+    Deployment("escalate-cascade", "2", "champion", "bundle").save_to(serving / "d")
+    monkeypatch.setattr(gateway_module, "open_engine", lambda deployment: Deployable(version=deployment.version))
+    settings = GatewaySettings(api_keys=(KEY,), admin_keys=("admin-key",), serving_dir=str(serving))
+    return TestClient(create_app(settings, _holder(StandInEngine())), raise_server_exceptions=False), serving
+
+
+def deploy(c: TestClient, path: str, key: str = "admin-key") -> Any:
+    return c.post("/admin/deploy", json={"deployment": path}, headers={"Authorization": f"Bearer {key}"})
+
+
+def test_admin_is_off_without_an_admin_key_and_refuses_the_client_key(admin: tuple[TestClient, Path]) -> None:
+    r = client(StandInEngine()).post("/admin/deploy", json={"deployment": "x"}, headers=AUTH)
+    assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+    c, serving = admin
+    assert deploy(c, str(serving / "d"), key=KEY).status_code == 401
+    with pytest.raises(ValueError, match="no admin key may be a client key"):
+        GatewaySettings(api_keys=(KEY,), admin_keys=(KEY,))
+
+
+def test_admin_deploys_only_regular_files_in_the_serving_dir_and_logs_each(
+        admin: tuple[TestClient, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    c, serving = admin
+    outside = tmp_path / "elsewhere"
+    Deployment("escalate-cascade", "3", "champion", "bundle").save_to(outside)
+    (serving / "link").symlink_to(outside, target_is_directory=True)
+    os.mkfifo(serving / "fifo.json")
+    (serving / "big.json").write_text(" " * 2_000_000)
+    (serving / "escape").mkdir()
+    Deployment("escalate-cascade", "4", "champion", "../../elsewhere").save_to(serving / "escape")
+    caplog.set_level(logging.WARNING, logger="escalate.gateway")
+    start = time.monotonic()
+    for path in (str(outside), str(serving / "link"), str(serving / "fifo.json"), "/dev/zero", str(serving / "big.json"),
+                 str(serving / "escape"), str(serving / ".." / "elsewhere"), "\x00", str(serving / "missing")):
+        r = deploy(c, path)
+        assert r.status_code == 409 and r.json()["error"]["code"] == "deployment_refused", (path, r.text)
+    assert time.monotonic() - start < 5  # the FIFO did not block a worker
+    assert deploy(c, "x" * 5000).status_code == 422
+    r = deploy(c, str(serving / "d"))
+    assert r.status_code == 200 and r.json()["serving"] == "escalate-cascade v2"
+    assert chat(c).json()["escalate"]["deployment"]["version"] == "2"
+    logged = [m for m in caplog.messages if m.startswith("admin: deploy")]
+    assert len(logged) == 10 and "now serving escalate-cascade v2" in logged[-1] and "by key " in logged[-1]
+    assert "admin-key" not in caplog.text  # who, by fingerprint: never the key itself
+
+
+def test_a_deployment_sends_its_own_key_env_not_the_bundles() -> None:
+    from escalate.serving.engine import http_overrides
+
+    d = Deployment("m", "1", "champion", "b", endpoints={"slm": "http://127.0.0.1:1", "llm": "http://10.0.0.1"},
+                   api_key_env={"slm": "ESCALATE_VLLM_API_KEY"})
+    overrides = http_overrides(d)
+    assert overrides["slm"]["api_key_env"] == "ESCALATE_VLLM_API_KEY" and overrides["llm"]["api_key_env"] is None

@@ -86,6 +86,11 @@ class FakeServer:
                 self.end_headers()
                 self.wfile.write(payload)
 
+            def do_GET(self) -> None:  # vLLM's /health, which the gateway's readiness probes
+                self.send_response(200 if self.path == "/health" else 404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def log_message(self, *args: Any) -> None:
                 pass
 
@@ -269,3 +274,43 @@ def test_no_prompts_sends_nothing() -> None:
     backend = OpenAIBackend("http://127.0.0.1:1", "m")
     assert backend.generate([], SamplingParams()) == []
     backend.close()
+
+
+def test_failures_are_sorted_into_down_refused_and_unscorable() -> None:
+    """The gateway bypasses a down model but answers 400 for a request its server refused."""
+    replies = {"refused": (400, b'{"error": "maximum context length is 1024 tokens"}'), "down": (503, b"{}")}
+    with serve(FakeServer(lambda body: replies.get(body["prompt"]) or ok(body))) as url:
+        backend = OpenAIBackend(url, "tiny-slm")
+        with pytest.raises(openai_http.BackendRejected) as refused:
+            backend.generate(["refused"], SamplingParams())
+        with pytest.raises(openai_http.BackendUnavailable):
+            backend.generate(["down"], SamplingParams())
+        backend.close()
+    assert refused.value.status == 400
+    with pytest.raises(openai_http.BackendUnavailable):
+        OpenAIBackend(f"http://127.0.0.1:{free_port()}", "tiny-slm").generate(["hi"], SamplingParams())
+
+
+def test_null_logprobs_become_nan_not_a_crash() -> None:
+    def nulls(body: dict[str, Any]) -> Reply:
+        reply = completion(body)
+        reply["choices"][0]["logprobs"].update(token_logprobs=[None, math.log(0.2)], top_logprobs=None)
+        return 200, json.dumps(reply).encode()
+
+    with serve(FakeServer(nulls)) as url:
+        backend = OpenAIBackend(url, "tiny-slm")
+        [[g]] = backend.generate(["hi"], SamplingParams())
+        backend.close()
+    assert math.isnan(g.token_logprobs[0]) and all(math.isnan(e) for e in g.token_entropies)
+
+
+def test_the_callers_deadline_caps_the_wait() -> None:
+    with serve(FakeServer(ok, delay_s=0.5)) as url:
+        backend = OpenAIBackend(url, "tiny-slm", timeout_s=30)
+        start = time.monotonic()
+        with openai_http.deadline(start + 0.1), pytest.raises(openai_http.BackendTimeout):
+            backend.generate(["hi"], SamplingParams())
+        assert time.monotonic() - start < 0.4
+        with openai_http.deadline(time.monotonic() - 1), pytest.raises(openai_http.BackendTimeout, match="no time"):
+            backend.generate(["hi"], SamplingParams())
+        backend.close()

@@ -30,7 +30,7 @@ from escalate.serving import gateway_process
 from escalate.serving.deployment import Deployment, current
 from escalate.serving.engine import Engine, ModelDown
 from escalate.serving.promote import PromotionFailed, promote_alias, retire
-from escalate.serving.vllm_server import stop_group
+from escalate.serving.vllm_server import VLLM_KEY_ENV, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -138,12 +138,14 @@ def test_broken_bundle_fails_promotion_and_the_previous_keeps_answering(served: 
     assert ask(client(served), SHORT).model_extra["escalate"]["deployment"]["version"] == "1"
 
 
-def test_llm_down_then_slm_down(served: dict, tmp_path: Path) -> None:
-    c, key, gateway = client(served), served["key"], served["promotion"].gateway
+def test_llm_down_then_slm_down(served: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, gateway = client(served), served["promotion"].gateway
+    monkeypatch.setenv(VLLM_KEY_ENV, gateway_process.vllm_key(served["root"]))  # the servers answer only their key
     live = current(served["root"])
     bundle = str(Path(live.path).parent / live.bundle_dir)  # the copies below live elsewhere
     # The same bundle with its LLM unreachable: the SLM's questions are answered, the others cannot be.
-    dead_llm = replace(live, bundle_dir=bundle, endpoints={**live.endpoints, "llm": "http://127.0.0.1:9"}).save_to(tmp_path)
+    dead_llm = replace(live, bundle_dir=bundle, endpoints={**live.endpoints, "llm": "http://127.0.0.1:9"}).save_to(
+        served["root"] / "serving" / "dead-llm")  # the gateway deploys only from its serving directory
     engine = Engine(dead_llm)
     try:
         assert engine.answer(SHORT).result["model"] == "slm"
@@ -153,7 +155,7 @@ def test_llm_down_then_slm_down(served: dict, tmp_path: Path) -> None:
         engine.close()
     # The gateway refuses a deployment with a model down, and keeps the one it has.
     r = httpx.post(f"{gateway}/admin/deploy", json={"deployment": dead_llm.path, "probe": SHORT},
-                   headers={"Authorization": f"Bearer {key}"}, timeout=120)
+                   headers={"Authorization": f"Bearer {gateway_process.admin_key(served['root'])}"}, timeout=120)
     assert r.status_code == 409 and "LLM is unavailable" in r.json()["error"]["message"]
     assert ask(c, LONG).model_extra["escalate"]["model"] == "llm"
 

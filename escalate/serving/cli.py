@@ -14,8 +14,10 @@ from escalate.serving.deployment import CURRENT_FILE, SERVING_DIR
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway in front of the deployed cascade",
                            description="Run the gateway. It serves serving/current.json (the last promotion) "
-                                       "and is switched by `escalate promote`. The API key is $ESCALATE_API_KEY, "
-                                       "else the one kept in serving/gateway.key.")
+                                       "and is switched by `escalate promote`. The client key is $ESCALATE_API_KEY, "
+                                       "else the one kept in serving/gateway.key; /admin/deploy takes "
+                                       "$ESCALATE_ADMIN_KEY, else serving/admin.key; /metrics answers loopback, "
+                                       "or $ESCALATE_METRICS_KEY when set.")
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--root", type=Path, default=Path("."), help="project root holding serving/")
@@ -27,6 +29,12 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-concurrency", type=int, default=8, help="requests answered at once")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond that before 429s")
     serve.add_argument("--max-body-bytes", type=int, default=64_000, help="larger bodies get 413")
+    serve.add_argument("--deadline", type=float, default=30.0,
+                       help="seconds a request may take in all, queue included; then 504")
+    serve.add_argument("--slm-share", type=float, default=0.5,
+                       help="fraction of the deadline the SLM may take; past it the request escalates to the LLM")
+    serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds to send a request body; then 408")
+    serve.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (off by default)")
     serve.set_defaults(handler=_serve)
 
     promote = sub.add_parser("promote", help="serve a registry alias: vLLM servers, gateway switch, smoke test",
@@ -85,17 +93,27 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
     import uvicorn
 
     from escalate.serving.deployment import current
-    from escalate.serving.gateway import GatewaySettings, create_app, load_current
-    from escalate.serving.gateway_process import api_key
+    from escalate.serving.gateway import METRICS_KEY_ENV, GatewaySettings, create_app, load_current
+    from escalate.serving.gateway_process import admin_key, api_key, vllm_key
+    from escalate.serving.vllm_server import VLLM_KEY_ENV
 
+    metrics_key = os.environ.get(METRICS_KEY_ENV)
     settings = GatewaySettings(api_keys=(api_key(root),), max_body_bytes=args.max_body_bytes,
-                               max_concurrency=args.max_concurrency, max_queue=args.max_queue)
+                               max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                               admin_keys=(admin_key(root),), metrics_keys=(metrics_key,) if metrics_key else (),
+                               serving_dir=str(root / SERVING_DIR), deadline_s=args.deadline,
+                               slm_share=args.slm_share, body_timeout_s=args.body_timeout, docs=args.docs)
+    os.environ[VLLM_KEY_ENV] = vllm_key(root)  # the deployments promote writes name it for their servers' key
     app = create_app(settings)
     live = None if args.deployment or args.no_current else current(root)
     deployment = args.deployment or (Path(live.path) if live else None)
     if deployment:
         print(f"loading {deployment}: {load_current(app, Path(deployment))}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Idle and half-sent connections are bounded: 5 s keep-alive, 16 KiB of headers, and a cap on open
+    # connections (the body itself has --body-timeout), so slow senders cannot pile up sockets.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=5,
+                h11_max_incomplete_event_size=16 * 1024,
+                limit_concurrency=4 * (args.max_concurrency + args.max_queue) + 16)
     return 0
 
 

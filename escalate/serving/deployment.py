@@ -9,15 +9,19 @@
         vllm-slm.log, vllm-llm.log
 
 deployment.json is what the gateway loads; it is plain JSON so an operator (or a Kubernetes
-ConfigMap) can write one by hand for servers started elsewhere.
+ConfigMap) can write one by hand for servers started elsewhere. It names, per server, the environment
+variable holding that server's API key (never the key). The gateway's admin endpoint loads only
+deployments inside the serving directory (`load_within`): a deployment names files the gateway
+unpickles, so it must come from where promotions write.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,8 @@ SERVING_DIR = "serving"
 CURRENT_FILE = "current.json"
 GATEWAY_FILE = "gateway.json"
 DEPLOYMENT_FILE = "deployment.json"
+MAX_DEPLOYMENT_BYTES = 1_000_000  # a deployment.json is a few hundred bytes
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux
 
 
 @dataclass
@@ -44,6 +50,7 @@ class Deployment:
     served_names: dict[str, str] = field(default_factory=dict)  # role -> model name the server answers to
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid of a server this deployment started
     top_logprobs: dict[str, int] = field(default_factory=dict)  # role -> alternatives asked per token
+    api_key_env: dict[str, str] = field(default_factory=dict)  # role -> env variable with its server's API key
     created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     path: str = ""  # where this deployment.json is (set by save_to and load)
 
@@ -62,12 +69,54 @@ class Deployment:
         if path.is_dir():
             path = path / DEPLOYMENT_FILE
         try:
-            data = json.loads(path.read_text())
-            return cls(**{**data, "path": str(path)})
+            text = path.read_text()
         except FileNotFoundError:
             raise BundleError(f"no deployment at {path}; run `escalate promote` first") from None
+        return cls.parse(text, path)
+
+    @classmethod
+    def load_within(cls, path: str, directory: Path) -> Deployment:
+        """`load`, for a path a client sent: it must resolve (symlinks followed) to a regular file of at most
+        MAX_DEPLOYMENT_BYTES inside `directory`, and so must the bundle it names. Opened without blocking,
+        so a FIFO or a device cannot hold the caller; BundleError says which rule failed."""
+        if not path or len(path) > MAX_PATH_CHARS or "\x00" in path:
+            raise BundleError(f"a deployment path must be 1 to {MAX_PATH_CHARS} characters without NUL bytes")
+        root = directory.resolve()
+        try:
+            target = Path(path).resolve()
+            if target.is_dir():
+                target = target / DEPLOYMENT_FILE
+        except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            raise BundleError(f"cannot resolve the deployment path ({type(exc).__name__})") from None
+        if not target.is_relative_to(root):
+            raise BundleError(f"deployments are loaded only from the serving directory {root}")
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise BundleError(f"no readable deployment at {target} ({exc.strerror})") from None
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise BundleError(f"{target} is not a regular file")
+            if info.st_size > MAX_DEPLOYMENT_BYTES:
+                raise BundleError(f"{target} is over {MAX_DEPLOYMENT_BYTES} bytes; not a deployment.json")
+            text = fh.read(MAX_DEPLOYMENT_BYTES + 1)
+        deployment = cls.parse(text, target)
+        if not (target.parent / deployment.bundle_dir).resolve().is_relative_to(root):
+            raise BundleError(f"{target} names a bundle outside the serving directory {root}")
+        return deployment
+
+    @classmethod
+    def parse(cls, text: str | bytes, path: Path) -> Deployment:
+        try:
+            data = json.loads(text)
+            deployment = cls(**{**data, "path": str(path)})
         except (ValueError, TypeError) as exc:
             raise BundleError(f"{path} is not a deployment.json: {type(exc).__name__}: {exc}") from None
+        wrong = [f.name for f in fields(cls) if not isinstance(getattr(deployment, f.name), _JSON_TYPES[f.type])]
+        if wrong:
+            raise BundleError(f"{path} is not a deployment.json: wrong types for {wrong}")
+        return deployment
 
     def artifacts(self) -> dict[str, str]:
         return bundle_artifacts(Path(self.path).parent / self.bundle_dir)
@@ -75,6 +124,10 @@ class Deployment:
     def read(self) -> tuple[CascadeSpec, Any, dict[str, str]]:
         """The bundle's spec, fitted router and checkpoint dirs, checked file by file."""
         return read_bundle(self.artifacts())
+
+
+# What each Deployment field must hold once read from JSON (annotations are strings here).
+_JSON_TYPES = {"str": str, "dict[str, str]": dict, "dict[str, int]": dict}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

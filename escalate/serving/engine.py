@@ -5,7 +5,13 @@ A query-level bundle does, and gets `Engine`: the bundle's `Cascade` with each s
 pointed at its vLLM server, so the gateway routes
 exactly as evaluation scored (same prompts, router, threshold and cost model). When the SLM is
 down, requests go straight to the LLM (and say so); when the LLM is down, the questions the SLM
-keeps are still answered and the rest fail with ModelDown("llm").
+keeps are still answered and the rest fail with ModelDown("llm"). Only a model that cannot answer
+(no connection, a timeout, a 5xx) counts as down: a 4xx is that request's RequestRejected, and an
+SLM answer without log-probabilities escalates that request alone (a NaN score escalates too).
+
+Each request has a Budget: the SLM may use its share of the request's deadline, after which the
+request escalates (a frozen SLM is bypassed like a dead one); the LLM may use what is left, after
+which DeadlineExceeded.
 
 A token-level bundle (CITER) needs none and gets `InProcessEngine`: its TokenLevelCascade decodes both models in
 the gateway's own process (HF, torch), since a token router steps the two models token by token
@@ -15,6 +21,8 @@ failure is the gateway's own (500), and /admin/deploy refuses a bundle that does
 
 from __future__ import annotations
 
+import contextvars
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -22,9 +30,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import httpx
 import numpy as np
 
+from escalate.cascade import Cascade
 from escalate.kinds import KINDS
+from escalate.models.backends import openai_http
 from escalate.models.backends.base import BackendError, Generation, GenerationBackend, SamplingParams
 from escalate.prompts import format_prompt
 from escalate.registry.bundle import BundleError, CascadeSpec, build_cascade
@@ -33,29 +44,84 @@ from escalate.serving.deployment import Deployment
 
 # After a connection failure, skip the SLM for this long instead of paying its retries on every request.
 SLM_RETRY_AFTER_S = 5.0
+# Readiness probes: each server's /health within this many seconds, remembered this long.
+PROBE_TIMEOUT_S = 1.0
+PROBE_CACHE_S = 2.0
 
 
 class ModelDown(RuntimeError):
-    """A model the request needs did not answer."""
+    """A model the request needs did not answer. The message says which, never where: `detail` (the
+    backend's own words, with its URL) is for the gateway's log only."""
 
     def __init__(self, role: str, detail: str) -> None:
-        super().__init__(f"the {role.upper()} is unavailable: {detail}")
+        super().__init__(f"the {role.upper()} is unavailable")
         self.role, self.detail = role, detail
+
+
+class RequestRejected(RuntimeError):
+    """A model's server refused this request (a 4xx, e.g. a prompt over its context): the request's
+    problem, so the model is not marked down."""
+
+    def __init__(self, role: str, status: int, detail: str) -> None:
+        super().__init__(f"the {role.upper()} refused this request (HTTP {status} from its server); the "
+                         "question may be too long for its context window")
+        self.role, self.status, self.detail = role, status, detail
+
+
+class Unscored(RuntimeError):
+    """The SLM answered without log-probabilities: its answer cannot be scored, so the request escalates."""
+
+
+class DeadlineExceeded(RuntimeError):
+    """No model that could answer did so within the request's deadline."""
 
 
 class NotReady(RuntimeError):
     """No deployment is loaded yet."""
 
 
+@dataclass(frozen=True)
+class Budget:
+    """Until when (time.monotonic()) each model may take to answer one request."""
+
+    slm_until: float
+    llm_until: float
+
+    @classmethod
+    def start(cls, deadline_s: float, slm_share: float) -> Budget:
+        now = time.monotonic()
+        return cls(now + deadline_s * slm_share, now + deadline_s)
+
+    @classmethod
+    def unlimited(cls) -> Budget:
+        return cls(math.inf, math.inf)
+
+
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("engine_budget", default=None)
+
+
 class _RoleBackend(GenerationBackend):
-    """Tags a backend's failures with its role, so the engine knows which model is down."""
+    """Holds a backend to its role's share of the request's budget, and sorts its failures: which model
+    is down, which request was refused, which answer cannot be scored."""
 
     def __init__(self, inner: GenerationBackend, role: str) -> None:
         self.inner, self.role, self.name = inner, role, inner.name
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        until = getattr(_BUDGET.get() or Budget.unlimited(), f"{self.role}_until")
         try:
-            return self.inner.generate(prompts, params)
+            with openai_http.deadline(None if math.isinf(until) else until):
+                return self.inner.generate(prompts, params)
+        except openai_http.BackendRejected as exc:
+            raise RequestRejected(self.role, exc.status, str(exc)) from None
+        except openai_http.BadCompletion as exc:
+            if self.role == "slm":
+                raise Unscored(str(exc)) from None
+            raise ModelDown(self.role, str(exc)) from None
+        except openai_http.BackendTimeout as exc:
+            if self.role == "llm" and time.monotonic() >= until - 0.05:
+                raise DeadlineExceeded(str(exc)) from None
+            raise ModelDown(self.role, str(exc)) from None
         except BackendError as exc:
             raise ModelDown(self.role, str(exc)) from None
 
@@ -76,8 +142,15 @@ class LLMOnly(Router):
 def http_overrides(deployment: Deployment) -> dict[str, dict[str, Any]]:
     """ModelConfig overrides that point each self-hosted model at its server."""
     return {role: {"backend": "openai", "endpoint": url, "name": deployment.served_names.get(role, role),
-                   "top_logprobs": deployment.top_logprobs.get(role, 5)}
+                   "top_logprobs": deployment.top_logprobs.get(role, 5),
+                   # The deployment's own key for its server, never the bundle's key for the model's usual endpoint.
+                   "api_key_env": deployment.api_key_env.get(role)}
             for role, url in deployment.endpoints.items()}
+
+
+def health_url(base_url: str) -> str:
+    """vLLM's /health (not behind its API key) for an endpoint given as `http://host:port` or `.../v1`."""
+    return base_url.rstrip("/").removesuffix("/v1") + "/health"
 
 
 @dataclass
@@ -85,7 +158,7 @@ class Answer:
     """One served answer: the cascade's result fields plus why it was routed the way it was."""
 
     result: dict[str, Any]
-    fallback: str | None  # "slm_down" when the SLM was skipped, else None
+    fallback: str | None  # "slm_down" when the SLM was skipped, "slm_unscored" when it gave no logprobs
     served_by: str  # the server name of the model that answered, or IN_PROCESS
 
 
@@ -103,42 +176,67 @@ class Engine:
     """One deployment whose kind needs model servers (query level), loaded: answers questions over its
     models' servers and reports who answered."""
 
-    def __init__(self, deployment: Deployment, bundle: Bundle | None = None) -> None:
+    def __init__(self, deployment: Deployment, bundle: Bundle | None = None, cascade: Cascade | None = None) -> None:
+        """`cascade`: one already built over HTTP backends (tests); by default the bundle's, pointed at the
+        deployment's servers."""
         self.deployment = deployment
-        spec, router, checkpoints = bundle or deployment.read()
-        kind = KINDS[spec.kind]
-        if not kind.needs_servers:
-            raise BundleError(f"{deployment.label} is a {kind.label} bundle; it is served in process (open_engine)")
-        self.spec = spec
-        cascade = build_cascade(spec, checkpoints, router, http_overrides(deployment))
+        if cascade is None:
+            spec, router, checkpoints = bundle or deployment.read()
+            kind = KINDS[spec.kind]
+            if not kind.needs_servers:
+                raise BundleError(f"{deployment.label} is a {kind.label} bundle; it is served in process (open_engine)")
+            cascade = build_cascade(spec, checkpoints, router, http_overrides(deployment))
+        self.strategy = cascade.router.name
         self.cascade = replace(cascade, slm=_RoleBackend(cascade.slm, "slm"), llm=_RoleBackend(cascade.llm, "llm"))
         self.fallback = replace(self.cascade, router=LLMOnly(), threshold=float("inf"))
         self._slm_down_until = 0.0
         self._lock = threading.Lock()
-
-    @property
-    def strategy(self) -> str:
-        return self.spec.strategy
+        self._probed: tuple[float, dict[str, bool]] = (-math.inf, {})
 
     def slm_skipped(self) -> bool:
         return time.monotonic() < self._slm_down_until
+
+    def reachable(self) -> dict[str, bool]:
+        """Whether each model's server answers /health now (a model without a server of ours, an API
+        model, counts as reachable); probed with a short timeout and remembered for PROBE_CACHE_S."""
+        at, known = self._probed
+        if time.monotonic() - at < PROBE_CACHE_S:
+            return known
+        known = {role: self.deployment.endpoints.get(role) is None or _healthy(self.deployment.endpoints[role])
+                 for role in ("slm", "llm")}
+        self._probed = (time.monotonic(), known)
+        return known
 
     def check(self) -> None:
         """One token from each model, straight from its server: ModelDown names the one that fails."""
         for backend in (self.cascade.slm, self.cascade.llm):
             backend.generate([format_prompt("1 + 1")], SamplingParams(max_new_tokens=1))
 
-    def answer(self, question: str) -> Answer:
-        """Route one question; raises ModelDown("llm") when it needs the LLM and the LLM is down."""
+    def answer(self, question: str, budget: Budget | None = None) -> Answer:
+        """Route one question within `budget`; raises ModelDown("llm") when it needs the LLM and the LLM is
+        down, RequestRejected when a server refuses it, DeadlineExceeded when the LLM runs out of time."""
+        token = _BUDGET.set(budget)
+        try:
+            return self._route(question)
+        finally:
+            _BUDGET.reset(token)
+
+    def _route(self, question: str) -> Answer:
+        reason = "slm_down"
         if not self.slm_skipped():
             try:
                 return self._answer(self.cascade.answer([question])[0], None)
+            except Unscored:
+                reason = "slm_unscored"  # this answer alone: the SLM itself is up
             except ModelDown as exc:
                 if exc.role != "slm":
                     raise
                 with self._lock:
                     self._slm_down_until = time.monotonic() + SLM_RETRY_AFTER_S
-        return self._answer(self.fallback.answer([question])[0], "slm_down")
+        result = self.fallback.answer([question])[0]
+        if reason == "slm_unscored":  # no score: NaN, which escalates (decision.decide), not the fallback's 0
+            result = {**result, "confidence": math.nan, "threshold": self.cascade.threshold}
+        return self._answer(result, reason)
 
     def close(self) -> None:
         self.cascade.close()
@@ -168,16 +266,27 @@ class InProcessEngine:
     def slm_skipped(self) -> bool:
         return False  # no SLM server to bypass
 
+    def reachable(self) -> dict[str, bool]:
+        return {"slm": True, "llm": True}  # both models live in this process
+
     def check(self) -> None:
         """Nothing to reach: the models loaded with the engine, and the gateway's probe answer exercises them."""
 
-    def answer(self, question: str) -> Answer:
+    def answer(self, question: str, budget: Budget | None = None) -> Answer:
+        """Decoding in process cannot be interrupted: the gateway's own deadline answers 504 meanwhile."""
         with self._lock:
             return Answer(self.cascade.answer([question])[0], None, IN_PROCESS)
 
     def close(self) -> None:
         with self._lock:
             self.cascade.close()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(health_url(base_url), timeout=PROBE_TIMEOUT_S).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 class EngineHolder:

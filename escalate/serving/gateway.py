@@ -4,17 +4,26 @@
 
 Every completion carries an `escalate` object: the model that answered, the router's confidence,
 the strategy, each model's tokens and cost, and each step's latency. Errors use OpenAI's body
-shape: 401 without a valid key, 400 for malformed JSON or an unanswerable request, 422 for schema
-violations, 404 for an unknown model, 413 for oversized bodies, 429 when the queue is full, 503
-when the model a request needs is down (a down SLM is bypassed: its requests go to the LLM).
+shape, and none quotes an exception or an internal URL (the log has those): 401 without a valid
+key, 400 for malformed JSON or an unanswerable request (one a model's server refused, e.g. over its
+context), 408 for a body sent too slowly, 422 for schema violations, 404 for an unknown model or
+path, 413 for oversized bodies, 429 when the queue is full, 503 when the model a request needs is
+down (a down or frozen SLM is bypassed: its requests go to the LLM), 504 past the request's
+deadline; 429 and 503 say Retry-After.
 A token-level (CITER) deployment decodes in this process: `served_by` says "in-process", and the
 model-down handling does not apply (engine.InProcessEngine).
-`POST /admin/deploy` loads a deployment, answers a probe question with it, and only then swaps it
-in; requests in flight finish on the bundle they started with.
+
+Auth: /v1/* takes a client key ($ESCALATE_API_KEY). `POST /admin/deploy` takes an admin key
+($ESCALATE_ADMIN_KEY) and is absent (404) without one; it loads a deployment from the serving
+directory only, answers a probe question with it, and only then swaps it in; requests in flight
+finish on the bundle they started with. /metrics answers loopback clients, and others with a metrics
+key ($ESCALATE_METRICS_KEY). /health and /ready are open; /docs and /openapi.json are off unless
+`docs` is set.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -28,17 +37,32 @@ import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from escalate.registry.bundle import DEFAULT_EXAMPLE, BundleError
 from escalate.serving import openai_api as api
-from escalate.serving.deployment import Deployment
-from escalate.serving.engine import Answer, EngineHolder, ModelDown, NotReady, open_engine
+from escalate.serving.deployment import SERVING_DIR, Deployment
+from escalate.serving.engine import (
+    SLM_RETRY_AFTER_S,
+    Answer,
+    Budget,
+    DeadlineExceeded,
+    EngineHolder,
+    ModelDown,
+    NotReady,
+    RequestRejected,
+    open_engine,
+)
 from escalate.serving.metrics import GatewayMetrics
 
 log = logging.getLogger("escalate.gateway")
 API_KEY_ENV = "ESCALATE_API_KEY"
+ADMIN_KEY_ENV = "ESCALATE_ADMIN_KEY"
+METRICS_KEY_ENV = "ESCALATE_METRICS_KEY"
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# Past the request's deadline the engine gives up on its own; this much later the gateway answers 504 anyway.
+DEADLINE_GRACE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -49,30 +73,59 @@ class GatewaySettings:
     max_body_bytes: int = 64_000
     max_concurrency: int = 8  # requests answered at once (worker threads)
     max_queue: int = 64  # requests waiting for a worker before new ones get 429
+    admin_keys: tuple[str, ...] = ()  # none: /admin/deploy does not exist
+    metrics_keys: tuple[str, ...] = ()  # besides loopback clients, who may read /metrics
+    serving_dir: str = SERVING_DIR  # the only directory /admin/deploy loads deployments from
+    deadline_s: float = 30.0  # a request's whole time, queue included; then 504
+    slm_share: float = 0.5  # of the deadline, the SLM's; past it the request escalates
+    body_timeout_s: float = 10.0  # time to send the request body; then 408
+    docs: bool = False  # serve /docs and /openapi.json
 
     def __post_init__(self) -> None:
         if not self.api_keys or not all(self.api_keys):
             raise ValueError(f"the gateway needs an API key: set ${API_KEY_ENV}")
         if self.max_body_bytes < 1024 or self.max_concurrency < 1 or self.max_queue < 0:
             raise ValueError("max_body_bytes >= 1024, max_concurrency >= 1 and max_queue >= 0 are required")
+        if not all(self.admin_keys) or not all(self.metrics_keys) or set(self.admin_keys) & set(self.api_keys):
+            raise ValueError("admin and metrics keys must be non-empty, and no admin key may be a client key")
+        if not (self.deadline_s > 0 and 0 < self.slm_share < 1 and self.body_timeout_s > 0):
+            raise ValueError("deadline_s > 0, 0 < slm_share < 1 and body_timeout_s > 0 are required")
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str, code: str | None = None, param: str | None = None):
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None, param: str | None = None,
+                 retry_after_s: float | None = None):
         super().__init__(message)
         self.status, self.body = status, api.error_body(message, kind, code, param)
+        self.headers = {"Retry-After": str(math.ceil(retry_after_s))} if retry_after_s is not None else None
 
 
 class DeployRequest(BaseModel):
-    deployment: str  # path of a deployment.json (or its directory)
-    probe: str = DEFAULT_EXAMPLE  # answered by the new bundle (after each model's own check) before the swap
+    deployment: str = Field(max_length=4096)  # path of a deployment.json (or its directory) in the serving dir
+    probe: str = Field(default=DEFAULT_EXAMPLE, min_length=1, max_length=api.MAX_QUESTION_CHARS)
+
+
+def key_matches(header: str, keys: tuple[str, ...]) -> bool:
+    """Whether an Authorization header carries one of `keys`. Bytes, not str: a non-ASCII header must
+    be a plain mismatch (401), and compare_digest refuses non-ASCII str."""
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    raw = given.strip().encode("latin-1", "replace")  # how Starlette decoded the header's bytes
+    return any([hmac.compare_digest(raw, key.encode()) for key in keys])  # a list: every key is compared
+
+
+def fingerprint(header: str) -> str:
+    """Who sent an admin request, for the log, without writing the key."""
+    return hashlib.sha256(header.encode("latin-1", "replace")).hexdigest()[:12]
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over the limit, whether or not Content-Length is sent."""
+    """ASGI middleware: 413 for a body over the limit, whether or not Content-Length is sent; 408 for a
+    body not sent within timeout_s, so a slow sender cannot hold a connection open."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -83,15 +136,19 @@ class BodyLimit:
             await self._reject(send, 413 if length.isdigit() else 400)
             return
         body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                await self._reject(send, 413)
-                return
+        with anyio.move_on_after(self.timeout_s) as slow:
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_bytes:
+                    await self._reject(send, 413)
+                    return
+        if slow.cancelled_caught:
+            await self._reject(send, 408)
+            return
         sent = False
 
         async def replay() -> dict:
@@ -104,11 +161,13 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Any, status: int) -> None:
-        message = (f"request body over {self.max_bytes} bytes" if status == 413 else "invalid Content-Length header")
-        payload = json.dumps(api.error_body(message, "invalid_request_error",
-                                            "request_too_large" if status == 413 else "bad_request")).encode()
+        message, code = {413: (f"request body over {self.max_bytes} bytes", "request_too_large"),
+                         408: (f"request body not received within {self.timeout_s:g} s", "request_timeout"),
+                         400: ("invalid Content-Length header", "bad_request")}[status]
+        payload = json.dumps(api.error_body(message, "invalid_request_error", code)).encode()
         await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
+                                (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": payload})
 
 
@@ -123,29 +182,33 @@ class Gateway:
         self.admitted = 0  # requests answering or waiting for a worker
 
     async def run(self, fn: Any, *args: Any) -> Any:
-        """Run blocking work on a worker thread; 429 once max_concurrency answer and max_queue wait."""
+        """Run blocking work on a worker thread; 429 once max_concurrency answer and max_queue wait; 504
+        past the deadline (the thread, abandoned, stops at its own budget). Cancelling the caller (its
+        client left) frees its place at once."""
         capacity = self.settings.max_concurrency + self.settings.max_queue
         if self.admitted >= capacity:
             raise APIError(429, f"the gateway is at capacity ({self.settings.max_concurrency} answering, "
-                                f"{self.settings.max_queue} waiting); retry shortly", "rate_limit_error", "queue_full")
+                                f"{self.settings.max_queue} waiting); retry shortly", "rate_limit_error", "queue_full",
+                           retry_after_s=1)
         self.admitted += 1
         self.metrics.in_flight.inc()
         try:
-            return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+            with anyio.move_on_after(self.settings.deadline_s + DEADLINE_GRACE_S):
+                return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+            raise DeadlineExceeded("the gateway's deadline passed")
         finally:
             self.admitted -= 1
             self.metrics.in_flight.dec()
 
-    def answer(self, question: str) -> tuple[Answer, Deployment]:
+    def answer(self, question: str, budget: Budget) -> tuple[Answer, Deployment]:
         with self.holder.use() as engine:
-            return engine.answer(question), engine.deployment
+            return engine.answer(question, budget), engine.deployment
 
-    def deploy(self, request: DeployRequest) -> dict[str, Any]:
-        deployment = Deployment.load(request.deployment)
+    def deploy(self, deployment: Deployment, probe_question: str = DEFAULT_EXAMPLE) -> dict[str, Any]:
         engine = open_engine(deployment)
         try:
             engine.check()
-            probe = engine.answer(request.probe)
+            probe = engine.answer(probe_question)
         except Exception:
             engine.close()
             raise
@@ -156,37 +219,56 @@ class Gateway:
         return {"serving": deployment.label, "previous": old.deployment.label if old else None,
                 "probe": {"answer": probe.result["answer"], "model": probe.result["model"]}}
 
+    def admin_deploy(self, request: DeployRequest) -> dict[str, Any]:
+        """A deployment a client named: from the serving directory only."""
+        return self.deploy(Deployment.load_within(request.deployment, Path(self.settings.serving_dir)), request.probe)
+
 
 def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) -> FastAPI:
     gateway = Gateway(settings, holder)
-    app = FastAPI(title="escalate gateway", version="1", description=__doc__)
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="escalate gateway", version="1", description=__doc__, **docs)
     app.state.gateway = gateway
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
 
     def authorize(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in settings.api_keys):
+        if not key_matches(request.headers.get("authorization", ""), settings.api_keys):
             raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>' with the key in "
                                 f"${API_KEY_ENV}", "invalid_request_error", "invalid_api_key")
 
+    def authorize_admin(request: Request) -> None:
+        if not settings.admin_keys:  # off: as if the route did not exist
+            raise APIError(404, f"no route {request.url.path}", "not_found_error")
+        if not key_matches(request.headers.get("authorization", ""), settings.admin_keys):
+            log.warning("admin: refused %s %s from %s (bad key %s)", request.method, request.url.path,
+                        request.client.host if request.client else "?", fingerprint(request.headers.get("authorization", "")))
+            raise APIError(401, f"missing or invalid admin key (${ADMIN_KEY_ENV})", "invalid_request_error",
+                           "invalid_api_key")
+
+    def authorize_metrics(request: Request) -> None:
+        loopback = request.client is not None and request.client.host in LOOPBACK
+        if not loopback and not key_matches(request.headers.get("authorization", ""), settings.metrics_keys):
+            raise APIError(403, f"/metrics answers loopback clients, or a metrics key (${METRICS_KEY_ENV})",
+                           "permission_error", "forbidden")
+
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        gateway.metrics.requests.labels(request.url.path, str(exc.status)).inc()
-        return JSONResponse(exc.body, status_code=exc.status)
+        gateway.metrics.requests.labels(_route(request, exc.status), str(exc.status)).inc()
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """FastAPI's own refusals (unknown path, wrong method, undecodable body) in OpenAI's error shape."""
-        gateway.metrics.requests.labels(request.url.path if exc.status_code != 404 else "other", str(exc.status_code)).inc()
+        gateway.metrics.requests.labels(_route(request, exc.status_code), str(exc.status_code)).inc()
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(api.error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """The log has the exception; the client gets no internals."""
         log.exception("unexpected error on %s", request.url.path)
-        gateway.metrics.requests.labels(request.url.path, "500").inc()
-        return JSONResponse(api.error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error"),
+        gateway.metrics.requests.labels(_route(request, 500), "500").inc()
+        return JSONResponse(api.error_body("internal error; the gateway's log has the details", "server_error"),
                             status_code=500)
 
     @app.exception_handler(RequestValidationError)
@@ -198,7 +280,7 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = "request body is not valid JSON" if malformed else (
             f"{where or 'body'}: {first.get('msg', 'invalid')}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
-        gateway.metrics.requests.labels(request.url.path, str(status)).inc()
+        gateway.metrics.requests.labels(_route(request, status), str(status)).inc()
         return JSONResponse(api.error_body(message, "invalid_request_error", "invalid_request", where or None),
                             status_code=status)
 
@@ -208,13 +290,20 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
 
     @app.get("/ready")
     async def ready() -> JSONResponse:
+        """Ready while some model of the deployment answers its server's /health (probed, cached briefly):
+        with the SLM alone, its questions are answered; with the LLM alone, all of them."""
         engine = gateway.holder.engine
         if engine is None:
             return JSONResponse({"ready": False, "reason": "no deployment loaded"}, status_code=503)
-        return JSONResponse({"ready": True, "deployment": engine.deployment.label, "strategy": engine.strategy,
-                             "slm_bypassed": engine.slm_skipped()})
+        reachable = await anyio.to_thread.run_sync(engine.reachable)
+        body = {"ready": any(reachable.values()), "deployment": engine.deployment.label, "strategy": engine.strategy,
+                "reachable": reachable, "slm_bypassed": engine.slm_skipped() or not reachable["slm"]}
+        if not body["ready"]:
+            return JSONResponse({**body, "reason": "no model is reachable"}, status_code=503,
+                                headers={"Retry-After": str(math.ceil(SLM_RETRY_AFTER_S))})
+        return JSONResponse(body)
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[Depends(authorize_metrics)])
     async def metrics() -> Response:
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -225,8 +314,9 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
                                            "created": 0, "owned_by": "escalate"}]
         return {"object": "list", "data": data}
 
-    async def complete(request: Any, chat: bool, route: str) -> Response:
+    async def complete(request: Any, raw: Request, chat: bool, route: str) -> Response:
         start = time.perf_counter()
+        budget = Budget.start(settings.deadline_s, settings.slm_share)  # the queue's wait counts too
         try:
             question = request.question()
         except ValueError as exc:
@@ -237,15 +327,27 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
             raise APIError(404, f"model {request.model!r} is not served here; GET /v1/models lists "
                                 f"{engine.deployment.model_name!r}", "invalid_request_error", "model_not_found", "model")
         try:
-            answer, deployment = await gateway.run(gateway.answer, question)
+            answered = await _unless_disconnected(raw, gateway.answer, question, budget)
         except NotReady as exc:
-            raise APIError(503, str(exc), "service_unavailable", "not_ready") from None
+            raise APIError(503, str(exc), "service_unavailable", "not_ready", retry_after_s=5) from None
         except ModelDown as exc:
+            log.warning("%s: %s", exc, exc.detail)
             gateway.metrics.model_errors.labels(exc.role).inc()
-            raise APIError(503, f"{exc}; the question needed it, so it was not answered",
-                           "service_unavailable", f"{exc.role}_unavailable") from None
+            raise APIError(503, f"{exc}; the question needed it, so it was not answered", "service_unavailable",
+                           f"{exc.role}_unavailable", retry_after_s=SLM_RETRY_AFTER_S) from None
+        except RequestRejected as exc:
+            log.info("%s: %s", exc, exc.detail)
+            raise APIError(400, str(exc), "invalid_request_error", "model_rejected_request", "messages") from None
+        except DeadlineExceeded as exc:
+            log.warning("deadline: %s", exc)
+            raise APIError(504, f"no answer within the request's deadline of {settings.deadline_s:g} s",
+                           "timeout_error", "deadline_exceeded") from None
+        if answered is None:  # the client left: nobody to answer
+            gateway.metrics.requests.labels(route, "499").inc()
+            return Response(status_code=499)
+        answer, deployment = answered
         result = answer.result
-        if answer.fallback:
+        if answer.fallback == "slm_down":
             gateway.metrics.model_errors.labels("slm").inc()
         gateway.metrics.observe_answer(result, answer.fallback)
         text, finish = api.truncate(result["answer"], request.token_limit())
@@ -258,23 +360,60 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         build = api.chat_body if chat else api.text_body
         return JSONResponse(build(request.model, text, finish, result, meta))
 
+    async def _unless_disconnected(raw: Request, fn: Any, *args: Any) -> Any:
+        """gateway.run(fn, *args), or None as soon as the client disconnects (cancelling frees its place)."""
+        done: list[tuple[bool, Any]] = []
+        async with anyio.create_task_group() as group:
+            async def watch() -> None:
+                while (await raw.receive())["type"] != "http.disconnect":
+                    pass
+                group.cancel_scope.cancel()
+
+            async def work() -> None:
+                try:
+                    done.append((True, await gateway.run(fn, *args)))
+                except Exception as exc:  # raised below, outside the task group (no ExceptionGroup)
+                    done.append((False, exc))
+                finally:
+                    group.cancel_scope.cancel()
+
+            group.start_soon(watch)
+            group.start_soon(work)
+        if not done:
+            return None
+        ok, value = done[0]
+        if not ok:
+            raise value
+        return value
+
     @app.post("/v1/chat/completions", dependencies=[Depends(authorize)])
-    async def chat_completions(request: api.ChatCompletionRequest) -> Response:
-        return await complete(request, True, "/v1/chat/completions")
+    async def chat_completions(request: api.ChatCompletionRequest, raw: Request) -> Response:
+        return await complete(request, raw, True, "/v1/chat/completions")
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
-    async def completions(request: api.CompletionRequest) -> Response:
-        return await complete(request, False, "/v1/completions")
+    async def completions(request: api.CompletionRequest, raw: Request) -> Response:
+        return await complete(request, raw, False, "/v1/completions")
 
-    @app.post("/admin/deploy", dependencies=[Depends(authorize)])
-    async def deploy(request: DeployRequest) -> dict[str, Any]:
+    @app.post("/admin/deploy", dependencies=[Depends(authorize_admin)])
+    async def deploy(request: DeployRequest, raw: Request) -> dict[str, Any]:
+        who = (f"key {fingerprint(raw.headers.get('authorization', ''))} from "
+               f"{raw.client.host if raw.client else '?'}")
         try:
-            return await anyio.to_thread.run_sync(gateway.deploy, request)
-        except (BundleError, ModelDown) as exc:
+            result = await anyio.to_thread.run_sync(gateway.admin_deploy, request)
+        except (BundleError, ModelDown, RequestRejected, DeadlineExceeded) as exc:
+            log.warning("admin: deploy of %r by %s refused: %s %s", request.deployment, who, exc,
+                        getattr(exc, "detail", ""))
             raise APIError(409, f"deployment refused, still serving the previous one: {exc}",
                            "invalid_request_error", "deployment_refused") from None
+        log.warning("admin: deploy of %r by %s: now serving %s", request.deployment, who, result["serving"])
+        return result
 
     return app
+
+
+def _route(request: Request, status: int) -> str:
+    """The metrics label: the path, except for unknown paths (404s), which would make labels without end."""
+    return "other" if status == 404 else request.url.path
 
 
 def escalate_object(answer: Answer, deployment: Deployment, gateway_s: float) -> dict[str, Any]:
@@ -306,5 +445,5 @@ async def _sse(chunks: list[dict[str, Any]]) -> Any:
 
 
 def load_current(app: FastAPI, deployment_path: Path) -> dict[str, Any]:
-    """Load a deployment at start-up (same checks as /admin/deploy)."""
-    return app.state.gateway.deploy(DeployRequest(deployment=str(deployment_path)))
+    """Load a deployment at start-up (the operator's own path: any directory; the same probe as /admin/deploy)."""
+    return app.state.gateway.deploy(Deployment.load(deployment_path))

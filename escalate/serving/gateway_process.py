@@ -1,8 +1,11 @@
 """The gateway as a background process: started by `escalate serve --detach` or by `promote`, found again
 through serving/gateway.json, stopped by its PID.
 
-The API key comes from $ESCALATE_API_KEY; without one, a random key is made once and kept in
-serving/gateway.key (mode 600), so the demo is authenticated without any set-up.
+Each key comes from its environment variable; without one, a random key is made once and kept in
+serving/ (mode 600), so the demo is authenticated without any set-up: the client key
+($ESCALATE_API_KEY, gateway.key), the admin key promote deploys with ($ESCALATE_ADMIN_KEY, admin.key)
+and the key of the vLLM servers promote starts ($ESCALATE_VLLM_API_KEY, vllm.key), which the gateway
+sends them, so no client on this host reaches a model without going through the gateway's accounting.
 """
 
 from __future__ import annotations
@@ -18,22 +21,38 @@ from pathlib import Path
 import httpx
 
 from escalate.serving.deployment import GATEWAY_FILE, SERVING_DIR, write_json
-from escalate.serving.gateway import API_KEY_ENV
-from escalate.serving.vllm_server import ServerError, free_port, stop_group, wait_gone
+from escalate.serving.gateway import ADMIN_KEY_ENV, API_KEY_ENV
+from escalate.serving.vllm_server import VLLM_KEY_ENV, ServerError, free_port, stop_group, wait_gone
 
 KEY_FILE = "gateway.key"
+ADMIN_KEY_FILE = "admin.key"
+VLLM_KEY_FILE = "vllm.key"
 
 
 def api_key(root: Path) -> str:
     """$ESCALATE_API_KEY, else the key kept in serving/gateway.key (made on first use)."""
-    if os.environ.get(API_KEY_ENV):
-        return os.environ[API_KEY_ENV]
-    path = root / SERVING_DIR / KEY_FILE
+    return _kept_key(root, API_KEY_ENV, KEY_FILE, "esk")
+
+
+def admin_key(root: Path) -> str:
+    """$ESCALATE_ADMIN_KEY, else the key kept in serving/admin.key (made on first use)."""
+    return _kept_key(root, ADMIN_KEY_ENV, ADMIN_KEY_FILE, "esa")
+
+
+def vllm_key(root: Path) -> str:
+    """$ESCALATE_VLLM_API_KEY, else the key kept in serving/vllm.key (made on first use)."""
+    return _kept_key(root, VLLM_KEY_ENV, VLLM_KEY_FILE, "esv")
+
+
+def _kept_key(root: Path, env: str, name: str, prefix: str) -> str:
+    if os.environ.get(env):
+        return os.environ[env]
+    path = root / SERVING_DIR / name
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(f"esk-{secrets.token_urlsafe(24)}\n")
+            fh.write(f"{prefix}-{secrets.token_urlsafe(24)}\n")
     return path.read_text().strip()
 
 
@@ -70,7 +89,7 @@ def start(root: Path, port: int | None = None, host: str = "127.0.0.1", timeout_
     port = port or free_port(host)
     log = root / SERVING_DIR / "gateway.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, API_KEY_ENV: api_key(root)}
+    env = {**os.environ, API_KEY_ENV: api_key(root), ADMIN_KEY_ENV: admin_key(root), VLLM_KEY_ENV: vllm_key(root)}
     command = [sys.executable, "-m", "escalate.cli", "serve", "--host", host, "--port", str(port), "--root", str(root),
                "--no-current"]
     with log.open("ab") as fh:

@@ -111,10 +111,11 @@ def launch(deployment: Deployment, root: Path, timeout_s: float = 300.0) -> Depl
             name = f"{deployment.model_name}-v{deployment.version}-{role}"
             limit = top_logprobs(Path(checkpoint))
             server = VllmServer(Path(checkpoint), name, free_port(), python, directory / f"vllm-{role}.log",
-                                extra_args=["--max-logprobs", str(limit)])
+                                extra_args=["--max-logprobs", str(limit)], api_key=gateway_process.vllm_key(root))
             servers.append(server.start())
             deployment.endpoints[role], deployment.served_names[role] = server.url, name
             deployment.pids[role], deployment.top_logprobs[role] = server.process.pid, limit
+            deployment.api_key_env[role] = gateway_process.VLLM_KEY_ENV
         for server in servers:
             server.wait_ready(timeout_s)
     except BaseException:
@@ -171,7 +172,7 @@ def promote_alias(registry: Registry, root: Path, alias: str = "champion", timeo
         gateway = gateway or gateway_process.start(root)
         key = gateway_process.api_key(root)
         step = "switch"
-        switch(gateway.url, key, deployment, timeout_s)
+        switch(gateway.url, gateway_process.admin_key(root), deployment, timeout_s)
         switched = True
         step = "smoke"
         answers = smoke(gateway.url, key, deployment.model_name)
@@ -184,7 +185,7 @@ def promote_alias(registry: Registry, root: Path, alias: str = "champion", timeo
     except BaseException as exc:
         if switched and previous is not None and gateway is not None:
             try:
-                switch(gateway.url, gateway_process.api_key(root), previous, timeout_s)
+                switch(gateway.url, gateway_process.admin_key(root), previous, timeout_s)
             except Exception as back:  # say so: the operator must know the gateway is not on the previous bundle
                 exc.add_note(f"switching the gateway back to {previous.label} failed too: {back}")
         retire(deployment)

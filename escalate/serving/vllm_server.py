@@ -3,7 +3,9 @@
 vLLM pins its own torch, transformers and fastapi, so it runs from `.venv-serve` (`make setup-serve`),
 as production runs it in its own container; this module only needs the path of that Python. The
 server binds loopback, is its own process group (so stopping it stops its engine core too), and
-writes its log to a file that errors quote.
+writes its log to a file that errors quote. Given an API key, it answers /v1 only to that key (the
+gateway's, so nothing on this host bypasses the gateway's accounting); the key travels in vLLM's
+environment ($VLLM_API_KEY, read like --api-key), not on its command line, which any local user can read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import httpx
 
 SERVE_PYTHON_ENV = "ESCALATE_SERVE_PYTHON"
+VLLM_KEY_ENV = "ESCALATE_VLLM_API_KEY"  # where the gateway finds the key of the vLLM servers promote starts
 DEFAULT_SERVE_VENV = ".venv-serve"
 # vLLM's CPU backend reserves most of a NUMA node for its KV cache unless told otherwise, and then
 # refuses to start when that much is not free; the zoo's models need very little.
@@ -61,6 +64,7 @@ class VllmServer:
     dtype: str = "float32"  # the zoo was evaluated in fp32; serving must score the same
     max_model_len: int | None = None  # None: the checkpoint's own max_position_embeddings
     extra_args: list[str] = field(default_factory=list)
+    api_key: str | None = field(default=None, repr=False)  # None: /v1 answers anyone on loopback
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
@@ -80,7 +84,8 @@ class VllmServer:
             raise ServerError(f"{self.checkpoint} is not a checkpoint (no config.json)")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_GIB),
-               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+               **({"VLLM_API_KEY": self.api_key} if self.api_key else {})}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
@@ -102,7 +107,8 @@ class VllmServer:
     def healthy(self) -> bool:
         try:
             health = httpx.get(f"{self.url}/health", timeout=2.0)
-            models = httpx.get(f"{self.url}/v1/models", timeout=2.0) if health.status_code == 200 else None
+            auth = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+            models = httpx.get(f"{self.url}/v1/models", headers=auth, timeout=2.0) if health.status_code == 200 else None
         except httpx.HTTPError:
             return False
         return models is not None and models.status_code == 200 and any(

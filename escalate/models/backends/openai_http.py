@@ -7,13 +7,23 @@ vLLM's OpenAI server and most compatible servers support it.
 Token ids: OpenAI-style responses carry token strings, not ids. A vLLM server started with
 `--return-tokens-as-token-ids` writes each token as `token_id:<id>`, and those ids are kept;
 otherwise each token gets the placeholder id -1, so `n_output_tokens` is still right.
+
+Failures come in kinds, because a server that is down and a request it refused call for different
+responses (the gateway bypasses a down SLM, but a prompt over one model's context is that request's
+problem alone): BackendUnavailable (no connection, a timeout, a 5xx), BackendRejected (a 4xx) and
+BadCompletion (an answer without usable log-probabilities). A missing log-probability inside an
+otherwise whole answer becomes NaN, which scores NaN and so escalates (evaluation.decision).
 """
 
 from __future__ import annotations
 
+import contextvars
+import math
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -37,6 +47,38 @@ START_HINT = (
     "Is the server running? Start one with `python -m vllm.entrypoints.openai.api_server "
     "--model <path> --port <port> --return-tokens-as-token-ids` (in .venv-serve), or fix base_url."
 )
+# time.monotonic() after which no request of this context may wait for an answer (None: timeout_s only).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("openai_http_deadline", default=None)
+
+
+class BackendUnavailable(BackendError):
+    """The server could not answer now: no connection, a timeout or a 5xx."""
+
+
+class BackendTimeout(BackendUnavailable):
+    """No answer within timeout_s or before the caller's deadline."""
+
+
+class BackendRejected(BackendError):
+    """The server refused this request with a 4xx (say, a prompt over the model's context): the request's fault."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class BadCompletion(BackendError):
+    """A 200 whose body is not an OpenAI completion with log-probabilities."""
+
+
+@contextmanager
+def deadline(until: float | None) -> Iterator[None]:
+    """Requests made inside wait for their answer until time.monotonic() reaches `until` at most."""
+    token = _DEADLINE.set(until)
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
 
 
 def completions_url(base_url: str) -> str:
@@ -86,15 +128,16 @@ def choice_to_generation(
     if not isinstance(logprobs, dict):
         raise TypeError("a choice has no `logprobs`; the server must support `logprobs` on /v1/completions")
     tokens = logprobs["tokens"]
-    token_logprobs = [float(lp) for lp in logprobs["token_logprobs"]]
+    token_logprobs = [math.nan if lp is None else float(lp) for lp in logprobs["token_logprobs"]]
     steps = logprobs["top_logprobs"]
+    steps = [None] * len(tokens) if steps is None else steps
     if not len(tokens) == len(token_logprobs) == len(steps):
         raise ValueError("`tokens`, `token_logprobs` and `top_logprobs` differ in length")
     return Generation(
         text=str(choice["text"]),
         token_ids=[token_id(t) for t in tokens],
         token_logprobs=token_logprobs,
-        token_entropies=[top_k_entropy(step, top_logprobs) for step in steps],
+        token_entropies=[math.nan if not step else top_k_entropy(step, top_logprobs) for step in steps],
         token_offsets=token_offsets(logprobs, tokens),
         n_prompt_tokens=n_prompt_tokens,
         latency_s=latency_s,
@@ -185,8 +228,9 @@ class OpenAIBackend(GenerationBackend):
         if len(prompts) == 1:  # the gateway's case: no pool to start and stop
             return [self._complete(prompts[0], params)]
         pool = ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(prompts)))
+        context = contextvars.copy_context()  # each task runs in a copy, so the caller's deadline holds there too
         try:
-            return list(pool.map(lambda prompt: self._complete(prompt, params), prompts))
+            return list(pool.map(lambda prompt: context.copy().run(self._complete, prompt, params), prompts))
         finally:
             # On the first failure, drop the prompts not yet sent instead of failing each in turn.
             pool.shutdown(cancel_futures=True)
@@ -197,15 +241,16 @@ class OpenAIBackend(GenerationBackend):
     def _complete(self, prompt: str, params: SamplingParams) -> list[Generation]:
         response, latency_s = self._post(request_body(self.model, prompt, params, self.top_logprobs))
         if response.is_error:
-            raise BackendError(
-                f"{self.url} answered HTTP {response.status_code} for model {self.model!r}: "
-                f"{response.text[:300]!r}. {status_hint(response.status_code, self.api_key_env)}."
-            )
+            message = (f"{self.url} answered HTTP {response.status_code} for model {self.model!r}: "
+                       f"{response.text[:300]!r}. {status_hint(response.status_code, self.api_key_env)}.")
+            if response.status_code < 500:
+                raise BackendRejected(message, response.status_code)
+            raise BackendUnavailable(message)
         try:
             return parse_completion(response.json(), params.n, self.top_logprobs, latency_s)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # JSONDecodeError is a ValueError
             reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
-            raise BackendError(
+            raise BadCompletion(
                 f"{self.url} returned a body that is not an OpenAI completion with logprobs for model "
                 f"{self.model!r} ({reason}): {response.text[:300]!r}. "
                 "Check that base_url points at an OpenAI-compatible server."
@@ -214,26 +259,30 @@ class OpenAIBackend(GenerationBackend):
     def _post(self, body: dict[str, Any]) -> tuple[httpx.Response, float]:
         """POST with bounded retries on refused connections; transport failures become BackendErrors."""
         attempt = 1
+        until = _DEADLINE.get()
         while True:
             start = time.perf_counter()
+            timeout = self.timeout_s if until is None else min(self.timeout_s, until - time.monotonic())
+            if timeout <= 0:
+                raise BackendTimeout(f"no time was left to ask {self.url} for model {self.model!r} before the deadline")
             try:
-                response = self._client.post(self.url, json=body)
+                response = self._client.post(self.url, json=body, timeout=timeout)
                 return response, time.perf_counter() - start
             except httpx.ConnectError as exc:
                 if attempt >= CONNECT_ATTEMPTS:
-                    raise BackendError(
+                    raise BackendUnavailable(
                         f"cannot connect to {self.url} for model {self.model!r} after {attempt} attempts "
                         f"({exc}). {START_HINT}"
                     ) from None
                 time.sleep(BACKOFF_S * attempt)
                 attempt += 1
             except httpx.TimeoutException:
-                raise BackendError(
-                    f"{self.url} did not answer within {self.timeout_s} s for model {self.model!r}; the "
+                raise BackendTimeout(
+                    f"{self.url} did not answer within {round(timeout, 3)} s for model {self.model!r}; the "
                     "server may be overloaded or still loading the model. Raise timeout_s or check its log."
                 ) from None
             except httpx.HTTPError as exc:
-                raise BackendError(
+                raise BackendUnavailable(
                     f"request to {self.url} for model {self.model!r} failed: {type(exc).__name__}: {exc}. "
                     f"{START_HINT}"
                 ) from None
