@@ -18,7 +18,7 @@ from escalate.cascade import Cascade
 from escalate.config import SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.openai_http import OpenAIBackend
-from escalate.routers import make_router
+from escalate.routers.registry import make_router
 from escalate.serving.deployment import Deployment
 from escalate.serving.engine import Engine, EngineHolder
 from escalate.serving.gateway import GatewaySettings, create_app
