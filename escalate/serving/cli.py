@@ -65,6 +65,7 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    # MLflow, FastAPI and the engines: seconds to import; every `escalate` command builds this parser, few serve
     from escalate.serving import gateway_process
     from escalate.serving.deployment import current
 
@@ -74,7 +75,7 @@ def _serve(args: argparse.Namespace) -> int:
         if gateway is not None:
             gateway.stop()
             print(f"stopped the gateway at {gateway.url} (pid {gateway.pid})")
-        from escalate.serving.promote import retire
+        from escalate.serving.promote import retire  # as above
 
         deployment = current(root)
         retire(deployment)
@@ -90,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run_gateway(args: argparse.Namespace, root: Path) -> int:
+    # MLflow, FastAPI and the engines: seconds to import; every `escalate` command builds this parser, few serve
     import uvicorn
 
     from escalate.serving.deployment import current
@@ -118,6 +120,7 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    # MLflow, FastAPI and the engines: seconds to import; every `escalate` command builds this parser, few serve
     from escalate.registry.aliases import Registry
     from escalate.serving.promote import export
     from escalate.tracking import resolve_uri

@@ -153,7 +153,7 @@ def bundle_artifacts(bundle_dir: Path) -> dict[str, str]:
 
 def export_bundle(tracking_uri: str, model_name: str, version: str, dest: Path) -> Path:
     """Download a registered model version's files into dest/bundle and check them; returns that dir."""
-    import mlflow
+    import mlflow  # seconds to import: only promote and export download bundles, the gateway never does
 
     target = dest / "bundle"
     target.mkdir(parents=True, exist_ok=True)

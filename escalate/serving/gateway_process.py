@@ -10,6 +10,7 @@ sends them, so no client on this host reaches a model without going through the 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -75,8 +76,6 @@ class GatewayProcess:
 
 def running(root: Path) -> GatewayProcess | None:
     """The gateway recorded in serving/gateway.json, if it still answers."""
-    import json
-
     path = root / SERVING_DIR / GATEWAY_FILE
     if not path.is_file():
         return None
