@@ -30,7 +30,7 @@ from escalate.config import Profile, load_profile  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.evaluation.run import SUMMARY_COLUMNS  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
-from escalate.registry.publish import rank_candidates, same_data  # noqa: E402
+from escalate.registry.publish import link_run, rank_candidates, same_data  # noqa: E402
 from escalate.stages import STAGES, candidates, cost_model, paths, trained_stages, validation_reports  # noqa: E402
 from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, bundle, load_gates, move_champion, register  # noqa: E402
@@ -60,13 +60,14 @@ def retrain(
             run_stage(stage, profile, str(root_path))
             log_stage(tracker, run_id, stage, cfg, str(root_path))
             champion = registry.champion() if stage == "questions" and skip_if_unchanged else None
-            if champion is not None and same_data(champion.tags, dvc_hashes(root_path, profile), profile):
+            if champion is not None and same_data(registry.lineage(champion), dvc_hashes(root_path, profile), profile):
                 tracker.tags(run_id, {"escalate.outcome": "no-change", **dvc_hashes(root_path, profile)})
                 print("no change: the data has the same DVC hash as the champion's; nothing retrained")
                 ok = True
                 return {"run_id": run_id, "outcome": "no-change"}
         tracker.tags(run_id, dvc_hashes(root_path, profile))
         candidates = register_all(cfg, tracker, registry, run_id, root_path)
+        link_run(tracker, run_id, registry, candidates)
         ok = True
     finally:
         tracker.end(run_id, ok)

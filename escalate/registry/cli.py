@@ -24,7 +24,7 @@ EPILOG = """\
 examples:
   escalate registry list                          every version, its aliases and gate verdict
   escalate registry show 3                        version 3's gates (figure, limit, reason), lineage, params
-  escalate registry diff 2 3                      params, metrics and tags that differ
+  escalate registry diff 2 3                      params, metrics, tags and lineage that differ
   escalate registry promote 3 --reason "..."      make version 3 @champion (only if its gates passed)
   escalate registry rollback --reason "..."       move @champion back to the previous champion
 """
@@ -107,7 +107,7 @@ def _show(registry: Registry, args: argparse.Namespace) -> int:
         print("\ngates:")
         print(format_table([{"gate": g.name, "verdict": "pass" if g.passed else "FAIL", "figure": g.figure,
                              "limit": g.limit, "reason": g.reason} for g in info["gates"]]))
-    for section in ("tags", "params", "metrics"):
+    for section in ("tags", "lineage", "params", "metrics"):
         if info[section]:
             print(f"\n{section}:")
             print("\n".join(f"  {k} = {v}" for k, v in sorted(info[section].items())))
