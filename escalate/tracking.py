@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import subprocess
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,7 +224,9 @@ def _head(path: Path) -> pd.DataFrame:
 def _table_schema(path: Path) -> str | None:
     """The table's MLflow column schema (JSON, as mlflow.data writes it), or None where it cannot be inferred."""
     try:
-        return json.dumps({"mlflow_colspec": _infer_schema(_head(path)).to_dict()})
+        with warnings.catch_warnings():  # its hint about integer columns with missing values concerns model inputs
+            warnings.simplefilter("ignore", UserWarning)
+            return json.dumps({"mlflow_colspec": _infer_schema(_head(path)).to_dict()})
     except (MlflowException, ValueError, TypeError, OSError):
         return None
 
