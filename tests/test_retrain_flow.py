@@ -48,6 +48,10 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert run.data.params["profile"] == "smoke"
     assert run.data.tags["git.commit"]
     assert any(k.startswith("dvc.artifacts/smoke/samples.parquet") for k in run.data.tags), run.data.tags
+    # the tables the run read are its dataset inputs, digest their DVC hash (the run page's Datasets)
+    inputs = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert inputs["artifacts/smoke/samples.parquet"] == run.data.tags["dvc.artifacts/smoke/samples.parquet"]
+    assert "artifacts/smoke/sater/preferences.parquet" in inputs
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     names = {c.info.run_name for c in children}
     assert names >= {"questions", "zoo", "samples", "evaluate", "sater", "corea", "citer", "candidate-entropy",
@@ -79,6 +83,10 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert all(t in first_gates["data_validation"].tag_value() for t in ("questions", "sater/preferences", "citer/"))
     assert first.tags["git.commit"] and registry.lineage(first)["dvc.artifacts/smoke/questions.parquet"]
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
+    # the flow's run names the versions it registered and the champion
+    linked = client.get_run(run.info.run_id).data.tags
+    assert f"escalate-cascade/{first.version}" in linked["escalate.registered"].split(", ")
+    assert linked["escalate.champion"] == f"escalate-cascade/{first.version}"
 
     # A second run with unchanged inputs reuses every stage (the checkpoint is not rewritten); its
     # candidates face a gate they cannot pass: registered, rejected with reasons, @champion stays. It and the
