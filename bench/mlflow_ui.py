@@ -47,8 +47,11 @@ def main() -> int:
     pages = page_routes(MlflowClient(tracking_uri=uri, registry_uri=uri), args.name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}"
+    mlflow_cli = str(Path(sys.executable).with_name("mlflow"))
+    # A store the client API made lacks the server's own migrations; the server's workers would race to apply them.
+    subprocess.run([mlflow_cli, "db", "upgrade", uri], check=True, capture_output=True, timeout=300)
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
+        [mlflow_cli, "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
          "--port", str(args.port), "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})
@@ -69,13 +72,13 @@ def main() -> int:
 
 
 def page_routes(client: MlflowClient, name: str) -> dict[str, str]:
-    """The UI routes to capture: the newest retrain run (parent of the candidate runs) and @champion's version."""
+    """The UI routes to capture: the newest retrain run that registered versions, and @champion's version."""
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              filter_string="attributes.run_name LIKE 'retrain-%'", order_by=["attributes.start_time DESC"],
-                              max_results=1)
-    if not runs:
-        raise SystemExit("no retrain run in this store: run `make demo` or the retrain flow first")
-    run = runs[0].info
+                              filter_string="attributes.run_name LIKE 'retrain-%'", order_by=["attributes.start_time DESC"])
+    registering = [r for r in runs if r.data.tags.get("escalate.registered")]
+    if not registering:
+        raise SystemExit("no retrain run that registered versions in this store: run `make demo` first")
+    run = registering[0].info
     champion = client.get_model_version_by_alias(name, CHAMPION)
     return {"experiment": f"/experiments/{run.experiment_id}", "run": f"/experiments/{run.experiment_id}/runs/{run.run_id}",
             "champion": f"/models/{name}/versions/{champion.version}"}
