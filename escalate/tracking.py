@@ -2,22 +2,42 @@
 
 Runs are addressed by id through `MlflowClient`, never through the "active run" global, so logging
 works the same from any thread (Prefect runs tasks in worker threads). Lineage tags tie a run to its
-git commit and to the DVC hash of every dataset and checkpoint it read or wrote (from dvc.lock).
+git commit and to the DVC hash of every dataset and checkpoint it read or wrote (from dvc.lock), and
+every table a stage reads is logged as an MLflow dataset input (digest: its DVC or content hash), so
+the UI's run page and runs table list the data. The experiment is typed as model training, so the
+MLflow 3 UI opens it on runs and models rather than its GenAI (traces, evaluation) view.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import subprocess
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pyarrow.parquet as pq
 import yaml
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.types.utils import _infer_schema
 
 from escalate.config import Profile, load_profile
 from escalate.telemetry import disable_telemetry
+
+# MLflow 3's UI picks an experiment's view from this tag; unset, it guesses, and a run without traces
+# opens on the GenAI "Evaluation runs" page.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+DATASET_CONTEXT = "mlflow.data.context"  # the input tag the UI shows beside a dataset
+_SCHEMA_ROWS = 100  # rows read to infer a table's schema for the UI
 
 
 def resolve_uri(uri: str | None, root: Path | str, profile: Profile | str | None = None) -> str:
@@ -53,6 +73,7 @@ class Tracker:
             artifacts = (root / "mlruns" / "artifacts").resolve()
             location = artifacts.as_uri() if self.uri.startswith("sqlite") else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)  # also types stores made before
 
     def start(self, name: str, tags: dict[str, str] | None = None, parent_id: str | None = None) -> str:
         tags = dict(tags or {})
@@ -82,6 +103,11 @@ class Tracker:
             self.client.log_artifacts(run_id, str(path), artifact_path)
         elif path.is_file():
             self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def inputs(self, run_id: str, tables: Sequence[Table]) -> None:
+        """Log tables as the run's dataset inputs (MLflow keeps one input per name and digest, so repeats are no-ops)."""
+        if tables:
+            self.client.log_inputs(run_id, datasets=[t.dataset_input() for t in tables])
 
     def tags(self, run_id: str, tags: dict[str, str]) -> None:
         for key, value in tags.items():
@@ -136,3 +162,78 @@ def dvc_hashes(root: Path, profile: str) -> dict[str, str]:
             if "md5" in entry and entry["path"].startswith(("artifacts", "data")):
                 hashes[f"dvc.{entry['path']}"] = entry["md5"]
     return hashes
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table a run read: the MLflow dataset input the UI lists, digest its DVC (or content) hash."""
+
+    name: str  # its path relative to the project root
+    path: Path
+    digest: str
+    context: str  # the stage that read it
+
+    def dataset_input(self) -> DatasetInput:
+        source = LocalArtifactDatasetSource(str(self.path.resolve()))
+        schema = _table_schema(self.path)
+        dataset = Dataset(name=self.name, digest=self.digest, source_type=source._get_source_type(),
+                          source=source.to_json(), schema=schema,
+                          profile=json.dumps({"num_rows": _num_rows(self.path)}))
+        return DatasetInput(dataset, tags=[InputTag(DATASET_CONTEXT, self.context)])
+
+
+def stage_tables(root: Path, profile: str, stage: str, source: str | None = None) -> list[Table]:
+    """Every table stage `stage` of `profile` read: its DVC table deps (hash from dvc.lock), the validated
+    tables it wrote into its own directory and trained on (a `<name>_report.json` beside `<name>.parquet`;
+    content hash), and `source`, the profile's data file, when given and local."""
+    root = Path(root)
+    lock = root / "dvc.lock"
+    entry = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get(f"{stage}@{profile}", {}) \
+        if lock.is_file() else {}
+    tables = [Table(dep["path"], root / dep["path"], dep["md5"], stage) for dep in entry.get("deps", [])
+              if dep["path"].endswith(TABLE_SUFFIXES) and "md5" in dep and (root / dep["path"]).is_file()]
+    for out in entry.get("outs", []):
+        folder = root / out["path"]
+        for report in sorted(folder.glob("*_report.json")) if folder.is_dir() else []:
+            table = folder / (report.name.removesuffix("_report.json") + ".parquet")
+            if table.is_file():
+                tables.append(Table(table.relative_to(root).as_posix(), table, file_md5(table), stage))
+    if source and (root / source).is_file():
+        tables.append(Table(source, root / source, file_md5(root / source), stage))
+    return tables
+
+
+def file_md5(path: Path) -> str:
+    """The md5 of a file's bytes: what DVC records for a binary file."""
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _head(path: Path) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=_SCHEMA_ROWS), None)
+        return batch.to_pandas() if batch is not None else pq.read_schema(path).empty_table().to_pandas()
+    if path.suffix == ".csv":
+        return pd.read_csv(path, nrows=_SCHEMA_ROWS)
+    return pd.read_json(path, lines=True, nrows=_SCHEMA_ROWS)
+
+
+def _table_schema(path: Path) -> str | None:
+    """The table's MLflow column schema (JSON, as mlflow.data writes it), or None where it cannot be inferred."""
+    try:
+        with warnings.catch_warnings():  # its hint about integer columns with missing values concerns model inputs
+            warnings.simplefilter("ignore", UserWarning)
+            return json.dumps({"mlflow_colspec": _infer_schema(_head(path)).to_dict()})
+    except (MlflowException, ValueError, TypeError, OSError):
+        return None
+
+
+def _num_rows(path: Path) -> int:
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).metadata.num_rows
+    with path.open("rb") as f:
+        lines = sum(1 for _ in f)
+    return lines - 1 if path.suffix == ".csv" else lines

@@ -29,7 +29,7 @@ from prefect import flow  # noqa: E402
 from escalate.config import Profile, load_profile  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
-from escalate.registry.publish import rank_candidates  # noqa: E402
+from escalate.registry.publish import link_run, rank_candidates  # noqa: E402
 from escalate.stages import cost_model, paths  # noqa: E402
 from escalate.stages.registry import enabled_stages, validation_reports  # noqa: E402
 from escalate.stages.results import candidate_sources, data_unchanged, results_table  # noqa: E402
@@ -61,13 +61,14 @@ def retrain(
             run_stage(stage.name, profile, str(root_path))
             log_stage(tracker, run_id, stage.name, cfg, str(root_path))
             champion = registry.champion() if stage.name == "questions" and skip_if_unchanged else None
-            if champion is not None and data_unchanged(champion.tags, root_path, profile):
+            if champion is not None and data_unchanged(registry.lineage(champion), root_path, profile):
                 tracker.tags(run_id, {"escalate.outcome": "no-change", **dvc_hashes(root_path, profile)})
                 print("no change: the data has the same DVC hash as the champion's; nothing retrained")
                 ok = True
                 return {"run_id": run_id, "outcome": "no-change"}
         tracker.tags(run_id, dvc_hashes(root_path, profile))
         candidates = register_all(cfg, tracker, registry, run_id, root_path)
+        link_run(tracker, run_id, registry, candidates)
         ok = True
     finally:
         tracker.end(run_id, ok)

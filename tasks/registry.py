@@ -66,4 +66,4 @@ def ask_champion(registry: Registry, questions: list[str]) -> pd.DataFrame | Non
         return None
     with use_tracking_uri(registry.uri):
         model = mlflow.pyfunc.load_model(registry.model_uri())
-    return model.predict(pd.DataFrame({"question": questions}))
+    return model.predict(questions)  # a plain list, as a client would send it

@@ -29,10 +29,11 @@ FAIL = [GateResult("accuracy", False, 0.70, 0.81, "accuracy 0.70 < LLM-only 0.83
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
-    """One SQLite store for this module (migrations cost seconds); each test uses its own model name."""
+    """One SQLite store for this module (migrations cost seconds), artifacts beside it; each test uses its own
+    model name."""
     path = tmp_path_factory.mktemp("registry")
     uri = f"sqlite:///{path}/mlflow.db"
-    MlflowClient(tracking_uri=uri).search_experiments()
+    MlflowClient(tracking_uri=uri).create_experiment("registry", artifact_location=(path / "artifacts").as_uri())
     return uri, path
 
 
@@ -46,7 +47,7 @@ def candidate(store: tuple[str, Path], name: str, accuracy: float) -> tuple[str,
     """A run with a param and a metric, and a stand-in model directory as the version's source."""
     uri, path = store
     client = MlflowClient(tracking_uri=uri)
-    run = client.create_run("0", run_name=name).info.run_id
+    run = client.create_run(client.get_experiment_by_name("registry").experiment_id, run_name=name).info.run_id
     client.log_param(run, "threshold", str(accuracy / 2))
     client.log_metric(run, "accuracy", accuracy)
     source = path / "models" / run

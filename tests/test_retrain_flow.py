@@ -48,6 +48,10 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert run.data.params["profile"] == "smoke"
     assert run.data.tags["git.commit"]
     assert any(k.startswith("dvc.artifacts/smoke/samples.parquet") for k in run.data.tags), run.data.tags
+    # the tables the run read are its dataset inputs, digest their DVC hash (the run page's Datasets)
+    inputs = {i.dataset.name: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert inputs["artifacts/smoke/samples.parquet"] == run.data.tags["dvc.artifacts/smoke/samples.parquet"]
+    assert "artifacts/smoke/sater/preferences.parquet" in inputs
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     names = {c.info.run_name for c in children}
     assert names >= {"questions", "zoo", "samples", "evaluate", "sater", "corea", "citer", "candidate-entropy",
@@ -72,11 +76,17 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert slm_of["corea_confidence"] == "zoo-slm-smoke-corea" and slm_of["entropy"] == "zoo-slm-smoke"
     assert {slm_of[s] for s in ("sater_refusal", "sater_pregen", "sater_vote")} == {"zoo-slm-smoke-sater"}
     assert slm_of["citer"] == "zoo-slm-smoke"  # the zoo SLM writes, its token router calls the zoo LLM
-    assert first.tags["gates.passed"] == "true" and first.tags["gate.bundle_load"].startswith("pass")
+    # per-gate details and lineage are on the version's run (gates.json, lineage.json), read by the registry
+    first_gates = {g.name: g for g in registry.gates(first)}
+    assert first.tags["gates.passed"] == "true" and first_gates["bundle_load"].tag_value().startswith("pass")
     # the data gate covers every table the run read, the training stages' own included
-    assert all(t in first.tags["gate.data_validation"] for t in ("questions", "sater/preferences", "citer/"))
-    assert first.tags["git.commit"] and first.tags["dvc.artifacts/smoke/questions.parquet"]
+    assert all(t in first_gates["data_validation"].tag_value() for t in ("questions", "sater/preferences", "citer/"))
+    assert first.tags["git.commit"] and registry.lineage(first)["dvc.artifacts/smoke/questions.parquet"]
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
+    # the flow's run names the versions it registered and the champion
+    linked = client.get_run(run.info.run_id).data.tags
+    assert f"escalate-cascade/{first.version}" in linked["escalate.registered"].split(", ")
+    assert linked["escalate.champion"] == f"escalate-cascade/{first.version}"
 
     # A second run with unchanged inputs reuses every stage (the checkpoint is not rewritten); its
     # candidates face a gate they cannot pass: registered, rejected with reasons, @champion stays. It and the
@@ -90,7 +100,8 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert all(not r.passed for r in second["registrations"].values())
     rejected = registry.version(second["registrations"]["entropy"].version)
     assert rejected.tags["gates.passed"] == "false" and "cost_saving" in rejected.tags["gates.failed"]
-    assert "0.99" in rejected.description or "0.99" in rejected.tags["gate.cost_saving"]
+    assert "0.99" in rejected.description or "0.99" in {g.name: g for g in registry.gates(rejected)}[
+        "cost_saving"].tag_value()
     assert registry.champion().version == first.version
 
     # A third run that passes takes @champion; rollback puts the first champion back, with who and why.

@@ -1,11 +1,20 @@
 """The model registry's decisions: register every candidate, move aliases only behind passing gates.
 
 Aliases, not stages (STYLE.md 6). Every candidate becomes a version of one registered model
-(default `escalate-cascade`), tagged with one tag per gate (`gate.<name>`: pass/fail, figure,
-limit, reason), `gates.passed`, the git commit, the data hashes and its run. `@challenger` moves to
-the newest candidate; `@champion` moves only when every gate passed, and the version that takes it
-remembers the one it replaced (`escalate.previous_champion`), so `rollback` can move it back and
-record who did it and why. A rejected version stays registered, its reasons visible in the UI.
+(default `escalate-cascade`). What a reviewer reads in the MLflow UI is the version's Markdown
+description: its verdict, a table of its gates (verdict, figure, limit, reason), its headline figures
+and where its evaluation report is. Its tags are only what a search filters on (strategy, kind,
+profile, models, git commit, `gates.passed`, `gates.failed`); the per-gate details and the lineage
+(every DVC hash, the runs it came from) are two JSON artifacts on the version's run,
+`registration/gates.json` and `registration/lineage.json`, and each gate's figure is a metric
+(`gate.<name>`) of the run and its logged model, so the UI's compare view sets versions side by side.
+Versions registered before this layout, or without a run, carry the old `gate.<name>` and lineage
+tags, and are read from them.
+
+`@challenger` moves to the newest candidate; `@champion` moves only when every gate passed, and the
+version that takes it remembers the one it replaced (`escalate.previous_champion`), so `rollback` can
+move it back and record who did it and why. A rejected version stays registered, its reasons
+visible in the UI.
 
 Everything is read and checked before any alias moves: an unreachable registry raises
 RegistryUnavailable and moves nothing, and when one alias move fails the ones already made are put
@@ -15,6 +24,8 @@ back. `promote` refuses, naming the reason, a version that does not exist or fai
 from __future__ import annotations
 
 import getpass
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +52,12 @@ TAG_FAILED = "gates.failed"
 TAG_RUN = "escalate.run_id"
 TAG_PREVIOUS = "escalate.previous_champion"
 NONE = "none"
+# Where a version's details live on its run (beside the tags a search filters on).
+REGISTRATION_DIR = "registration"
+GATES_FILE, LINEAGE_FILE = "gates.json", "lineage.json"
+FILTER_LINEAGE = ("git.commit", "escalate.profile")  # lineage keys also kept as version tags, for search
+HEADLINE = {"accuracy": "accuracy", "normalized_cost": "normalized cost", "saving": "saving",
+            "auroc": "AUROC", "ece": "ECE"}  # the figures a version's description leads with
 T = TypeVar("T")
 
 
@@ -98,6 +115,7 @@ def gate_tags(results: Sequence[GateResult]) -> dict[str, str]:
 
 
 def gates_from_tags(tags: Mapping[str, str]) -> list[GateResult]:
+    """Gates of a version registered with one tag per gate (before gates.json, or without a run)."""
     return [GateResult.from_tag(key[len(GATE_PREFIX):], value) for key, value in sorted(tags.items())
             if key.startswith(GATE_PREFIX)]
 
@@ -111,6 +129,26 @@ def lineage_tags(root: Path | str, profile: str, run_id: str | None = None,
     if parent_run_id:
         tags["escalate.parent_run_id"] = parent_run_id
     return tags
+
+
+def version_description(gates: Sequence[GateResult], figures: Mapping[str, float] | None = None,
+                        report: str | None = None) -> str:
+    """A version's Markdown description: the verdict, a table of its gates, its headline figures and its report."""
+    failed = [g.name for g in gates if not g.passed]
+    lines = ["**Every gate passed.**" if not failed else f"**Rejected** by {', '.join(failed)}.", "",
+             "| gate | verdict | figure | limit | reason |", "|---|---|---|---|---|"]
+    lines += [f"| {g.name} | {'pass' if g.passed else '**FAIL**'} | {_cell(g.figure)} | {_cell(g.limit)} | "
+              f"{g.reason.replace('|', '/').replace(chr(10), ' ')} |" for g in gates]
+    shown = [f"{label} {_cell(figures[key])}" for key, label in HEADLINE.items() if key in (figures or {})]
+    if shown:
+        lines += ["", "**Figures** (test split, at the threshold chosen on calib): " + " · ".join(shown)]
+    if report:
+        lines += ["", f"**Evaluation report:** {report}"]
+    return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(float(value)) else f"{float(value):.4g}"
 
 
 def _not_found(exc: Exception) -> bool:
@@ -178,7 +216,7 @@ class Registry:
         return rows
 
     def show(self, version: str | int) -> dict[str, Any]:
-        """One version in full: aliases, gates, tags, and the params and metrics of its model and run."""
+        """One version in full: aliases, gates, tags, lineage, and the params and metrics of its model and run."""
         mv = self._require(version)
         aliases = sorted(a for a, v in self.aliases().items() if str(v) == str(mv.version))
         params, metrics = self._params_metrics(mv)
@@ -186,20 +224,34 @@ class Registry:
         return {
             "name": self.name, "version": str(mv.version), "aliases": aliases, "source": mv.source,
             "run_id": mv.run_id, "model_id": _model_id(mv), "created": _time(mv.creation_timestamp),
-            "description": mv.description or "", "gates": gates_from_tags(tags),
+            "description": mv.description or "", "gates": self.gates(mv),
             "tags": {k: v for k, v in sorted(tags.items()) if not k.startswith(GATE_PREFIX)},
-            "params": params, "metrics": metrics,
+            "lineage": self.lineage(mv), "params": params, "metrics": metrics,
         }
 
     def diff(self, a: str | int, b: str | int) -> dict[str, dict[str, tuple[Any, Any]]]:
-        """Params, metrics and tags whose values differ between versions a and b: key -> (a's, b's)."""
+        """Params, metrics, tags and lineage whose values differ between versions a and b: key -> (a's, b's)."""
         left, right = self.show(a), self.show(b)
         out: dict[str, dict[str, tuple[Any, Any]]] = {}
-        for section in ("params", "metrics", "tags"):
+        for section in ("params", "metrics", "tags", "lineage"):
             keys = sorted(set(left[section]) | set(right[section]))
             out[section] = {k: (left[section].get(k), right[section].get(k)) for k in keys
                             if left[section].get(k) != right[section].get(k)}
         return out
+
+    def gates(self, mv: ModelVersion) -> list[GateResult]:
+        """A version's gate results: its run's gates.json, else (registered before it, or without a run) its tags."""
+        stored = self._run_json(mv, GATES_FILE)
+        if stored is None:
+            return gates_from_tags(mv.tags or {})
+        return [GateResult(**g) for g in stored["gates"]]
+
+    def lineage(self, mv: ModelVersion) -> dict[str, str]:
+        """Where a version came from: git commit, profile, every DVC hash, its runs (lineage.json over its tags)."""
+        tags = mv.tags or {}
+        old = {k: v for k, v in tags.items() if k.startswith(("git.", "dvc.")) or k in (
+            "escalate.profile", TAG_RUN, "escalate.parent_run_id")}
+        return {**old, **(self._run_json(mv, LINEAGE_FILE) or {})}
 
     def champion_outcomes(self) -> pd.DataFrame | None:
         """The champion bundle's per-query test outcomes (outcomes.parquet), or None without a champion or file."""
@@ -221,14 +273,20 @@ class Registry:
     # ---- writes ------------------------------------------------------------------------------
     def register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
                  model_id: str | None = None, tags: Mapping[str, str] | None = None,
-                 description: str | None = None, may_take_champion: bool = True) -> Registration:
+                 lineage: Mapping[str, str] | None = None, figures: Mapping[str, float] | None = None,
+                 report: str | None = None, description: str | None = None,
+                 may_take_champion: bool = True) -> Registration:
         """Register a candidate with its gate results; move @challenger to it, @champion only if all gates passed.
 
         may_take_champion=False registers a candidate the run's objective did not pick: it keeps its
         gate results (and can be promoted by hand later) but @champion stays where it is.
 
-        tags: lineage and identity (lineage_tags(), BundleInfo.tags()). Nothing moves unless the
-        registry was read first; a failed alias move puts back the moves already made.
+        tags: what a search filters on (BundleInfo.tags()). lineage: lineage_tags(); with a run it goes to
+        the run's lineage.json (its git commit and profile also to tags), the gates to its gates.json and
+        their figures to its metrics; without one, both are version tags. figures (headline figures) and
+        report (the evaluation report's path inside the logged model) feed the Markdown description, unless
+        `description` is given. Nothing moves unless the registry was read
+        first; a failed alias move puts back the moves already made.
         """
         from escalate.registry.bundle import use_tracking_uri  # bundle loads MLflow's pyfunc machinery
 
@@ -242,13 +300,19 @@ class Registry:
         passed = all_passed(gates)
         takes_champion = passed and may_take_champion
         failed = [g.name for g in gates if not g.passed]
-        version_tags = {**{k: str(v)[:5000] for k, v in (tags or {}).items()}, **gate_tags(gates)}
+        lineage = dict(lineage or {})
         if run_id:
-            version_tags.setdefault(TAG_RUN, run_id)
+            lineage.setdefault(TAG_RUN, run_id)
+            self._write("record the gates and lineage on the run (no version created)",
+                        lambda: self._record(run_id, model_id, gates, lineage))
+            kept = {k: lineage[k] for k in FILTER_LINEAGE if k in lineage}
+        else:  # nowhere else to keep them
+            kept = {**lineage, **gate_tags(gates)}
+        verdict = {k: v for k, v in gate_tags(gates).items() if not k.startswith(GATE_PREFIX)}
+        version_tags = {**{k: str(v)[:5000] for k, v in {**kept, **(tags or {})}.items()}, **verdict}
         if takes_champion:
             version_tags[TAG_PREVIOUS] = str(champion) if champion else NONE
-        summary = description or ("all gates passed" if passed else
-                                  "rejected: " + "; ".join(f"{g.name}: {g.reason}" for g in gates if not g.passed))
+        summary = description or version_description(gates, figures, self._report_link(run_id, model_id, report))
 
         def create() -> ModelVersion:
             with use_tracking_uri(self.uri):  # a models:/m-<id> source is resolved through the global URI
@@ -272,7 +336,7 @@ class Registry:
                                    f"(versions: {', '.join(known) or 'none'})")
         tags = mv.tags or {}
         if tags.get(TAG_PASSED) != "true":
-            gates = [g for g in gates_from_tags(tags) if not g.passed]
+            gates = [g for g in self.gates(mv) if not g.passed]
             why = "; ".join(f"{g.name}: {g.reason}" for g in gates) or "it has no gate results"
             raise PromotionRefused(f"cannot promote {self.name} version {mv.version}: it failed its gates ({why})")
         before = self.aliases()
@@ -337,7 +401,8 @@ class Registry:
 
     def _ensure_model(self) -> None:
         if self._read("read the registered model", self._registered_model) is None:
-            description = "Cascades of an SLM and an LLM, gated by escalate (see each version's gate.* tags)."
+            description = ("Cascades of an SLM and an LLM, gated by escalate: each version's description tabulates "
+                           "its gates; its run holds registration/gates.json and lineage.json.")
             self._write("create the registered model",
                         lambda: self.client.create_registered_model(self.name, description=description))
 
@@ -366,6 +431,44 @@ class Registry:
                     return None
                 return pd.read_parquet(path)
         return self._read(f"download version {mv.version}'s {OUTCOMES_FILE}", download)
+
+    def _record(self, run_id: str, model_id: str | None, gates: Sequence[GateResult],
+                lineage: Mapping[str, str]) -> None:
+        """A version's details on its run: gates.json, lineage.json, and each gate's figure as a metric
+        (of the run and its logged model, which the UI compares across versions)."""
+        self.client.log_dict(run_id, {"passed": all_passed(gates), "gates": [g.to_dict() for g in gates]},
+                             f"{REGISTRATION_DIR}/{GATES_FILE}")
+        self.client.log_dict(run_id, dict(lineage), f"{REGISTRATION_DIR}/{LINEAGE_FILE}")
+        figures = {f"{GATE_PREFIX}{g.name}": g.figure for g in gates}
+        figures[TAG_PASSED] = 1.0 if all_passed(gates) else 0.0
+        for key, value in figures.items():
+            if value is not None and math.isfinite(float(value)):
+                self.client.log_metric(run_id, key, float(value), model_id=model_id)
+
+    def _report_link(self, run_id: str | None, model_id: str | None, report: str | None) -> str | None:
+        """Markdown for the report: a link to the logged model's Artifacts tab in the UI, and its models:/ path."""
+        if not report:
+            return None
+        if not (run_id and model_id):
+            return f"`{report}`"
+        experiment = self._read("read the version's run", lambda: self.client.get_run(run_id)).info.experiment_id
+        return (f"[{report}](#/experiments/{experiment}/models/{model_id}/artifacts) "
+                f"(`models:/{model_id}/{report}`)")
+
+    def _run_json(self, mv: ModelVersion, name: str) -> Any:
+        """A JSON file from the version's run's registration/ artifacts, or None (no run, or no such file)."""
+        if not mv.run_id:
+            return None
+
+        def download() -> Any:
+            with tempfile.TemporaryDirectory(prefix="escalate-registration-") as tmp:
+                try:
+                    path = download_artifacts(run_id=mv.run_id, artifact_path=f"{REGISTRATION_DIR}/{name}",
+                                              dst_path=tmp, tracking_uri=self.uri)
+                except (MlflowException, OSError):
+                    return None
+                return json.loads(Path(path).read_text())
+        return self._read(f"download version {mv.version}'s {name}", download)
 
     def _tag(self, version: str | int, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

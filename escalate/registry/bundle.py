@@ -3,7 +3,7 @@
 A bundle holds everything its cascade needs, so a fresh process can answer questions with
 
     model = mlflow.pyfunc.load_model("models:/escalate-cascade@champion")
-    model.predict(pd.DataFrame({"question": ["Eva has 7 cups. ..."]}))
+    model.predict(["Eva has 7 cups. ...", "Jon has 8 cards. ..."])  # or a DataFrame: question[, choices]
 
 Its artifacts: `cascade.json` (kind, strategy, threshold, both models' settings, cost model,
 sampling, seed), the router, the SLM checkpoint and, for a self-hosted LLM, the LLM's (an HTTP LLM
@@ -73,7 +73,11 @@ mlflow.models.set_model(CascadeModel())
 '''
 DEFAULT_EXAMPLE = "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"
 
-INPUT_SCHEMA = Schema([ColSpec("string", "question"), ColSpec("string", "choices", required=False)])
+# The input: a DataFrame with `question` (and optionally `choices`) columns, or a plain list of question
+# strings. No MLflow column schema can admit both (a list becomes an unnamed column that a named schema
+# rejects, and an unnamed one drops `choices`), so the signature declares outputs only, and
+# CascadeModel.predict checks its input itself (questions_frame).
+INPUT_DOC = "a list of question strings, or a DataFrame with a `question` and an optional `choices` column"
 
 
 def _column_type(name: str) -> str:
@@ -89,7 +93,7 @@ def _column_type(name: str) -> str:
 
 # parsed_answer is None where no answer could be read from the text.
 OUTPUT_SCHEMA = Schema([ColSpec(_column_type(n), n, required=n != "parsed_answer") for n in RESULT_FIELDS])
-SIGNATURE = ModelSignature(inputs=INPUT_SCHEMA, outputs=OUTPUT_SCHEMA)
+SIGNATURE = ModelSignature(inputs=None, outputs=OUTPUT_SCHEMA)
 
 _MLFLOW_GLOBALS = threading.RLock()
 
@@ -221,8 +225,27 @@ def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Any, dict[st
     return spec, router, checkpoints
 
 
+def questions_frame(model_input: Any) -> pd.DataFrame:
+    """The questions to answer as a DataFrame with a `question` column (and maybe `choices`): from a
+    DataFrame, a dict of columns, a list of records, or a list / Series / array of question strings."""
+    if isinstance(model_input, pd.DataFrame):
+        frame = model_input
+    elif isinstance(model_input, str):
+        frame = pd.DataFrame({"question": [model_input]})
+    elif isinstance(model_input, Mapping):
+        scalar = all(isinstance(v, str) or not hasattr(v, "__len__") for v in model_input.values())
+        frame = pd.DataFrame([model_input] if scalar else dict(model_input))
+    else:
+        items = list(model_input)
+        frame = (pd.DataFrame(items) if items and all(isinstance(i, Mapping) for i in items)
+                 else pd.DataFrame({"question": items}))
+    if "question" not in frame.columns:
+        raise BundleError(f"input needs {INPUT_DOC}; got columns {list(frame.columns)}")
+    return frame
+
+
 class CascadeModel(mlflow.pyfunc.PythonModel):
-    """The pyfunc wrapper: load_context builds the Cascade from the artifacts, predict answers a DataFrame."""
+    """The pyfunc wrapper: load_context builds the Cascade from the artifacts, predict answers questions."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         disable_telemetry()
@@ -231,9 +254,7 @@ class CascadeModel(mlflow.pyfunc.PythonModel):
 
     # A DataFrame hint: MLflow 3 derives no schema from it, so the bundle's explicit signature applies.
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        if "question" not in frame.columns:
-            raise BundleError(f"input needs a `question` column; got columns {list(frame.columns)}")
+        frame = questions_frame(model_input)
         choices = frame["choices"].tolist() if "choices" in frame.columns else None
         results = self.cascade.answer([str(q) for q in frame["question"]], choices)
         return pd.DataFrame(results, columns=list(RESULT_FIELDS))
@@ -356,6 +377,7 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
                 name=BUNDLE_NAME, python_model=str(stage / MODEL_SCRIPT), artifacts=artifacts, code_paths=[str(code)],
                 signature=SIGNATURE, input_example=example, pip_requirements=pip_requirements(),
                 params=spec.params(), tags={"escalate.strategy": spec.strategy, "escalate.kind": spec.kind},
+                metadata={"input": INPUT_DOC},
             )
     if metrics:
         client = mlflow.MlflowClient(tracking_uri=tracking_uri)

@@ -17,14 +17,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from escalate.config import ConfigError
+from escalate.evaluation.report import format_table
 from escalate.registry.aliases import CHALLENGER, CHAMPION, DEFAULT_NAME, Registry, RegistryError
+from escalate.telemetry import disable_telemetry
 from escalate.tracking import resolve_uri
 
 EPILOG = """\
 examples:
   escalate registry list                          every version, its aliases and gate verdict
   escalate registry show 3                        version 3's gates (figure, limit, reason), lineage, params
-  escalate registry diff 2 3                      params, metrics and tags that differ
+  escalate registry diff 2 3                      params, metrics, tags and lineage that differ
   escalate registry promote 3 --reason "..."      make version 3 @champion (only if its gates passed)
   escalate registry rollback --reason "..."       move @champion back to the previous champion
 """
@@ -66,8 +69,6 @@ def add_registry_commands(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_registry(args: argparse.Namespace) -> int:
     """Carry out one `registry` action; registry errors and refusals print one line and return 2."""
-    from escalate.config import ConfigError
-
     try:
         registry = Registry(resolve_uri(args.tracking_uri, Path(args.root).resolve(), args.profile), args.name)
         return _ACTIONS[args.action](registry, args)
@@ -77,8 +78,6 @@ def run_registry(args: argparse.Namespace) -> int:
 
 
 def _list(registry: Registry, args: argparse.Namespace) -> int:
-    from escalate.evaluation.report import format_table
-
     rows = registry.list_versions()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -94,8 +93,6 @@ def _list(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _show(registry: Registry, args: argparse.Namespace) -> int:
-    from escalate.evaluation.report import format_table
-
     info = registry.show(args.version)
     if args.json:
         print(json.dumps({**info, "gates": [g.to_dict() for g in info["gates"]]}, indent=2, default=str))
@@ -107,7 +104,7 @@ def _show(registry: Registry, args: argparse.Namespace) -> int:
         print("\ngates:")
         print(format_table([{"gate": g.name, "verdict": "pass" if g.passed else "FAIL", "figure": g.figure,
                              "limit": g.limit, "reason": g.reason} for g in info["gates"]]))
-    for section in ("tags", "params", "metrics"):
+    for section in ("tags", "lineage", "params", "metrics"):
         if info[section]:
             print(f"\n{section}:")
             print("\n".join(f"  {k} = {v}" for k, v in sorted(info[section].items())))
@@ -115,8 +112,6 @@ def _show(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _diff(registry: Registry, args: argparse.Namespace) -> int:
-    from escalate.evaluation.report import format_table
-
     diff = registry.diff(args.a, args.b)
     if args.json:
         print(json.dumps(diff, indent=2, default=str))
@@ -148,8 +143,6 @@ _ACTIONS = {"list": _list, "show": _show, "diff": _diff, "promote": _promote, "r
 
 
 def main(argv: list[str] | None = None) -> int:
-    from escalate.telemetry import disable_telemetry
-
     disable_telemetry()
     parser = argparse.ArgumentParser(prog="escalate")  # usage reads as the `escalate registry` command
     add_registry_commands(parser.add_subparsers(dest="group", required=True))

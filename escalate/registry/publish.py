@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from mlflow.entities import LoggedModelOutput
 
 from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.thresholds import meets_accuracy
 from escalate.kinds import KINDS, kind_for
-from escalate.registry.aliases import Registration, Registry, lineage_tags
+from escalate.registry.aliases import CHAMPION, Registration, Registry, lineage_tags
 from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
 from escalate.registry.gates import GateResult, candidate_gates, load_gates
 from escalate.routers.base import Router
@@ -52,11 +53,24 @@ def rank_candidates(rows: Sequence[Mapping[str, Any]], delta: float) -> list[str
     return [r["strategy"] for r in sorted(strategies, key=key)]
 
 
-def same_data(champion_tags: Mapping[str, str] | None, hashes: Mapping[str, str], profile: str) -> bool:
+def same_data(champion_lineage: Mapping[str, str] | None, hashes: Mapping[str, str], profile: str) -> bool:
     """Whether the questions' DVC hash equals the one the champion was trained on (a scheduled run's
-    "no change"). Pure: tags of the champion version (None without one) and the run's current hashes."""
+    "no change"). Pure: the champion version's lineage (Registry.lineage; None without one) and the run's
+    current hashes."""
     key = f"dvc.artifacts/{profile}/questions.parquet"
-    return champion_tags is not None and key in hashes and champion_tags.get(key) == hashes[key]
+    return champion_lineage is not None and key in hashes and champion_lineage.get(key) == hashes[key]
+
+
+def headline(row: Mapping[str, Any]) -> dict[str, float]:
+    """The figures a reviewer compares versions on, under the names the registry shows: accuracy, normalized
+    cost C, saving 1 − C, AUROC and ECE (those the summary row has as finite numbers)."""
+    named = {"accuracy": row.get("accuracy"), "normalized_cost": row.get("cost"), "auroc": row.get("auroc"),
+             "ece": row.get("ece")}
+    out = {k: float(v) for k, v in named.items()
+           if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    if "normalized_cost" in out:
+        out["saving"] = 1.0 - out["normalized_cost"]
+    return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,30 @@ class Candidate:
 def champion_pick(ranked: Sequence[Candidate]) -> Candidate | None:
     """The first candidate, in the objective's calib order, whose every gate passed; None when none did."""
     return next((c for c in ranked if c.registration.passed), None)
+
+
+def link_run(tracker: Tracker, run_id: str, registry: Registry, registered: Sequence[Candidate]) -> dict[str, str]:
+    """Link the flow's run to what it registered: tags naming every `model/version` and the champion, a Markdown
+    run description linking each version's page, and each candidate's logged model as an output of the run
+    (its page's "Logged models"; the versions hang off the candidate runs, whose pages list them under
+    "Registered models"). Returns the tags set."""
+    champion = registry.aliases().get(CHAMPION)
+    tags = {"escalate.registered": ", ".join(f"{registry.name}/{c.registration.version}" for c in registered),
+            "escalate.champion": f"{registry.name}/{champion}" if champion else "none"}
+    ours = any(c.registration.version == champion for c in registered)
+    rows = [f"| {c.strategy} | [{registry.name} v{c.registration.version}](#/models/{registry.name}/versions/"
+            f"{c.registration.version}) | {_verdict(c.registration)} |" for c in registered]
+    note = [f"**@champion:** {tags['escalate.champion']}" + (" (registered by this run)" if ours else ""), "",
+            "| candidate | version | gates |", "|---|---|---|", *rows]
+    tracker.tags(run_id, {**tags, "mlflow.note.content": "\n".join(note)})
+    models = [c.model_uri.removeprefix("models:/") for c in registered if c.model_uri.startswith("models:/m-")]
+    if models:
+        tracker.client.log_outputs(run_id, [LoggedModelOutput(m, 0) for m in models])
+    return tags
+
+
+def _verdict(registration: Registration) -> str:
+    return "pass" if registration.passed else f"rejected by {', '.join(registration.failed)}"
 
 
 @dataclass(frozen=True)
@@ -132,6 +170,7 @@ def bundle_candidate(
     }
     run_id = tracker.start(f"candidate-{strategy}", tags={"escalate.strategy": strategy}, parent_id=parent_run_id)
     numeric = {k: float(v) for k, v in source.row.items() if isinstance(v, (int, float)) and math.isfinite(float(v))}
+    numeric.update(headline(source.row))
     smoke = list(test["question"].head(2))
     info = log_bundle(
         source.spec,
@@ -175,13 +214,15 @@ def register_bundled(
         delta=profile.evaluation.delta,
         limits=profile.gates,
     )
-    tags = {**lineage_tags(root, profile.name, run_id=bundled.run_id, parent_run_id=parent_run_id), **info.tags()}
     registration = registry.register(
         info.model_uri,
         gates,
         run_id=bundled.run_id,
         model_id=info.model_id,
-        tags=tags,
+        tags=info.tags(),
+        lineage=lineage_tags(root, profile.name, run_id=bundled.run_id, parent_run_id=parent_run_id),
+        figures=headline(source.row),
+        report="artifacts/eval/report.md" if source.eval_dir is not None else None,
         may_take_champion=may_take_champion,
     )
     return Candidate(bundled.strategy, registration, info.model_uri, gates)

@@ -35,7 +35,7 @@ def results_table(rows: list[dict]) -> str:
     return format_table([r for r in rows if r not in references] + references, ["strategy", *SUMMARY_COLUMNS[1:]])
 
 
-def data_unchanged(champion_tags: Mapping[str, str] | None, root: Path, profile: str) -> bool:
-    """Whether the questions' DVC hash is the one the champion (its version's tags; None: no champion) was
-    trained on: a scheduled run then records "no change" and stops."""
-    return champion_tags is not None and same_data(champion_tags, dvc_hashes(root, profile), profile)
+def data_unchanged(champion_lineage: Mapping[str, str] | None, root: Path, profile: str) -> bool:
+    """Whether the questions' DVC hash is the one the champion (its version's lineage, Registry.lineage; None: no
+    champion) was trained on: a scheduled run then records "no change" and stops."""
+    return same_data(champion_lineage, dvc_hashes(root, profile), profile)
