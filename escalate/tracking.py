@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import yaml
 from mlflow.data.sources import LocalArtifactDatasetSource
-from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.types.utils import _infer_schema
@@ -92,8 +92,6 @@ class Tracker:
 
     def series(self, run_id: str, key: str, values: list[float], every: int = 1) -> None:
         """A curve (e.g. a loss per step) as one metric with steps, batched."""
-        from mlflow.entities import Metric
-
         batch = [Metric(key, float(v), 0, i) for i, v in enumerate(values) if i % every == 0]
         for start in range(0, len(batch), 1000):
             self.client.log_batch(run_id, metrics=batch[start : start + 1000])

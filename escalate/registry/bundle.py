@@ -304,7 +304,7 @@ def local_checkpoint(cfg: ModelConfig, role: str, zoo_dir: Path | str) -> Path |
         path = Path(cfg.source)
     else:
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import snapshot_download  # only for a hub id: the zoo and local paths never need it
 
             path = Path(snapshot_download(cfg.source, local_files_only=True))
         except Exception as exc:
