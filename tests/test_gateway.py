@@ -109,6 +109,44 @@ def test_max_tokens_truncates() -> None:
     r = chat(client(StandInEngine(lambda q: served(result("slm", "one two three")))), max_tokens=2)
     assert r.json()["choices"][0] == {"index": 0, "message": {"role": "assistant", "content": "one two"},
                                       "finish_reason": "length", "logprobs": None}
+    # usage counts what the client got (the SLM wrote 3 tokens, 2 came back); the escalate object keeps all 3
+    assert r.json()["usage"] == {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}
+    assert r.json()["escalate"]["tokens"]["slm"]["output"] == 3
+    untouched = chat(client(StandInEngine(lambda q: served(result("slm", "one two three")))), max_tokens=5)
+    assert untouched.json()["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"logprobs": True}, "logprobs"), ({"top_logprobs": 3}, "top_logprobs"),
+    ({"response_format": {"type": "json_object"}}, "response_format"), ({"stop": ["\n"]}, "stop"),
+    ({"stop": "END"}, "stop"), ({"n": 2}, "n"),
+])
+def test_parameters_the_gateway_cannot_apply_are_refused_by_name(extra: dict, param: str) -> None:
+    r = chat(client(StandInEngine()), **extra)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["code"] == "unsupported_parameter" and param in error["message"]
+
+
+@pytest.mark.parametrize("extra", [{"logprobs": False}, {"response_format": {"type": "text"}}, {"stop": None},
+                                   {"stop": []}, {"n": 1}])
+def test_their_defaults_are_accepted(extra: dict) -> None:
+    assert chat(client(StandInEngine()), **extra).status_code == 200
+
+
+def test_echo_is_refused_on_completions() -> None:
+    body = {"model": "escalate-cascade", "prompt": QUESTION, "echo": True}
+    r = client(StandInEngine()).post("/v1/completions", json=body, headers=AUTH)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "echo"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_route_and_cost_ride_in_headers_too(stream: bool) -> None:
+    r = chat(client(StandInEngine(lambda q: served(result("llm")))), stream=stream)
+    assert r.status_code == 200
+    assert r.headers["x-escalate-model"] == "llm" and r.headers["x-escalate-strategy"] == "entropy"
+    assert r.headers["x-escalate-escalated"] == "true" and float(r.headers["x-escalate-cost"]) == 21.5
+    assert r.headers["x-escalate-version"] == "1"
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}])
@@ -120,7 +158,8 @@ def test_missing_or_wrong_key_is_401(headers: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(("body", "status", "param"), [
     ({"model": "escalate-cascade", "messages": []}, 422, "messages"),
-    ({"model": "escalate-cascade", "messages": [{"role": "user", "content": QUESTION}], "n": 3}, 422, "n"),
+    ({"model": "escalate-cascade", "messages": [{"role": "user", "content": QUESTION}], "n": 3}, 400, "n"),
+    ({"model": "escalate-cascade", "messages": [{"role": "user", "content": QUESTION}], "n": 129}, 422, "n"),
     ({"model": "escalate-cascade", "messages": [{"role": "robot", "content": "x"}]}, 422, "messages.0.role"),
     ({"messages": [{"role": "user", "content": QUESTION}]}, 422, "model"),
     ({"model": "escalate-cascade", "messages": [{"role": "system", "content": "be brief"}]}, 400, "messages"),

@@ -317,6 +317,10 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
     async def complete(request: Any, raw: Request, chat: bool, route: str) -> Response:
         start = time.perf_counter()
         budget = Budget.start(settings.deadline_s, settings.slm_share)  # the queue's wait counts too
+        refused = request.unsupported()
+        if refused is not None:
+            raise APIError(400, f"{refused[0]} is not supported: {refused[1]}", "invalid_request_error",
+                           "unsupported_parameter", refused[0])
         try:
             question = request.question()
         except ValueError as exc:
@@ -350,15 +354,18 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         if answer.fallback == "slm_down":
             gateway.metrics.model_errors.labels("slm").inc()
         gateway.metrics.observe_answer(result, answer.fallback)
-        text, finish = api.truncate(result["answer"], request.token_limit())
+        limit = request.token_limit()
+        text, finish = api.truncate(result["answer"], limit)
+        cut = limit if finish == "length" else None
         meta = escalate_object(answer, deployment, time.perf_counter() - start)
+        headers = api.route_headers(meta)
         gateway.metrics.latency.labels(route).observe(time.perf_counter() - start)
         gateway.metrics.requests.labels(route, "200").inc()
         if request.stream:
-            chunks = api.stream_chunks(chat, request.model, text, finish, result, meta)
-            return StreamingResponse(_sse(chunks), media_type="text/event-stream")
+            chunks = api.stream_chunks(chat, request.model, text, finish, result, meta, cut)
+            return StreamingResponse(_sse(chunks), media_type="text/event-stream", headers=headers)
         build = api.chat_body if chat else api.text_body
-        return JSONResponse(build(request.model, text, finish, result, meta))
+        return JSONResponse(build(request.model, text, finish, result, meta, cut), headers=headers)
 
     async def _unless_disconnected(raw: Request, fn: Any, *args: Any) -> Any:
         """gateway.run(fn, *args), or None as soon as the client disconnects (cancelling frees its place)."""
