@@ -4,9 +4,10 @@
     python -m flows.promote --version 7 --reason "reviewed in the MLflow UI"   # make v7 champion, then serve it
 
 Resolve the alias, export its bundle, start vLLM for the self-hosted models, switch the gateway,
-send smoke queries, record the deployment on the version and move @serving. On any failure the
-servers this run started are stopped, the gateway keeps the previous bundle, no alias moves, and
-the flow run fails with the reason (the process exits 1).
+send smoke queries, record the deployment on the version and move @serving. On any failure, or
+SIGTERM, the servers this run started are stopped, the gateway keeps the previous bundle, no alias
+moves, and the flow run fails with the reason (the process exits 1); one promotion runs at a time.
+All of it is `promote_alias`'s, so `escalate promote` and this flow behave alike.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from escalate.serving.deployment import CURRENT_FILE, SERVING_DIR
+from escalate.serving.promote_guard import Busy
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
@@ -75,13 +76,18 @@ def _serve(args: argparse.Namespace) -> int:
         if gateway is not None:
             gateway.stop()
             print(f"stopped the gateway at {gateway.url} (pid {gateway.pid})")
-        from escalate.serving.promote import retire  # as above
+        from escalate.serving.promote import retire, sweep  # as above
 
         deployment = current(root)
         retire(deployment)
         if deployment is not None:
             (root / SERVING_DIR / CURRENT_FILE).unlink(missing_ok=True)
             print(f"stopped the servers of {deployment.label}")
+        try:
+            for label in sweep(root):
+                print(f"stopped the leftover servers of {label} (a promotion killed earlier)")
+        except Busy as exc:
+            print(f"left the servers of the promotion in progress alone: {exc}")
         return 0
     if args.detach:
         gateway = gateway_process.running(root) or gateway_process.start(root, args.port, args.host)

@@ -320,8 +320,14 @@ class EngineHolder:
             if done:
                 engine.close()
 
-    def swap(self, new: Engine) -> Engine | None:
-        """Serve `new` from the next request on; requests in flight finish on the old one."""
+    def draining(self) -> list[tuple[Engine, int]]:
+        """Retired engines still answering, each with its requests in flight (it closes when they reach 0)."""
+        with self._lock:
+            return [(engine, self._in_flight[key]) for key, engine in self._retired.items()]
+
+    def swap(self, new: Engine | None) -> Engine | None:
+        """Serve `new` (None: nothing, every request 503) from the next request on; requests in flight
+        finish on the old one."""
         with self._lock:
             old, self._engine = self._engine, new
             idle = old is not None and self._in_flight.get(id(old), 0) == 0

@@ -16,9 +16,11 @@ model-down handling does not apply (engine.InProcessEngine).
 Auth: /v1/* takes a client key ($ESCALATE_API_KEY). `POST /admin/deploy` takes an admin key
 ($ESCALATE_ADMIN_KEY) and is absent (404) without one; it loads a deployment from the serving
 directory only, answers a probe question with it, and only then swaps it in; requests in flight
-finish on the bundle they started with. /metrics answers loopback clients, and others with a metrics
-key ($ESCALATE_METRICS_KEY). /health and /ready are open; /docs and /openapi.json are off unless
-`docs` is set.
+finish on the bundle they started with. `POST /admin/undeploy` serves nothing again (503s), and
+`GET /admin/status` says what is served and how many requests each replaced deployment still has
+in flight, so promote stops a deployment's servers only once they are drained. /metrics answers
+loopback clients, and others with a metrics key ($ESCALATE_METRICS_KEY). /health and /ready are
+open; /docs and /openapi.json are off unless `docs` is set.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from escalate.serving.engine import (
     Answer,
     Budget,
     DeadlineExceeded,
+    Engine,
     EngineHolder,
+    InProcessEngine,
     ModelDown,
     NotReady,
     RequestRejected,
@@ -215,9 +219,25 @@ class Gateway:
         if probe.fallback:
             engine.close()
             raise ModelDown("slm", f"the new deployment's SLM at {deployment.endpoints.get('slm')} did not answer")
+        return {**self._swap(engine), "probe": {"answer": probe.result["answer"], "model": probe.result["model"]}}
+
+    def undeploy(self) -> dict[str, Any]:
+        """Serve nothing (503 until the next deploy): a failed first promotion's way back."""
+        return self._swap(None)
+
+    def _swap(self, engine: Engine | InProcessEngine | None) -> dict[str, Any]:
         old = self.holder.swap(engine)
-        return {"serving": deployment.label, "previous": old.deployment.label if old else None,
-                "probe": {"answer": probe.result["answer"], "model": probe.result["model"]}}
+        left = dict((id(e), n) for e, n in self.holder.draining()).get(id(old), 0)
+        return {"serving": engine.deployment.label if engine else None,
+                "previous": old.deployment.label if old else None, "previous_in_flight": left}
+
+    def status(self) -> dict[str, Any]:
+        """What is served, and what still drains: promote retires a deployment's servers once it is gone
+        from `draining`, which takes at most `drain_s` (an abandoned request stops at its own budget)."""
+        engine = self.holder.engine
+        return {"serving": _described(engine.deployment) if engine else None,
+                "draining": [{**_described(e.deployment), "in_flight": n} for e, n in self.holder.draining()],
+                "drain_s": self.settings.deadline_s + DEADLINE_GRACE_S}
 
     def admin_deploy(self, request: DeployRequest) -> dict[str, Any]:
         """A deployment a client named: from the serving directory only."""
@@ -415,7 +435,22 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         log.warning("admin: deploy of %r by %s: now serving %s", request.deployment, who, result["serving"])
         return result
 
+    @app.post("/admin/undeploy", dependencies=[Depends(authorize_admin)])
+    async def undeploy(raw: Request) -> dict[str, Any]:
+        result = gateway.undeploy()
+        log.warning("admin: undeploy by key %s: serving nothing (was %s)",
+                    fingerprint(raw.headers.get("authorization", "")), result["previous"])
+        return result
+
+    @app.get("/admin/status", dependencies=[Depends(authorize_admin)])
+    async def status() -> dict[str, Any]:
+        return gateway.status()
+
     return app
+
+
+def _described(deployment: Deployment) -> dict[str, str]:
+    return {"deployment": deployment.path, "label": deployment.label}
 
 
 def _route(request: Request, status: int) -> str:

@@ -95,14 +95,41 @@ def start(root: Path, port: int | None = None, host: str = "127.0.0.1", timeout_
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                 cwd=root)
     process = GatewayProcess(url=f"http://{host}:{port}", pid=proc.pid, log=str(log))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
-            raise ServerError(f"the gateway exited with code {proc.returncode} while starting; {log}:\n{tail}")
-        if process.alive():
-            write_json(root / SERVING_DIR / GATEWAY_FILE, {"url": process.url, "pid": process.pid, "log": process.log})
-            return process
-        time.sleep(0.5)
+    try:  # interrupted too (promote turns SIGTERM into an exception): no gateway nobody knows about
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+                raise ServerError(f"the gateway exited with code {proc.returncode} while starting; {log}:\n{tail}")
+            if process.alive():
+                write_json(root / SERVING_DIR / GATEWAY_FILE,
+                           {"url": process.url, "pid": process.pid, "log": process.log})
+                return process
+            time.sleep(0.5)
+    except BaseException:
+        process.stop()
+        raise
     process.stop()
     raise ServerError(f"the gateway did not answer /health on {process.url} within {timeout_s:.0f} s; see {log}")
+
+
+def forget(root: Path, process: GatewayProcess) -> None:
+    """Drop serving/gateway.json if it still names `process` (stopped by the promotion that started it)."""
+    path = root / SERVING_DIR / GATEWAY_FILE
+    if path.is_file() and json.loads(path.read_text()).get("pid") == process.pid:
+        path.unlink()
+
+
+def status(url: str, key: str) -> dict | None:
+    """The gateway's GET /admin/status (what it serves, what still drains), or None when it cannot say."""
+    try:
+        response = httpx.get(f"{url}/admin/status", headers={"Authorization": f"Bearer {key}"}, timeout=5.0)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def undeploy(url: str, key: str) -> None:
+    """Make the gateway serve nothing (503s): where a failed first promotion leaves a gateway it did not start."""
+    response = httpx.post(f"{url}/admin/undeploy", headers={"Authorization": f"Bearer {key}"}, timeout=30.0)
+    response.raise_for_status()

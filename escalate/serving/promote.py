@@ -4,15 +4,22 @@ A bundle whose kind needs no model servers (escalate.kinds: token-level, CITER) 
 server: the gateway decodes it in its own process (serving.engine.InProcessEngine), so `launch` has
 nothing to start and `export` takes no endpoints.
 
-Each step is a plain function (the Prefect flow `promote` makes a task of each); `promote` chains
-them. Nothing user-visible changes until the last step: on any failure, the servers this run
-started are stopped, the gateway is switched back (or was never switched), the registry aliases
-stay where they were, and PromotionFailed says which step failed and why.
+Each step is a plain function; `promote_alias` chains them. Nothing user-visible changes until the
+last step: on any failure, SIGTERM or SIGINT, the servers this run started are stopped, the gateway
+is switched back (or was never switched; a gateway this run started is stopped, and one that served
+nothing serves nothing again), serving/current.json and the registry aliases stay where they were,
+and PromotionFailed says which step failed and why. One promotion runs at a time (promote_guard).
+Servers are stopped only once the gateway has no request in flight on them (`retire`). A promotion
+killed outright (SIGKILL) cannot clean up: its lock goes with it, and the next promotion (or
+`escalate serve --stop`) stops the servers it left (`retire_orphans`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +31,8 @@ from escalate.registry.aliases import SERVING, Registry, who
 from escalate.registry.bundle import BundleError, read_bundle
 from escalate.serving import gateway_process
 from escalate.serving.deployment import (
+    DEPLOYMENT_FILE,
+    SERVING_DIR,
     Deployment,
     bundle_artifacts,
     current,
@@ -31,6 +40,8 @@ from escalate.serving.deployment import (
     mark_current,
     new_deployment_dir,
 )
+from escalate.serving.gateway_process import GatewayProcess
+from escalate.serving.promote_guard import Busy, PromotionLock, Signals
 from escalate.serving.vllm_server import VllmServer, free_port, serve_python, stop_group, wait_gone
 
 SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva have now?",
@@ -38,6 +49,11 @@ SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva ha
 # Ask for every alternative when the vocabulary is this small, so served entropy equals evaluated entropy.
 FULL_VOCAB_LOGPROBS_UP_TO = 4096
 DEFAULT_TOP_LOGPROBS = 20
+LOCK_FILE = "promote.lock"
+# Past the gateway's own bound on a request (its drain_s), this long for the last answers to be sent.
+DRAIN_MARGIN_S = 5.0
+DRAIN_POLL_S = 0.2
+log = logging.getLogger("escalate.promote")
 
 
 class PromotionFailed(RuntimeError):
@@ -54,10 +70,13 @@ class Promotion:
     gateway: str
     previous: str | None
     answers: list[dict[str, Any]] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # deployments whose leftover servers this run stopped
 
     def summary(self) -> str:
         lines = [f"serving {self.deployment.parent.name} (from @{self.alias}) behind {self.gateway}/v1; "
                  f"previous: {self.previous or 'none'}"]
+        if self.orphans:
+            lines.append(f"  stopped leftover servers of {', '.join(self.orphans)} (a promotion killed earlier)")
         for a in self.answers:
             e = a["escalate"]
             lines.append(f"  {a['question'][:60]!r} -> {a['answer']!r} by {e['model']} ({e['served_by']}), "
@@ -148,56 +167,155 @@ def smoke(gateway: str, key: str, model: str, questions: tuple[str, ...] = SMOKE
     return answers
 
 
-def retire(deployment: Deployment | None) -> None:
-    """Stop the servers a deployment started (after the gateway no longer uses them)."""
-    if deployment is None:
+def retire(deployment: Deployment | None, gateway: str | None = None, key: str | None = None) -> None:
+    """Stop the servers a deployment started, once the gateway (when given, with its admin key) has no
+    request in flight on it: it finishes those on the bundle they started with. The wait is bounded
+    by the gateway's deadline plus DRAIN_MARGIN_S; a gateway that cannot say is not waited for. A pid
+    that no longer runs this deployment's files (reused since) is left alone; the pids are then
+    dropped from deployment.json, so a later sweep does not stop them twice."""
+    if deployment is None or not deployment.pids:
         return
+    if gateway is not None and key is not None:
+        _wait_drained(deployment, gateway, key)
+    directory = Path(deployment.path).parent
     for pid in deployment.pids.values():
-        if stop_group(int(pid)):
+        if _runs_from(int(pid), directory) and stop_group(int(pid)):
             wait_gone(int(pid))
+    deployment.pids = {}
+    if Path(deployment.path).is_file():
+        deployment.save_to(directory)
+
+
+def _wait_drained(deployment: Deployment, gateway: str, key: str) -> None:
+    target, deadline = Path(deployment.path).resolve(), None
+    while (status := gateway_process.status(gateway, key)) is not None:
+        left = sum(d["in_flight"] for d in status["draining"] if Path(d["deployment"]).resolve() == target)
+        if not left:
+            return
+        deadline = deadline or time.monotonic() + float(status["drain_s"]) + DRAIN_MARGIN_S
+        if time.monotonic() >= deadline:
+            log.warning("%s still had %d requests in flight after %.0f s; stopping its servers anyway",
+                        deployment.label, left, float(status["drain_s"]) + DRAIN_MARGIN_S)
+            return
+        time.sleep(DRAIN_POLL_S)
+
+
+def _runs_from(pid: int, directory: Path) -> bool:
+    """Whether `pid` still runs a server of the deployment in `directory` (its command line names a file
+    there). Without /proc (not Linux) it cannot tell and trusts the pid."""
+    try:
+        return str(directory) in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except FileNotFoundError:
+        return not Path("/proc/self").exists()
+    except OSError:
+        return False
+
+
+def retire_orphans(root: Path) -> list[str]:
+    """Stop the servers of deployments nothing serves: left by a promotion killed (SIGKILL) before it
+    could clean up. Run under the promotion lock, so no promotion in flight owns them; returns their labels."""
+    live = current(root)
+    keep = Path(live.path).resolve() if live else None
+    orphans = []
+    for path in sorted((root / SERVING_DIR).glob(f"*/{DEPLOYMENT_FILE}")):
+        if path.resolve() == keep:
+            continue
+        try:
+            deployment = Deployment.load(path)
+        except BundleError:
+            continue  # not ours to judge; the gateway never loads it either
+        if deployment.pids:
+            retire(deployment)
+            orphans.append(deployment.label)
+    return orphans
+
+
+def sweep(root: Path) -> list[str]:
+    """`retire_orphans` for `escalate serve --stop`: under the promotion lock, so the servers of a
+    promotion still running are not taken for leftovers; Busy when one is."""
+    with PromotionLock(root / SERVING_DIR / LOCK_FILE):
+        return retire_orphans(root)
 
 
 def promote_alias(registry: Registry, root: Path, alias: str = "champion", timeout_s: float = 300.0,
-            by: str | None = None) -> Promotion:
-    """The whole promotion; PromotionFailed (with everything undone) when any step fails."""
+                  by: str | None = None) -> Promotion:
+    """The whole promotion, one at a time (serving/promote.lock); PromotionFailed (with everything
+    undone) when any step fails, when another promotion is running, or on SIGTERM; KeyboardInterrupt
+    (everything undone) on SIGINT. A signal that arrives from the record step on does not stop it:
+    the promotion completes, then the signal is raised again under the caller's handlers."""
     root = root.resolve()
+    try:
+        with PromotionLock(root / SERVING_DIR / LOCK_FILE), Signals() as signals:
+            return _promote(registry, root, alias, timeout_s, by, signals)
+    except Busy as exc:
+        raise PromotionFailed(f"promoting @{alias} refused: {exc}") from None
+
+
+def _promote(registry: Registry, root: Path, alias: str, timeout_s: float, by: str | None,
+             signals: Signals) -> Promotion:
+    orphans = retire_orphans(root)
     previous = current(root)
-    step, deployment, switched = "export", None, False
+    step, deployment, switched, started = "export", None, False, None
     gateway = gateway_process.running(root)
+    admin = gateway_process.admin_key(root)
     try:
         deployment = export(registry, alias, root)
         step = "launch"
         deployment = launch(deployment, root, timeout_s)
         step = "gateway"
-        gateway = gateway or gateway_process.start(root)
+        if gateway is None:
+            gateway = started = gateway_process.start(root)
         key = gateway_process.api_key(root)
         step = "switch"
-        switch(gateway.url, gateway_process.admin_key(root), deployment, timeout_s)
-        switched = True
+        switched = True  # before the call: a signal during it may land after the gateway swapped
+        try:
+            switch(gateway.url, admin, deployment, timeout_s)
+        except PromotionFailed:  # refused: the gateway kept what it served
+            switched = False
+            raise
         step = "smoke"
         answers = smoke(gateway.url, key, deployment.model_name)
         step = "record"
+        signals.defer()  # the commit: a signal now waits until the promotion is whole
         registry.mark_serving(deployment.version, {
             "escalate.serving.at": deployment.created_at, "escalate.serving.by": who(by),
             "escalate.serving.gateway": f"{gateway.url}/v1",
             "escalate.serving.endpoints": json.dumps(deployment.endpoints),
             "escalate.serving.deployment": deployment.path})
     except BaseException as exc:
-        if switched and previous is not None and gateway is not None:
-            try:
-                switch(gateway.url, gateway_process.admin_key(root), previous, timeout_s)
-            except Exception as back:  # say so: the operator must know the gateway is not on the previous bundle
-                exc.add_note(f"switching the gateway back to {previous.label} failed too: {back}")
-        retire(deployment)
+        signals.defer()
+        _roll_back(exc, root, gateway, started, admin, previous, deployment if switched else None, timeout_s)
+        retire(deployment, None if started or not switched else gateway.url, admin)
         if isinstance(exc, KeyboardInterrupt):
             raise
         label = f"@{alias}" + (f" (v{deployment.version})" if deployment else "")
         state = (f"the gateway still serves {previous.label}" if previous else "nothing is serving yet")
+        held = f" ({signal.Signals(signals.held).name} received meanwhile)" if signals.held else ""
         raise PromotionFailed(f"promoting {label} failed at step '{step}': {exc}\n{state}; @{SERVING} was not "
-                              "moved; the servers this run started were stopped") from exc
+                              f"moved; the servers this run started were stopped{held}") from exc
     mark_current(root, Path(deployment.path).parent)
     if previous is not None and previous.path != deployment.path:
-        retire(previous)
+        retire(previous, gateway.url, admin)
     return Promotion(deployment.version, alias, Path(deployment.path), gateway.url,
-                     previous.label if previous else None, answers)
+                     previous.label if previous else None, answers, orphans)
 
+
+def _roll_back(exc: BaseException, root: Path, gateway: GatewayProcess | None, started: GatewayProcess | None,
+               admin: str, previous: Deployment | None, switched_to: Deployment | None, timeout_s: float) -> None:
+    """Put the gateway back as it was: stopped if this run started it (nothing served before, and a
+    gateway with nothing to serve is only a process to forget); else on the previous deployment, or
+    serving nothing (503s) when there was none, rather than a bundle whose servers are being stopped."""
+    if started is not None:
+        started.stop()
+        gateway_process.forget(root, started)
+        return
+    if switched_to is None or gateway is None:
+        return
+    try:
+        if previous is not None:
+            switch(gateway.url, admin, previous, timeout_s)
+        else:
+            gateway_process.undeploy(gateway.url, admin)
+    except Exception as back:  # say so: the operator must know the gateway is not as it was
+        exc.add_note(f"putting the gateway at {gateway.url} back to {previous.label if previous else 'nothing'} "
+                     f"failed too: {back}")
