@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from escalate.citer.evaluate import load_query_level
 from escalate.config import ModelConfig, SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.evaluation.run import required_args
@@ -131,3 +132,12 @@ def test_check_files_names_every_problem_and_refuses_sizes_only_manifests(tmp_pa
         check_files(directory, expected, "slm")
     with pytest.raises(BundleError, match="without SHA-256 digests .* re-register the candidate"):
         check_files(directory, {"config.json": 2}, "slm")
+
+
+def test_citer_reads_the_evaluate_stages_router_states(tmp_path: Path) -> None:
+    for name in ("entropy", "random", "p_true_token"):
+        save_router(make_router(name), tmp_path / "eval" / "routers" / name)
+    samples = pd.DataFrame({"id": ["a"]})
+    routers, read = load_query_level(tmp_path / "eval", tmp_path / "no-sater.parquet", samples)
+    assert {n: r.name for n, r in routers.items()} == {"entropy": "entropy", "p_true_token": "p_true_token"}
+    assert read is samples  # no SATER samples to add
