@@ -60,6 +60,10 @@ def test_an_object_array_is_refused_without_unpickling(tmp_path: Path, monkeypat
     (saved / ARRAYS_FILE).write_bytes(pickle.dumps({"not": "an npz"}))
     with pytest.raises(RouterStateError, match="unreadable"):
         load_router(saved)
+    np.savez(saved / ARRAYS_FILE, a0=np.arange(3))
+    (saved / ARRAYS_FILE).write_bytes((saved / ARRAYS_FILE).read_bytes()[:-30])  # a zip cut short
+    with pytest.raises(RouterStateError, match="unreadable: BadZipFile"):
+        load_router(saved)
 
 
 def test_a_state_may_name_only_the_listed_classes(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ bundle re-points it at its own copy (Router.bind_slm).
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,12 @@ def load_router(directory: Path) -> Router:
         state = json.loads(state_path.read_text())
         with np.load(arrays_path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as exc:  # an object array or a non-npz file is a ValueError here
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # an object array or a non-npz file: ValueError
         raise RouterStateError(f"router state in {directory} unreadable: {type(exc).__name__}: {exc}") from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise RouterStateError(f"{state_path}: not a router state of format {FORMAT_VERSION}")
     name = state.get("router")
-    if name not in ROUTERS:
+    if not isinstance(name, str) or name not in ROUTERS:
         raise RouterStateError(f"{state_path}: unknown router {name!r}")
     try:
         router = _decode(state.get("state"), arrays, state_path)
