@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,7 +21,8 @@ from escalate.config import ModelConfig, load_profile
 from escalate.evaluation.cost import FlopsCost, TokenPriceCost
 from escalate.registry import gates
 from escalate.registry.aliases import CHAMPION, Registry
-from escalate.registry.bundle import BundleError, CascadeSpec, local_checkpoint, log_bundle
+from escalate.registry.bundle import BundleError, CascadeSpec, local_checkpoint, log_bundle, read_bundle
+from escalate.serving.deployment import bundle_artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = load_profile("smoke", ROOT)
@@ -137,3 +139,22 @@ def test_spec_round_trips_and_rejects_what_it_cannot_rebuild() -> None:
         local_checkpoint(ModelConfig(source="zoo"), "slm", Path("/nonexistent-zoo"))
     with pytest.raises(BundleError, match="checkpoint directory"):
         log_bundle(spec, tracking_uri="sqlite:///unused.db", run_id="r", checkpoints={})
+
+
+def test_a_bundle_changed_after_registration_is_refused_naming_the_file(store: tuple[str, str], smoke: Path,
+                                                                         tmp_path: Path) -> None:
+    info = log(store, smoke, "prompt_length", 0.5)
+    location = MlflowClient(tracking_uri=store[0]).get_logged_model(info.model_id).artifact_location
+    bundle = shutil.copytree(Path(location.removeprefix("file://")), tmp_path / "bundle")
+    listed = json.loads((bundle / "artifacts" / "cascade.json").read_text())
+    assert set(listed["router_files"]) == {"state.json", "arrays.npz"} and "model.safetensors" in listed[
+        "checkpoint_files"]["slm"]
+    spec, router, _ = read_bundle(bundle_artifacts(bundle))  # what `escalate export` and the gateway's engine read
+    assert router.name == spec.strategy == "prompt_length"
+    for victim in (bundle / "artifacts" / "router_state" / "state.json", bundle / "artifacts" / "slm" / "config.json"):
+        original = victim.read_bytes()
+        victim.write_bytes(original.replace(b"{", b"[", 1))  # same size, other content
+        with pytest.raises(BundleError, match=rf"altered {victim.name} \(SHA-256 differs"):
+            read_bundle(bundle_artifacts(bundle))
+        victim.write_bytes(original)
+    read_bundle(bundle_artifacts(bundle))

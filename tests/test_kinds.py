@@ -17,6 +17,7 @@ from escalate.evaluation.cost import TokenPriceCost
 from escalate.kinds import KINDS, QUERY_LEVEL, TOKEN_LEVEL, CascadeKind, Found, QueryLevel, TokenLevel, kind_for
 from escalate.models.backends import BACKENDS, is_self_hosted
 from escalate.registry.bundle import BundleError, CascadeSpec, build_cascade
+from escalate.registry.files import manifest
 from escalate.routers.registry import ROUTERS, make_router
 
 PRICES = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
@@ -53,11 +54,21 @@ def test_the_query_kind_stages_and_loads_its_router(tmp_path: Path) -> None:
                        router_kwargs={"seed": 3})
     router = kind.bundle_router(spec, None)  # remade from its name when none was fitted
     path, listed = kind.stage_router(router, tmp_path)
-    assert (path.name, listed) == ("router.pkl", {})
-    assert type(kind.load_router(path, {}, {"slm": str(tmp_path)})) is type(make_router("random", seed=3))
-    path.write_bytes(b"not a pickle")
-    with pytest.raises(BundleError, match="router.pkl unreadable"):
+    assert (path.name, sorted(listed["router_files"])) == ("router_state", ["arrays.npz", "state.json"])
+    loaded = kind.load_router(path, listed, {"slm": str(tmp_path)})
+    assert type(loaded) is type(make_router("random", seed=3)) and loaded.seed == 3
+    with pytest.raises(BundleError, match="lists no router_files"):
         kind.load_router(path, {}, {})
+    (path / "state.json").write_text("not a state")
+    with pytest.raises(BundleError, match=r"router checkpoint .* wrong size state\.json"):
+        kind.load_router(path, listed, {})
+    with pytest.raises(BundleError, match="does not load: router state in .* unreadable"):
+        kind.load_router(path, {"router_files": manifest(path)}, {})
+    legacy = tmp_path / "router.pkl"
+    legacy.write_bytes(b"never read")
+    with pytest.raises(BundleError, match=r"^router\.pkl: pickled routers are not loaded \(they can run code\); "
+                                          "re-register the candidate$"):
+        kind.load_router(legacy, listed, {})
 
 
 def test_the_token_kind_refuses_what_it_cannot_bundle(tmp_path: Path) -> None:

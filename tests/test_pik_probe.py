@@ -8,7 +8,6 @@ second kind of mistake the prompt cannot show, so the rule must beat either sign
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from escalate.routers.base import RouterInputs
 from escalate.routers.joint_pik_pt import RATIOS, joint_score
 from escalate.routers.pik_probe import POOLINGS, HiddenStates
 from escalate.routers.registry import ROUTERS, make_router
+from escalate.routers.state import load_router, save_router
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +86,13 @@ def test_hidden_states_do_not_depend_on_the_batch(checkpoint: str) -> None:
     assert alone.shape == (1, len(POOLINGS), 3, 64)
 
 
-def test_a_pickled_probe_scores_alike_without_carrying_weights(checkpoint: str) -> None:
+def test_a_saved_probe_scores_alike_without_carrying_weights(checkpoint: str, tmp_path: Path) -> None:
     calib, _ = inputs(60, 2, "calib")
     test, _ = inputs(10, 3, "test")
     probe = make_router("pik_probe", model_dir=checkpoint).fit(calib)
-    blob = pickle.dumps(probe)
-    assert len(blob) < 100_000  # the checkpoint's path and a regression, not the weights
-    np.testing.assert_allclose(pickle.loads(blob).score(test), probe.score(test))
+    saved = save_router(probe, tmp_path / "probe")
+    assert sum(f.stat().st_size for f in saved.iterdir()) < 100_000  # the checkpoint's path and a regression
+    np.testing.assert_allclose(load_router(saved).score(test), probe.score(test))
 
 
 def test_one_class_calib_gives_its_rate(checkpoint: str) -> None:
@@ -140,4 +140,4 @@ def test_evaluate_fits_the_probes_with_the_checkpoint(checkpoint: str, tmp_path:
                        model_dir=checkpoint)
     rows = {r["strategy"]: r for r in metrics["summary"]}
     assert rows["pik_probe"]["auroc"] > 0.75 and rows["joint_pik_pt"]["auroc"] > rows["pik_probe"]["auroc"]
-    assert (tmp_path / "routers" / "pik_probe.pkl").is_file()
+    assert (tmp_path / "routers" / "pik_probe" / "state.json").is_file()

@@ -11,7 +11,6 @@ their stored samples, so CITER and the cascades are compared on one scale.
 from __future__ import annotations
 
 import math
-import pickle
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from escalate.evaluation.records import LatencyModel, build_records
 from escalate.models.backends.base import SamplingParams
 from escalate.prompts import format_prompt
 from escalate.routers.base import Router, RouterInputs
+from escalate.routers.state import load_router
 from escalate.sampling import grader_kind
 from escalate.sater.routers.refusal import SaterRefusalRouter
 
@@ -178,11 +178,10 @@ def load_query_level(eval_dir: Path, sater_samples: Path, samples: pd.DataFrame)
     """The evaluate stage's fitted routers (random is a reference, not a router to compare) and, when
     the SATER stage has run, its refusal cascade; returns them with the samples they read."""
     routers: dict[str, Router] = {}
-    for path in sorted((eval_dir / "routers").glob("*.pkl")):
-        with path.open("rb") as fh:
-            router = pickle.load(fh)
+    for path in sorted(p for p in (eval_dir / "routers").glob("*") if p.is_dir()):
+        router = load_router(path)
         if router.name != "random":
-            routers[path.stem] = router
+            routers[path.name] = router
     if sater_samples.is_file():
         sater = pd.read_parquet(sater_samples)
         samples = pd.concat([samples, sater[sater["model"] == SLM_VARIANTS["sater_refusal"]]], ignore_index=True)

@@ -2,7 +2,7 @@
 
 It is trained on the token labels (escalate.citer.labels) with binary cross-entropy, early-stopped on
 held-out questions, and saved as a directory (config.json + model.safetensors) so a serving process
-loads it without pickles or pipeline state.
+loads it as data, without pipeline state.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from escalate.evaluation.records import build_records, fit_latency_model
 from escalate.evaluation.report import format_table, markdown_table, write_report
 from escalate.routers.base import Router, RouterInputs
 from escalate.routers.registry import ROUTERS, make_router
+from escalate.routers.state import save_router
 
 SUMMARY_COLUMNS = (
     "strategy",
@@ -257,8 +257,7 @@ def evaluate(
     (out_dir / "routers").mkdir(exist_ok=True)
     for name, router in fitted.items():
         # The fitted router ships inside the cascade bundle, so a registered cascade scores as evaluated.
-        with (out_dir / "routers" / f"{name}.pkl").open("wb") as fh:
-            pickle.dump(router, fh)
+        save_router(router, out_dir / "routers" / name)
         records = build_records(router, test, test_llm, cost, latency)
         by_strategy[name] = records
         all_records.append(records.assign(strategy=name))

@@ -1,8 +1,9 @@
 """Query-level cascades: a router scores each whole question, and below the threshold the LLM answers it.
 
 A candidate is one of escalate.routers' strategies, from the evaluate stage's directory (its summary
-row in metrics.json, its score records, its fitted router in routers/<name>.pkl). Its bundle holds
-the fitted router pickled as `router.pkl`; it builds an escalate.cascade.Cascade over generation
+row in metrics.json, its score records, its fitted router's state in routers/<name>/). Its bundle holds
+that state as `router_state/` (escalate.routers.state: data, never code), every file listed with its
+SHA-256 in cascade.json like the checkpoints'; it builds an escalate.cascade.Cascade over generation
 backends, and is served by pointing each self-hosted model at its own vLLM server.
 """
 
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -21,17 +21,19 @@ import pandas as pd
 from escalate.cascade import ROLES, Answerer, Cascade
 from escalate.kinds.base import CascadeKind, Found
 from escalate.models.backends import make_backend
-from escalate.registry.files import SPEC_FILE, BundleError
+from escalate.registry.files import SPEC_FILE, BundleError, check_files, manifest
 from escalate.registry.gates import per_query_outcomes
 from escalate.routers.base import Router
 from escalate.routers.registry import ROUTERS, make_router
+from escalate.routers.state import RouterStateError, load_router, save_router
 
 if TYPE_CHECKING:
     from escalate.config import Profile
     from escalate.evaluation.cost import CostModel
     from escalate.registry.bundle import CascadeSpec
 
-ROUTER_FILE = "router.pkl"
+ROUTER_DIR = "router_state"
+LEGACY_ROUTER_FILE = "router.pkl"  # what bundles held before router state was data: refused, never read
 
 
 def router_kwargs(strategy: str, seed: int) -> dict[str, Any]:
@@ -39,18 +41,23 @@ def router_kwargs(strategy: str, seed: int) -> dict[str, Any]:
 
 
 def fitted_router(eval_dir: Path, strategy: str, kwargs: dict[str, Any]) -> Router:
-    """The router as the evaluation fitted it on calib (routers/<name>.pkl), so the bundle scores alike."""
-    path = eval_dir / "routers" / f"{strategy}.pkl"
-    if not path.is_file():
-        return make_router(strategy, **kwargs)
-    with path.open("rb") as fh:
-        return pickle.load(fh)
+    """The router as the evaluation fitted it on calib (routers/<name>/), so the bundle scores alike."""
+    path = eval_dir / "routers" / strategy
+    if path.is_dir():
+        try:
+            return load_router(path)
+        except RouterStateError as exc:
+            raise BundleError(str(exc)) from None
+    if path.with_suffix(".pkl").exists():
+        raise BundleError(f"{path.with_suffix('.pkl')}: an evaluation from before router state was data; "
+                          "rerun `escalate evaluate`")
+    return make_router(strategy, **kwargs)
 
 
 class QueryLevel(CascadeKind):
     name: ClassVar[str] = "query"
     label: ClassVar[str] = "query-level"
-    router_artifact: ClassVar[str] = ROUTER_FILE
+    router_artifact: ClassVar[str] = ROUTER_DIR
     needs_servers: ClassVar[bool] = True
 
     def offers(self, strategy: str) -> bool:
@@ -71,16 +78,22 @@ class QueryLevel(CascadeKind):
         return router or make_router(spec.strategy, **spec.router_kwargs)
 
     def stage_router(self, router: Router, stage: Path) -> tuple[Path, dict[str, Any]]:
-        with (stage / ROUTER_FILE).open("wb") as fh:
-            pickle.dump(router, fh)
-        return stage / ROUTER_FILE, {}
+        """The router's state, listed file by file like a checkpoint."""
+        path = save_router(router, stage / ROUTER_DIR)
+        return path, {"router_files": manifest(path)}
 
     def load_router(self, path: Path, raw: Mapping[str, Any], checkpoints: Mapping[str, str]) -> Router:
+        """The router's state, checked file by file against cascade.json, then read as data."""
+        if path.name == LEGACY_ROUTER_FILE or path.is_file():
+            raise BundleError(f"{path.name}: pickled routers are not loaded (they can run code); "
+                              "re-register the candidate")
+        if "router_files" not in raw:
+            raise BundleError(f"{SPEC_FILE} of a query-level bundle lists no router_files; rebuild the bundle")
+        check_files(path, raw["router_files"], "router")
         try:
-            with path.open("rb") as fh:
-                router = pickle.load(fh)
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ModuleNotFoundError) as exc:
-            raise BundleError(f"bundle artifact {path} unreadable: {type(exc).__name__}: {exc}") from None
+            router = load_router(path)
+        except RouterStateError as exc:
+            raise BundleError(f"the bundled router at {path} does not load: {exc}") from None
         if "slm" in checkpoints:
             router.bind_slm(str(checkpoints["slm"]))  # not the path it was fitted with, which may not exist here
         return router
@@ -104,5 +117,5 @@ class QueryLevel(CascadeKind):
             raise
         router = router or make_router(spec.strategy, **spec.router_kwargs)
         if router.name != spec.strategy:
-            raise BundleError(f"{ROUTER_FILE} holds router {router.name!r} but {SPEC_FILE} says {spec.strategy!r}")
+            raise BundleError(f"{ROUTER_DIR} holds router {router.name!r} but {SPEC_FILE} says {spec.strategy!r}")
         return Cascade(backends["slm"], backends["llm"], router, spec.threshold, spec.cost, spec.sampling, spec.seed)

@@ -2,8 +2,8 @@
 
 The candidate comes from the citer stage's directory (escalate.citer.stage.candidate_figures: the
 calib-chosen round and τ, its records priced under the registry's cost model). Its bundle holds the
-token router's saved directory as `router/`, its file sizes listed in cascade.json like the
-checkpoints'; its threshold is τ and both models are self-hosted. It builds an
+token router's saved directory as `router/`, its files listed with their SHA-256 in cascade.json like
+the checkpoints'; its threshold is τ and both models are self-hosted. It builds an
 escalate.citer.cascade.TokenLevelCascade, which the gateway decodes in its own process: no vLLM
 server steps two models token by token with one router between them, so it needs no model servers.
 """
@@ -23,7 +23,7 @@ from escalate.citer import STRATEGY as CITER
 from escalate.citer.stage import candidate_figures
 from escalate.kinds.base import CascadeKind, Found
 from escalate.models.backends import is_self_hosted
-from escalate.registry.files import SPEC_FILE, BundleError, check_files, file_sizes
+from escalate.registry.files import SPEC_FILE, BundleError, check_files, manifest
 from escalate.registry.gates import outcome_table
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class TokenLevel(CascadeKind):
     def stage_router(self, router: Path, stage: Path) -> tuple[Path, dict[str, Any]]:
         """A few kilobytes: copied, and listed file by file like a checkpoint."""
         shutil.copytree(router, stage / ROUTER_DIR)
-        return stage / ROUTER_DIR, {"router_files": file_sizes(stage / ROUTER_DIR)}
+        return stage / ROUTER_DIR, {"router_files": manifest(stage / ROUTER_DIR)}
 
     def load_router(self, path: Path, raw: Mapping[str, Any], checkpoints: Mapping[str, str]) -> Any:
         """The token router, checked file by file and loaded."""

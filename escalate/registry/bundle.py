@@ -14,7 +14,7 @@ and pip requirements are pinned explicitly so MLflow does not infer them.
 
 Every cascade kind (escalate.kinds: query-level, token-level) shares this one format; the bundle's
 kind says how its router is staged, checked and loaded, and what cascade it builds. A query-level
-bundle (`kind: query`) holds `router.pkl` and builds an escalate.cascade.Cascade; a token-level one
+bundle (`kind: query`) holds `router_state/` (data, never code) and builds an escalate.cascade.Cascade; a token-level one
 (`kind: token`, CITER) holds `router/` and builds an escalate.citer.cascade.TokenLevelCascade. Both
 answer with the same RESULT_FIELDS.
 
@@ -50,7 +50,7 @@ from escalate.config import ModelConfig, SamplingConfig
 from escalate.evaluation.cost import COST_MODELS, CostModel
 from escalate.kinds import KINDS, QUERY_LEVEL
 from escalate.models.backends import is_self_hosted
-from escalate.registry.files import SPEC_FILE, BundleError, check_files, file_sizes
+from escalate.registry.files import SPEC_FILE, BundleError, check_files, manifest
 from escalate.routers.base import Router
 from escalate.telemetry import disable_telemetry
 
@@ -198,8 +198,9 @@ def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Any, dict[st
     """A bundle's spec, router and checkpoint dirs from its artifact paths (key -> local path).
 
     The router is the fitted Router (query level) or the loaded TokenRouter (token level). Checks
-    every bundled checkpoint file, and a token router's, against the sizes cascade.json lists before
-    any weights load, so an incomplete upload or export fails here, naming the file.
+    every bundled checkpoint and router file against the sizes and SHA-256 digests cascade.json lists
+    before it is read, so an incomplete upload or export, or a file altered since registration, fails
+    here, naming the file.
     """
     missing = [key for key in ("cascade", "router") if key not in artifacts]
     if missing:
@@ -417,7 +418,7 @@ def _stage_artifacts(stage: Path, spec: CascadeSpec, checkpoints: Mapping[str, P
     for role, path in checkpoints.items():
         if not (Path(path) / "config.json").is_file():
             raise BundleError(f"{role} checkpoint {path} has no config.json")
-    files: dict[str, Any] = {"checkpoint_files": {role: file_sizes(Path(path)) for role, path in sorted(checkpoints.items())}}
+    files: dict[str, Any] = {"checkpoint_files": {role: manifest(Path(path)) for role, path in sorted(checkpoints.items())}}
     router_path, router_files = KINDS[spec.kind].stage_router(router, stage)
     (stage / SPEC_FILE).write_text(json.dumps({**spec.to_dict(), **files, **router_files}, indent=2))
     artifacts = {"router": str(router_path), "cascade": str(stage / SPEC_FILE)}

@@ -9,7 +9,7 @@ pre-generation router, and the prefill it costs is priced and timed as SLM input
 
 The probe needs the SLM checkpoint (`model_dir`, which the evaluation stage passes); the checkpoint
 is loaded once per process and each distinct prompt is read once (escalate.routers.memo), as for the embedding routers. A
-pickled probe holds the path and the fitted regression, not the weights.
+saved probe (escalate.routers.state) holds the path and the fitted regression, not the weights.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class EvaluateStage(Stage):
         questions = load_questions(profile, root)
         samples = load_samples(profile, root)
         timings = pd.read_parquet(p["latency"])
-        # Absolute, so a pickled hidden-state probe finds its checkpoint from any working directory.
+        # Absolute, so a saved hidden-state probe finds its checkpoint from any working directory.
         slm = model_path(profile.models["slm"], "slm", p["zoo"])
         model_dir = str(Path(slm).resolve()) if Path(slm).exists() else slm
         return evaluate(questions, samples, cost_model(profile, root), eval_settings(profile), p["eval"], timings,

@@ -91,5 +91,5 @@ class SaterPregenRouter(Router):
 
 @cache
 def refusal_probability(model_dir: str, device: str = "auto") -> RefusalProbability:
-    """The process-wide reader of one checkpoint (a pickled router holds the path, not the weights)."""
+    """The process-wide reader of one checkpoint (a saved router holds the path, not the weights)."""
     return RefusalProbability(model_dir, device)
