@@ -60,7 +60,7 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: before `kind`, every bundle query-level
 # What a serving process imports on the cascade's path (escalate itself travels as code_paths).
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "huggingface-hub", "numpy",
-                "pandas", "pyyaml", "httpx", "tqdm")
+                "pandas", "pyyaml", "httpx", "tqdm", "scikit-learn")  # scikit-learn: query-level router state
 EVAL_FILES = ("report.md", "metrics.json", "curves.json", "*.png")
 # MLflow's "models from code": the bundle names this script instead of pickling a model object.
 MODEL_SCRIPT = "cascade_model.py"
@@ -219,7 +219,12 @@ def read_bundle(artifacts: Mapping[str, str]) -> tuple[CascadeSpec, Any, dict[st
     for role in ROLES:
         if is_self_hosted(getattr(spec, role).backend) and role not in checkpoints:
             raise BundleError(f"bundle lacks the {role} checkpoint")
-    for role, files in raw.get("checkpoint_files", {}).items():
+    listed = raw.get("checkpoint_files", {})
+    unlisted = sorted(set(checkpoints) - set(listed))
+    if unlisted:  # every bundled file is hash-checked: a checkpoint the spec does not list cannot be
+        raise BundleError(f"{SPEC_FILE} lists no files for the {', '.join(unlisted)} checkpoint, so they cannot be "
+                          "checked; re-register the candidate")
+    for role, files in listed.items():
         if role not in checkpoints:
             raise BundleError(f"bundle lacks the {role} checkpoint its {SPEC_FILE} lists")
         check_files(Path(checkpoints[role]), files, role)
