@@ -22,10 +22,10 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ holds the stand-in engine
 
-from escalate.serving.engine import EngineHolder  # noqa: E402
-from escalate.serving.gateway import GatewaySettings, create_app  # noqa: E402
-from escalate.serving.traffic import TrafficLog, part_files, read_parts  # noqa: E402
-from tests.test_gateway import AUTH, KEY, QUESTION, StandInEngine  # noqa: E402
+from escalate.serving.engine import EngineHolder
+from escalate.serving.gateway import GatewaySettings, create_app
+from escalate.serving.traffic import TrafficLog, part_files, read_parts
+from tests.test_gateway import AUTH, KEY, QUESTION, StandInEngine
 
 TARGET_MS = 0.2
 BODY = {"model": "escalate-cascade", "messages": [{"role": "user", "content": QUESTION}]}
