@@ -1,5 +1,5 @@
 """The traffic log: one record per answered request, written off the request path, opt-out, redaction,
-flush interval, crash safety and retention."""
+flush interval, crash safety and retention; the drift gauges beside it."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
+from escalate.serving.drift import MIN_LIVE, REFERENCE, WINDOW, LiveDrift, psi
 from escalate.serving.engine import Answer
 from escalate.serving.gateway import escalate_object
 from escalate.serving.traffic import (
@@ -146,3 +149,43 @@ def test_nan_score_and_infinite_threshold_are_logged_as_null(tmp_path: Path) -> 
         assert chat(c).status_code == 200
     [record] = read_parts(part_files(tmp_path)).to_dict("records")
     assert pd.isna(record["score"]) and pd.isna(record["threshold"]) and record["fallback"] == "slm_unscored"
+
+
+def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.beta(5, 2, 5000)
+    assert psi(reference, rng.beta(5, 2, 2000)) < 0.02
+    assert psi(reference, rng.beta(2, 5, 2000)) > 1.0
+    assert psi(np.full(100, 0.5), np.full(100, 0.5)) == pytest.approx(0.0)  # ties: bins collapse, no error
+
+
+def test_drift_gauges_on_metrics() -> None:
+    scores = iter(np.r_[np.full(REFERENCE, 0.9), np.full(MIN_LIVE, 0.1)])
+
+    def answer(q: str) -> Answer:
+        score = next(scores)
+        return served({**result("llm" if score < 0.5 else "slm"), "confidence": score})
+
+    def gauges() -> dict[str, float]:
+        families = text_string_to_metric_families(c.get("/metrics").text)
+        return {s.name: s.value for f in families for s in f.samples}
+
+    c = client(StandInEngine(answer))
+    assert math.isnan(gauges()["escalate_live_escalation_rate"]) and math.isnan(gauges()["escalate_score_psi"])
+    for _ in range(REFERENCE + MIN_LIVE):
+        assert chat(c).status_code == 200
+    assert gauges()["escalate_live_escalation_rate"] == pytest.approx(MIN_LIVE / WINDOW)  # the last 1000: 100 escalated
+    assert gauges()["escalate_score_psi"] > 1.0  # all scores moved from 0.9 to 0.1
+
+
+def test_drift_reference_restarts_with_a_new_deployment_and_skips_fallback_scores() -> None:
+    drift = LiveDrift(window=200, reference_size=20)
+    for _ in range(20):
+        drift.observe(0.9, False, ("entropy", 0.5))
+    for _ in range(MIN_LIVE):
+        drift.observe(0.1, True, ("entropy", 0.5))
+    assert drift.score_psi() > 1.0 and drift.escalation_rate() == pytest.approx(MIN_LIVE / (20 + MIN_LIVE))
+    for _ in range(20 + MIN_LIVE):
+        drift.observe(0.1, True, ("p_true", 0.3))  # another deployment: its own reference
+        drift.observe(0.0, True, ("llm_only", math.inf), router_scored=False)  # SLM down: no router score
+    assert drift.score_psi() == pytest.approx(0.0)
