@@ -4,6 +4,7 @@ flush interval, crash safety and retention; the drift gauges beside it."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import date, timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -189,3 +191,11 @@ def test_drift_reference_restarts_with_a_new_deployment_and_skips_fallback_score
         drift.observe(0.1, True, ("p_true", 0.3))  # another deployment: its own reference
         drift.observe(0.0, True, ("llm_only", math.inf), router_scored=False)  # SLM down: no router score
     assert drift.score_psi() == pytest.approx(0.0)
+
+
+def test_alert_rules_watch_gauges_the_gateway_exports() -> None:
+    rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "infra/prometheus/alerts.yml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    exported = {f.name for f in text_string_to_metric_families(client(StandInEngine()).get("/metrics").text)}
+    watched = {re.match(r"\w+", expr).group() for expr in exprs}
+    assert watched == {"escalate_score_psi", "escalate_live_escalation_rate"} and watched <= exported
