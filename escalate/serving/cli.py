@@ -36,6 +36,14 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                        help="fraction of the deadline the SLM may take; past it the request escalates to the LLM")
     serve.add_argument("--body-timeout", type=float, default=10.0, help="seconds to send a request body; then 408")
     serve.add_argument("--docs", action="store_true", help="serve /docs and /openapi.json (off by default)")
+    serve.add_argument("--traffic-dir", type=Path, default=None,
+                       help="where answered exchanges are logged for `harvest` (default: serving/traffic under --root)")
+    serve.add_argument("--no-traffic-log", action="store_true",
+                       help="log no exchange (a client opts one request out with the header x-escalate-no-log: 1)")
+    serve.add_argument("--traffic-flush", type=float, default=1.0,
+                       help="seconds between traffic-log writes: at most this much is lost if the gateway is killed")
+    serve.add_argument("--traffic-retention-days", type=int, default=30,
+                       help="traffic partitions (days) older than this are deleted")
     serve.set_defaults(handler=_serve)
 
     promote = sub.add_parser("promote", help="serve a registry alias: vLLM servers, gateway switch, smoke test",
@@ -103,14 +111,18 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
     from escalate.serving.deployment import current
     from escalate.serving.gateway import METRICS_KEY_ENV, GatewaySettings, create_app, load_current
     from escalate.serving.gateway_process import admin_key, api_key, vllm_key
+    from escalate.serving.traffic import TRAFFIC_DIR
     from escalate.serving.vllm_server import VLLM_KEY_ENV
 
     metrics_key = os.environ.get(METRICS_KEY_ENV)
+    traffic = None if args.no_traffic_log else str(args.traffic_dir or root / SERVING_DIR / TRAFFIC_DIR)
     settings = GatewaySettings(api_keys=(api_key(root),), max_body_bytes=args.max_body_bytes,
                                max_concurrency=args.max_concurrency, max_queue=args.max_queue,
                                admin_keys=(admin_key(root),), metrics_keys=(metrics_key,) if metrics_key else (),
                                serving_dir=str(root / SERVING_DIR), deadline_s=args.deadline,
-                               slm_share=args.slm_share, body_timeout_s=args.body_timeout, docs=args.docs)
+                               slm_share=args.slm_share, body_timeout_s=args.body_timeout, docs=args.docs,
+                               traffic_dir=traffic, traffic_flush_s=args.traffic_flush,
+                               traffic_retention_days=args.traffic_retention_days)
     os.environ[VLLM_KEY_ENV] = vllm_key(root)  # the deployments promote writes name it for their servers' key
     app = create_app(settings)
     live = None if args.deployment or args.no_current else current(root)

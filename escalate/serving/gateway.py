@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ from escalate.serving.engine import (
     open_engine,
 )
 from escalate.serving.metrics import GatewayMetrics
+from escalate.serving.traffic import open_traffic_log, redact
 
 log = logging.getLogger("escalate.gateway")
 API_KEY_ENV = "ESCALATE_API_KEY"
@@ -84,6 +86,10 @@ class GatewaySettings:
     slm_share: float = 0.5  # of the deadline, the SLM's; past it the request escalates
     body_timeout_s: float = 10.0  # time to send the request body; then 408
     docs: bool = False  # serve /docs and /openapi.json
+    traffic_dir: str | None = None  # where answered exchanges are logged (serving.traffic); None: not logged
+    traffic_flush_s: float = 1.0  # the traffic log writes a part file this often: at most this much is lost
+    traffic_retention_days: int = 30  # traffic partitions older than this are deleted
+    traffic_redact: Callable[[str], str] = redact  # applied to each question before it is written
 
     def __post_init__(self) -> None:
         if not self.api_keys or not all(self.api_keys):
@@ -94,6 +100,8 @@ class GatewaySettings:
             raise ValueError("admin and metrics keys must be non-empty, and no admin key may be a client key")
         if not (self.deadline_s > 0 and 0 < self.slm_share < 1 and self.body_timeout_s > 0):
             raise ValueError("deadline_s > 0, 0 < slm_share < 1 and body_timeout_s > 0 are required")
+        if not (self.traffic_flush_s > 0 and self.traffic_retention_days >= 1):
+            raise ValueError("traffic_flush_s > 0 and traffic_retention_days >= 1 are required")
 
 
 class APIError(Exception):
@@ -176,12 +184,14 @@ class BodyLimit:
 
 
 class Gateway:
-    """The state behind the app: the engine holder, the worker limiter and the metrics."""
+    """The state behind the app: the engine holder, the worker limiter, the metrics and the traffic log."""
 
     def __init__(self, settings: GatewaySettings, holder: EngineHolder | None = None) -> None:
         self.settings = settings
         self.holder = holder or EngineHolder()
         self.metrics = GatewayMetrics()
+        self.traffic = open_traffic_log(settings.traffic_dir, settings.traffic_flush_s,
+                                        settings.traffic_retention_days, settings.traffic_redact)
         self.limiter = anyio.CapacityLimiter(settings.max_concurrency)
         self.admitted = 0  # requests answering or waiting for a worker
 
@@ -247,7 +257,8 @@ class Gateway:
 def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) -> FastAPI:
     gateway = Gateway(settings, holder)
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="escalate gateway", version="1", description=__doc__, **docs)
+    app = FastAPI(title="escalate gateway", version="1", description=__doc__, on_shutdown=[gateway.traffic.close],
+                  **docs)
     app.state.gateway = gateway
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
 
@@ -379,6 +390,7 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         cut = limit if finish == "length" else None
         meta = escalate_object(answer, deployment, time.perf_counter() - start)
         headers = api.route_headers(meta)
+        gateway.traffic.log(question, result, meta, raw.headers)
         gateway.metrics.latency.labels(route).observe(time.perf_counter() - start)
         gateway.metrics.requests.labels(route, "200").inc()
         if request.stream:

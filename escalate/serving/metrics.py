@@ -1,4 +1,5 @@
-"""The gateway's Prometheus metrics: requests, escalations, cost and latency, per route and model.
+"""The gateway's Prometheus metrics: requests, escalations, cost and latency, per route and model, and
+the drift gauges (escalate.serving.drift) that infra/prometheus/alerts.yml watches.
 
 Each app gets its own CollectorRegistry, so two gateways in one process (tests) do not share counts.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from escalate.serving.drift import REFERENCE, WINDOW, LiveDrift
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COST_BUCKETS = (0.0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -33,6 +36,11 @@ class GatewayMetrics:
         self.cost = Histogram("escalate_cost", "cost per answered request (the bundle's cost model), by model",
                               ["model"], buckets=COST_BUCKETS, registry=r)
         self.in_flight = Gauge("escalate_in_flight_requests", "requests answering or waiting for a worker", registry=r)
+        self.drift = LiveDrift()
+        Gauge("escalate_live_escalation_rate", f"share of the last {WINDOW} answered requests the LLM answered",
+              registry=r).set_function(self.drift.escalation_rate)
+        Gauge("escalate_score_psi", f"PSI of the last {WINDOW} router scores against the deployment's first "
+              f"{REFERENCE} (NaN until both are there)", registry=r).set_function(self.drift.score_psi)
 
     def observe_answer(self, result: dict[str, Any], fallback: str | None) -> None:
         model = result["model"]
@@ -40,6 +48,8 @@ class GatewayMetrics:
         if result["escalated"]:
             self.escalations.labels(fallback or "router").inc()
         self.cost.labels(model).observe(float(result["cost"]))
+        self.drift.observe(float(result["confidence"]), result["escalated"], (result["strategy"], result["threshold"]),
+                           router_scored=fallback is None)
         for step in ("slm", "router", "llm"):
             seconds = float(result[f"latency_{step}_s"])
             if seconds > 0:
