@@ -319,9 +319,15 @@ class TrackingConfig:
     uri: str = field(default="sqlite:///mlruns/mlflow.db", metadata={
         "help": "MLflow tracking and registry URI (relative sqlite paths are under --root); a server for a team"})
     experiment: str = field(default="escalate", metadata={"help": "MLflow experiment the runs are filed under"})
+    registered_model: str = field(default="escalate-cascade", metadata={
+        "help": "the registered model this profile's candidates become versions of; one per profile, so a smoke "
+                "run is never gated against, nor takes @champion from, another profile's cascades"})
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "experiment", "must not be empty")
+        _check(bool(self.registered_model.strip()) and "/" not in self.registered_model and
+               ":" not in self.registered_model, "registered_model", f"must be a non-empty name without '/' or ':', "
+               f"got {self.registered_model!r}")
 
 
 @dataclass

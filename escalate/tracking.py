@@ -114,6 +114,25 @@ class Tracker:
     def end(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
+    def fail_abandoned(self, profile: str, by_run: str) -> list[str]:
+        """Mark FAILED the runs of `profile` still RUNNING, and their RUNNING child runs, naming why.
+
+        Called by a retrain run holding the profile's lock: no live process can be writing them, so a
+        RUNNING one was left by a process that died without closing it (SIGKILL, a lost machine).
+        Returns their ids."""
+        def running(where: str) -> list[str]:
+            found = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and {where}",
+                                            max_results=1000)
+            return [r.info.run_id for r in found if r.info.run_id != by_run]
+
+        stale = running(f"tags.`escalate.profile` = '{profile}'")
+        stale += [c for parent in list(stale) for c in running(f"tags.`mlflow.parentRunId` = '{parent}'")]
+        for run_id in stale:
+            self.client.set_tag(run_id, "escalate.failure", f"its process ended without closing the run (killed?); "
+                                                             f"marked failed by run {by_run}, which holds the lock")
+            self.client.set_terminated(run_id, "FAILED")
+        return stale
+
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"a": {"b": 1}} -> {"a.b": 1}; lists become JSON strings."""

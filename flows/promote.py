@@ -22,9 +22,8 @@ disable_telemetry()
 
 from prefect import flow, task  # noqa: E402
 
-from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
+from escalate.registry.aliases import CHAMPION, Registry, profile_registry  # noqa: E402
 from escalate.serving.promote import Promotion, PromotionFailed, promote_alias  # noqa: E402
-from escalate.tracking import resolve_uri  # noqa: E402
 
 
 @task(name="move-champion")
@@ -44,7 +43,7 @@ def promote(alias: str = CHAMPION, version: str | None = None, reason: str | Non
             timeout_s: float = 300.0) -> str:
     """Serve @alias; with `version`, first make that version the champion (refused if it failed its gates)."""
     root_path = Path(root).resolve()
-    registry = Registry(resolve_uri(tracking_uri, root_path, profile))
+    registry = profile_registry(profile, root_path, tracking_uri)
     if version is not None:
         print(move_champion(registry, str(version), reason, by))
     summary = serve_alias(registry, root_path, alias, timeout_s, by).summary()

@@ -28,6 +28,7 @@ from prefect import flow  # noqa: E402
 
 from escalate.config import Profile, load_profile  # noqa: E402
 from escalate.evaluation.report import format_table  # noqa: E402
+from escalate.locks import FileLock  # noqa: E402
 from escalate.registry.aliases import CHAMPION, Registry  # noqa: E402
 from escalate.registry.publish import link_run, rank_candidates  # noqa: E402
 from escalate.stages import cost_model, paths  # noqa: E402
@@ -37,6 +38,8 @@ from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
 from tasks.registry import ask_champion, bundle, load_gates, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
 from tasks.tracking import log_stage  # noqa: E402
+
+RETRAIN_LOCK = ".retrain.lock"  # under artifacts/<profile>/: one retrain of a profile at a time
 
 
 @flow(name="retrain", log_prints=True)
@@ -51,9 +54,19 @@ def retrain(
     root_path = Path(root).resolve()
     cfg = load_profile(profile, root_path)  # a bad profile fails here, before any work
     tracker = Tracker(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, root_path)
-    registry = Registry(tracker.uri)
+    registry = Registry(tracker.uri, cfg.tracking.registered_model)  # its own model: gates compare within a profile
     registry.check()  # an unreachable registry fails now, before hours of work
+    with FileLock(cfg.artifacts(root_path) / RETRAIN_LOCK, f"retrain of profile {profile}"):  # else Busy, at once
+        return run_locked(profile, cfg, root_path, tracker, registry, skip_if_unchanged)
+
+
+def run_locked(profile: str, cfg: Profile, root_path: Path, tracker: Tracker, registry: Registry,
+               skip_if_unchanged: bool) -> dict:
+    """The run itself, under the profile's lock: runs of the profile left RUNNING by a killed process are
+    marked failed first (the lock proves nobody is writing them)."""
     run_id = tracker.start(f"retrain-{profile}", tags={"escalate.profile": profile, **git_commit(root_path)})
+    for stale in tracker.fail_abandoned(profile, run_id):
+        print(f"run {stale} was left RUNNING by a process that died; marked FAILED")
     tracker.params(run_id, {"profile": profile, **asdict(cfg)})
     ok = False
     try:

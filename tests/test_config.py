@@ -239,3 +239,13 @@ def test_from_dict_defaults_fill_omitted_sections() -> None:
     profile = from_dict(Profile, {"name": "x", "models": {"slm": {"source": "a/b"}, "llm": {"source": "c/d"}}})
     assert profile.sampling.k == 4 and profile.evaluation.n_thresholds == 101
     assert profile.data.split_fractions == {"train": 0.6, "calib": 0.2, "test": 0.2}
+
+
+def test_each_profile_registers_under_its_own_model() -> None:
+    """A smoke run is never gated against, nor takes @champion from, another profile's cascades."""
+    from escalate.config import load_profile
+
+    root = Path(__file__).resolve().parents[1]
+    names = {p.stem: load_profile(p.stem, root).tracking.registered_model for p in (root / "configs").glob("*.yaml")}
+    assert len(set(names.values())) == len(names), names
+    assert names["tiny"] == "escalate-cascade"

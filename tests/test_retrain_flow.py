@@ -68,7 +68,7 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
 
     # Every strategy is registered with its gate results; the objective's pick is @champion and
     # answered in a fresh process (the load gate); the version traces to its run, data and code.
-    registry = Registry(mlflow_uri)
+    registry = Registry(mlflow_uri, "escalate-cascade-smoke")  # smoke registers under its own model
     first = registry.champion()
     # smoke's 3 strategies, SATER's 3, COREA's cascade and CITER's, each on the SLM it was evaluated with
     assert first is not None and len(registry.list_versions()) == 8
@@ -85,8 +85,8 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     assert client.get_run(first.run_id).data.tags["mlflow.parentRunId"] == run.info.run_id
     # the flow's run names the versions it registered and the champion
     linked = client.get_run(run.info.run_id).data.tags
-    assert f"escalate-cascade/{first.version}" in linked["escalate.registered"].split(", ")
-    assert linked["escalate.champion"] == f"escalate-cascade/{first.version}"
+    assert f"escalate-cascade-smoke/{first.version}" in linked["escalate.registered"].split(", ")
+    assert linked["escalate.champion"] == f"escalate-cascade-smoke/{first.version}"
 
     # A second run with unchanged inputs reuses every stage (the checkpoint is not rewritten); its
     # candidates face a gate they cannot pass: registered, rejected with reasons, @champion stays. It and the

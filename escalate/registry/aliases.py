@@ -40,9 +40,10 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from escalate.config import Profile, load_profile
 from escalate.registry.gates import ChampionPairs, GateResult, all_passed, pair_with_champion
 from escalate.telemetry import disable_telemetry
-from escalate.tracking import dvc_hashes, git_commit
+from escalate.tracking import dvc_hashes, git_commit, resolve_uri
 
 DEFAULT_NAME = "escalate-cascade"
 CHAMPION, CHALLENGER, SERVING = "champion", "challenger", "serving"
@@ -153,6 +154,14 @@ def _cell(value: float | None) -> str:
 
 def _not_found(exc: Exception) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def profile_registry(profile: Profile | str, root: Path | str, tracking_uri: str | None = None,
+                     name: str | None = None) -> Registry:
+    """The registry a profile registers into: its tracking URI (or `tracking_uri`) and its own registered
+    model (tracking.registered_model, or `name`), so profiles never share champions or gates."""
+    cfg = load_profile(profile, root) if isinstance(profile, str) else profile
+    return Registry(resolve_uri(tracking_uri, root, cfg), name or cfg.tracking.registered_model)
 
 
 class Registry:

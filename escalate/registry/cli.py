@@ -19,9 +19,8 @@ from typing import Any
 
 from escalate.config import ConfigError
 from escalate.evaluation.report import format_table
-from escalate.registry.aliases import CHALLENGER, CHAMPION, DEFAULT_NAME, Registry, RegistryError
+from escalate.registry.aliases import CHALLENGER, CHAMPION, DEFAULT_NAME, Registry, RegistryError, profile_registry
 from escalate.telemetry import disable_telemetry
-from escalate.tracking import resolve_uri
 
 EPILOG = """\
 examples:
@@ -37,7 +36,9 @@ def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking/registry URI (default: the profile's tracking.uri under --root)")
-    common.add_argument("--name", default=DEFAULT_NAME, help=f"registered model name (default: {DEFAULT_NAME})")
+    common.add_argument("--name", default=None,
+                        help=f"registered model name (default: the profile's tracking.registered_model, {DEFAULT_NAME} "
+                             "for tiny)")
     common.add_argument("--profile", default="tiny", help="profile whose tracking.uri is the default (default: tiny)")
     common.add_argument("--root", default=".", type=Path, help="project root holding configs/ and mlruns/")
     common.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -70,7 +71,7 @@ def add_registry_commands(subparsers: Any) -> argparse.ArgumentParser:
 def run_registry(args: argparse.Namespace) -> int:
     """Carry out one `registry` action; registry errors and refusals print one line and return 2."""
     try:
-        registry = Registry(resolve_uri(args.tracking_uri, Path(args.root).resolve(), args.profile), args.name)
+        registry = profile_registry(args.profile, Path(args.root).resolve(), args.tracking_uri, args.name)
         return _ACTIONS[args.action](registry, args)
     except (RegistryError, ConfigError) as exc:
         print(f"escalate: error: {exc}", file=sys.stderr)

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from escalate.locks import Busy
 from escalate.serving.deployment import CURRENT_FILE, SERVING_DIR
-from escalate.serving.promote_guard import Busy
 
 
 def add_serving_commands(sub: argparse._SubParsersAction) -> None:
@@ -139,9 +139,8 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     # MLflow, FastAPI and the engines: seconds to import; every `escalate` command builds this parser, few serve
-    from escalate.registry.aliases import Registry
+    from escalate.registry.aliases import profile_registry
     from escalate.serving.promote import export
-    from escalate.tracking import resolve_uri
 
     endpoints = dict(item.split("=", 1) for item in args.endpoint if "=" in item)
     bad = [item for item in args.endpoint if "=" not in item] + [r for r in endpoints if r not in ("slm", "llm")]
@@ -149,7 +148,7 @@ def _export(args: argparse.Namespace) -> int:
         print(f"escalate: error: --endpoint takes ROLE=URL with ROLE slm or llm; got {bad}", file=sys.stderr)
         return 2
     root = args.root.resolve()
-    registry = Registry(resolve_uri(None, root, args.profile))
+    registry = profile_registry(args.profile, root)
     deployment = export(registry, args.alias, root, args.to.resolve(), endpoints)
     print(f"wrote {deployment.path} ({deployment.label}, endpoints {deployment.endpoints})")
     return 0

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from escalate.kinds import KINDS
+from escalate.locks import Busy
 from escalate.registry.aliases import SERVING, Registry, who
 from escalate.registry.bundle import BundleError, read_bundle
 from escalate.serving import gateway_process
@@ -41,7 +42,7 @@ from escalate.serving.deployment import (
     new_deployment_dir,
 )
 from escalate.serving.gateway_process import GatewayProcess
-from escalate.serving.promote_guard import Busy, PromotionLock, Signals
+from escalate.serving.promote_guard import PromotionLock, Signals
 from escalate.serving.vllm_server import VllmServer, free_port, serve_python, stop_group, wait_gone
 
 SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva have now?",

@@ -1,9 +1,7 @@
 """What keeps a promotion whole: one at a time (a file lock), and signals turned into its rollback.
 
-The lock is fcntl.flock on serving/promote.lock: the OS releases it when its holder exits in any way,
-SIGKILL included, so a refusal always names a live promotion and no stale lock needs clearing. The
-holder writes its pid and start time into the file for the refusal to quote. The descriptor is not
-inherited (Python's default), so the gateway and vLLM servers a promotion starts never hold it.
+The lock (escalate.locks.FileLock) is fcntl.flock on serving/promote.lock: released by the OS when its
+holder exits in any way, SIGKILL included, and not inherited by the gateway and vLLM servers it starts.
 
 `Signals` makes SIGTERM and SIGINT exceptions in the main thread for the promotion's duration, so
 its rollback runs: SIGTERM raises Interrupted, SIGINT KeyboardInterrupt (both BaseException, so no
@@ -15,21 +13,14 @@ Python runs signal handlers in the main thread only: elsewhere (a worker thread)
 
 from __future__ import annotations
 
-import fcntl
-import json
-import os
 import signal
 import threading
-from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from escalate.locks import FileLock
+
 HANDLED = (signal.SIGTERM, signal.SIGINT)
-
-
-class Busy(RuntimeError):
-    """Another promotion holds the lock."""
 
 
 class Interrupted(BaseException):
@@ -40,40 +31,10 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
-class PromotionLock:
-    """An exclusive, non-blocking flock on `path`; Busy names the holder."""
+class PromotionLock(FileLock):
+    """The one-promotion-at-a-time lock."""
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.fd = path, -1
-
-    def __enter__(self) -> PromotionLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(os.pread(fd, 4096, 0))
-            os.close(fd)
-            raise Busy(f"another promotion is running ({holder}; lock {self.path}); wait for it to finish. "
-                       "The lock is the OS's: it goes with its holder, even a killed one") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(),
-                                  "started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}).encode(), 0)
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        os.ftruncate(self.fd, 0)  # before unlocking: the next holder writes its own
-        os.close(self.fd)  # releases the flock
-        self.fd = -1
-
-
-def _holder(raw: bytes) -> str:
-    try:
-        info = json.loads(raw)
-        return f"pid {info['pid']}, started {info['started']}"
-    except (ValueError, KeyError, TypeError):  # the holder has not written it yet
-        return "pid and start time not written yet"
+    what = "promotion"
 
 
 class Signals:
