@@ -157,3 +157,14 @@ def test_cli_lists_shows_refuses_and_rolls_back(store: tuple[str, Path], capsys:
     assert registry.show(3)["tags"]["escalate.rolled_back_by"] == "dave"
     assert cli.main(["diff", "1", "3", *base, "--json"]) == 0
     assert '"metrics"' in capsys.readouterr().out
+
+
+def test_the_same_bundle_registers_once(store: tuple[str, Path]) -> None:
+    """A rerun with nothing changed (same content digest) gives back the version it made, with its own verdicts."""
+    registry = Registry(store[0], "rerun")
+    first = add(registry, store, "v1", 0.85, PASS, tags={"escalate.content": "same"})
+    again = add(registry, store, "v1-again", 0.85, FAIL, tags={"escalate.content": "same"})
+    assert again.unchanged and again.version == first.version and again.passed and again.champion == first.version
+    assert "unchanged" in again.summary() and len(registry.list_versions()) == 1
+    other = add(registry, store, "v2", 0.86, PASS, tags={"escalate.content": "new"})
+    assert not other.unchanged and other.version != first.version and len(registry.list_versions()) == 2

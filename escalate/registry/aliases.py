@@ -52,6 +52,7 @@ TAG_PASSED = "gates.passed"
 TAG_FAILED = "gates.failed"
 TAG_RUN = "escalate.run_id"
 TAG_PREVIOUS = "escalate.previous_champion"
+TAG_CONTENT = "escalate.content"  # BundleInfo.content: the bundle's content digest
 NONE = "none"
 # Where a version's details live on its run (beside the tags a search filters on).
 REGISTRATION_DIR = "registration"
@@ -83,8 +84,12 @@ class Registration:
     champion: str | None
     previous_champion: str | None
     failed: list[str] = field(default_factory=list)
+    unchanged: bool = False  # the same bundle was registered before: this is that version, nothing new
 
     def summary(self, name: str = DEFAULT_NAME) -> str:
+        if self.unchanged:
+            return (f"{name} version {self.version}: unchanged (the same bundle, by content digest), not registered "
+                    f"again; {'every gate passed' if self.passed else 'rejected by ' + ', '.join(self.failed)} then")
         if self.passed and self.champion == self.version:
             was = f" (was version {self.previous_champion})" if self.previous_champion else " (first champion)"
             return f"{name} version {self.version}: every gate passed; @champion -> {self.version}{was}"
@@ -306,6 +311,13 @@ class Registry:
         self._ensure_model()
         before = self.aliases()
         champion = before.get(CHAMPION)
+        same = self._same_content((tags or {}).get(TAG_CONTENT))
+        if same is not None:  # a rerun with nothing changed: the version it made stands, with its own verdicts
+            verdicts = self.gates(same)
+            return Registration(version=str(same.version), passed=all_passed(verdicts),
+                                champion=str(champion) if champion else None,
+                                previous_champion=str(champion) if champion else None,
+                                failed=[g.name for g in verdicts if not g.passed], unchanged=True)
         passed = all_passed(gates)
         takes_champion = passed and may_take_champion
         failed = [g.name for g in gates if not g.passed]
@@ -407,6 +419,14 @@ class Registry:
             if _not_found(exc):
                 return None
             raise
+
+    def _same_content(self, content: str | None) -> ModelVersion | None:
+        """The version registered from a bundle with this content digest, if any."""
+        if not content:
+            return None
+        found = self._read("look for a version with the same content", lambda: self.client.search_model_versions(
+            f"name = '{self.name}' and tags.`{TAG_CONTENT}` = '{content}'"))
+        return min(found, key=lambda mv: int(mv.version)) if found else None
 
     def _ensure_model(self) -> None:
         if self._read("read the registered model", self._registered_model) is None:

@@ -25,6 +25,7 @@ version instead of misreading a token-level bundle as a query-level one.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -274,10 +275,12 @@ class BundleInfo:
     model_id: str
     run_id: str
     spec: CascadeSpec
+    content: str = ""  # content_digest: the same bundle registers once (Registry.register)
 
     def tags(self) -> dict[str, str]:
         """Model-version tags that say which cascade this is (the registry adds gates and lineage)."""
         return {"escalate.strategy": self.spec.strategy, "escalate.kind": self.spec.kind,
+                "escalate.content": self.content,
                 "escalate.threshold": f"{self.spec.threshold:.6g}",
                 "escalate.profile": self.spec.profile, "escalate.model_id": self.model_id,
                 "escalate.llm": self.spec.llm.name, "escalate.slm": self.spec.slm.name}
@@ -375,6 +378,7 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
         artifacts = _stage_artifacts(stage, spec, checkpoints, router, eval_dir, outcomes)
         code = stage / "code" / "escalate"
         shutil.copytree(Path(escalate.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        content = content_digest(stage)
         example = pd.DataFrame({"question": example_questions or [DEFAULT_EXAMPLE]})
         (stage / MODEL_SCRIPT).write_text(MODEL_CODE)
         active = mlflow.active_run() is not None
@@ -390,7 +394,19 @@ def log_bundle(spec: CascadeSpec, *, tracking_uri: str, run_id: str, checkpoints
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 client.log_metric(run_id, key, float(value), model_id=info.model_id)
-    return BundleInfo(model_uri=f"models:/{info.model_id}", model_id=info.model_id, run_id=run_id, spec=spec)
+    return BundleInfo(model_uri=f"models:/{info.model_id}", model_id=info.model_id, run_id=run_id, spec=spec,
+                      content=content)
+
+
+def content_digest(stage: Path) -> str:
+    """SHA-256 of what makes a bundle behave as it does: cascade.json (the spec with every router and
+    checkpoint file's digest) and the escalate code it carries. A rerun with nothing changed gives the
+    same digest, so the registry does not register the same candidate twice; new code or data does not."""
+    digest = hashlib.sha256((stage / SPEC_FILE).read_bytes())
+    for path in sorted((stage / "code").rglob("*.py")):
+        digest.update(path.relative_to(stage).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _checkpoint_artifact(path: Path, role: str, stage: Path, names: set[str]) -> Path:
