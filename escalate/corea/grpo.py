@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.checks import ConfigError
 from escalate.corea.config import CoreaGRPOConfig
 from escalate.corea.rewards import reward_functions
 from escalate.prompts import format_prompt
@@ -48,7 +49,11 @@ def train_grpo(model_dir: str | Path, questions: pd.DataFrame, cfg: CoreaGRPOCon
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
+    from trl.import_utils import is_vllm_available
 
+    if cfg.use_vllm and not is_vllm_available():
+        raise ConfigError("corea.grpo.use_vllm: TRL generates with vLLM in the training process, and vllm is not "
+                          "installed beside TRL here; install it (a CUDA build, on a GPU) or set use_vllm: false")
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     funcs = reward_functions(cfg.calibration)
