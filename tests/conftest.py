@@ -59,6 +59,20 @@ def make_project(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bare_gpu_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A root whose configs/gpu.yaml is the gpu profile without its method sections (sater, corea, citer):
+    what the stages say to a profile that has none."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "configs" / "gpu.yaml").read_text())
+    root = tmp_path_factory.mktemp("bare_gpu")
+    (root / "configs").mkdir()
+    bare = {k: v for k, v in raw.items() if k not in ("sater", "corea", "citer")}
+    (root / "configs" / "gpu.yaml").write_text(yaml.safe_dump(bare, sort_keys=False))
+    return root
+
+
+@pytest.fixture(scope="session")
 def smoke_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_project(tmp_path_factory.mktemp("project"))
 

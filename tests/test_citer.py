@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -264,15 +265,13 @@ def test_tau_sweep_spans_both_edges_and_is_densest_at_small_llm_shares() -> None
 
 
 def test_citer_commands_parse_and_refuse_a_profile_without_a_citer_section(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], bare_gpu_root: Path
 ) -> None:
-    from pathlib import Path
-
     from escalate.cli import build_parser, main
 
     root = Path(__file__).resolve().parents[1]
     args = build_parser().parse_args(["citer", "log", "--profile", "smoke", "--run-id", "abc"])
     assert (args.group, args.action, args.run_id) == ("citer", "log", "abc")
     monkeypatch.chdir(root)
-    assert main(["citer", "train", "--profile", "gpu", "--root", str(root)]) == 2
+    assert main(["citer", "train", "--profile", "gpu", "--root", str(bare_gpu_root)]) == 2
     assert "profile 'gpu' has no citer section" in capsys.readouterr().err

@@ -227,8 +227,9 @@ def test_load_questions_without_a_build_says_what_to_run(tmp_path: Path) -> None
         stages.load_questions(profile, tmp_path)
 
 
-def test_sater_train_without_a_sater_section_exits_2_saying_so(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["sater", "train", "--profile", "gpu", "--root", str(ROOT)]) == 2
+def test_sater_train_without_a_sater_section_exits_2_saying_so(capsys: pytest.CaptureFixture[str],
+                                                               bare_gpu_root: Path) -> None:
+    assert main(["sater", "train", "--profile", "gpu", "--root", str(bare_gpu_root)]) == 2
     assert "profile 'gpu' has no sater section" in capsys.readouterr().err
 
 

@@ -75,7 +75,7 @@ def test_sater_section_fills_its_typed_configs() -> None:
     assert isinstance(smoke.sater, SaterConfig) and isinstance(smoke.sater.dpo, SaterDPOConfig)
     assert (smoke.sater.k_train, smoke.sater.dpo.steps, smoke.sater.refusal.tau) == (4, 3, 0.5)
     assert smoke.sater.taus() == [0.5, 1.0]  # refusal.tau and the sweep's, ascending
-    assert gpu.sater is None
+    assert gpu.sater.dpo.lora.r == 16 and gpu.sater.refusal.lora is not None and smoke.sater.dpo.lora is None
 
 
 @pytest.mark.parametrize(("key", "value", "named"), [

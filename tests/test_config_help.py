@@ -81,8 +81,8 @@ def test_config_show_prints_every_key_of_the_tiny_profile(capsys: pytest.Capture
     assert "generations per question" in printed["sampling.k"]  # help wraps at >= 30 columns
 
 
-def test_rows_walk_dicts_of_sections_and_keep_an_absent_section_as_one_row() -> None:
-    gpu = load_profile("gpu", root=ROOT)
+def test_rows_walk_dicts_of_sections_and_keep_an_absent_section_as_one_row(bare_gpu_root: Path) -> None:
+    gpu = load_profile("gpu", root=bare_gpu_root)
     found = {row.key: row for row in rows(gpu)}
     assert found["models.llm.endpoint"].value == "http://127.0.0.1:8001/v1"
     assert found["models.llm.endpoint"].help.startswith("base URL of an OpenAI-compatible server")

@@ -67,9 +67,9 @@ def test_targets_compare_corea_with_rlvr_in_domain() -> None:
 
 
 def test_train_without_a_corea_section_exits_2_saying_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+                                                         capsys: pytest.CaptureFixture[str], bare_gpu_root: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["corea", "train", "--profile", "gpu", "--root", str(ROOT)]) == 2
+    assert main(["corea", "train", "--profile", "gpu", "--root", str(bare_gpu_root)]) == 2
     assert "profile 'gpu' has no corea section" in capsys.readouterr().err
 
 

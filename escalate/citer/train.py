@@ -23,7 +23,7 @@ from escalate.config import ConfigError, Profile
 from escalate.data.graders import GRADERS
 from escalate.evaluation import metrics, plots
 from escalate.evaluation.report import format_cell, markdown_table, write_report
-from escalate.models.backends import make_backend, model_path
+from escalate.models.backends import is_self_hosted, make_backend, model_path
 from escalate.models.backends.hf import DTYPES
 from escalate.sampling import grader_kind
 from escalate.stages.base import Progress, load_questions, paths, write_metrics, write_validated
@@ -33,21 +33,38 @@ PLOTTED = ("p_true_token", "sater_refusal")  # the query-level cascades issue 8 
 
 
 
-def _load(profile: Profile, root: Path | str) -> tuple:
-    """The SLM, the LLM and their one tokenizer, in process (CITER steps both models token by token)."""
+def check_pair(profile: Profile, root: Path | str = ".") -> None:
+    """Refuse, before any weights load, a pair CITER cannot step token by token in one process: a model that
+    is only an endpoint, one on a backend other than hf, or two tokenizers (read from their files)."""
+    zoo, roles = paths(profile, root)["zoo"], ("slm", "llm")
+    api_only = next((r for r in roles if not is_self_hosted(profile.models[r].backend)), None)
+    if api_only is not None:
+        cfg = profile.models[api_only]
+        raise ConfigError(
+            f"models.{api_only}.backend: CITER steps the SLM and the LLM token by token in one process, so it needs "
+            f"their weights; {cfg.name!r} is an API-only model behind the {cfg.backend!r} backend. Self-host it "
+            f"(backend hf, source a local checkpoint or hub id) to run CITER; the query-level strategies, SATER "
+            f"and COREA run with it as it is")
+    elsewhere = next((r for r in roles if profile.models[r].backend != "hf"), None)
+    if elsewhere is not None:
+        raise ConfigError(f"models.{elsewhere}.backend: CITER decodes both models in process and needs 'hf', "
+                          f"got {profile.models[elsewhere].backend!r}")
+    slm, llm = (AutoTokenizer.from_pretrained(model_path(profile.models[r], r, zoo)) for r in ("slm", "llm"))
+    if slm.get_vocab() != llm.get_vocab():
+        raise ConfigError(f"models: CITER routes token by token: SLM and LLM must share a tokenizer; "
+                          f"{profile.models['slm'].name} has {len(slm)} tokens, {profile.models['llm'].name} {len(llm)}")
+
+
+def _load(profile: Profile, root: Path | str = ".") -> tuple:
+    """The SLM, the LLM and their one tokenizer, in process (CITER steps both models token by token); check_pair
+    has vetted them."""
     zoo = paths(profile, root)["zoo"]
     models = {}
     for role in ("slm", "llm"):
         cfg = profile.models[role]
-        if cfg.backend != "hf":
-            raise ConfigError(f"models.{role}.backend: CITER decodes both models in process and needs 'hf', "
-                              f"got {cfg.backend!r}")
         path = model_path(cfg, role, zoo)
         models[role] = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[cfg.dtype]).to(cfg.device).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_path(profile.models["slm"], "slm", zoo))
-    llm_tokenizer = AutoTokenizer.from_pretrained(model_path(profile.models["llm"], "llm", zoo))
-    if tokenizer.get_vocab() != llm_tokenizer.get_vocab():
-        raise ConfigError("models: the SLM and the LLM have different tokenizers; token-level routing needs one")
     return models["slm"], models["llm"], tokenizer
 
 
@@ -66,6 +83,7 @@ def build_citer(profile: Profile, out: Path, root: Path | str = ".") -> Path:
     """Label, train both rounds' routers, sweep τ on the selection and evaluation splits; returns metrics.json."""
     if profile.citer is None:  # checked before the chat templates, so a profile without one hears that first
         raise ConfigError(f"profile {profile.name!r} has no citer section; add one to its YAML to train CITER")
+    check_pair(profile, root)  # an endpoint LLM is the first thing to hear: no flag in the profile can fix it
     if any(m.chat_template for m in profile.models.values()):
         # Labels, routers and the τ sweep read plain completion prompts; a chat template would serve others.
         raise ConfigError(f"profile {profile.name!r}: CITER trains and evaluates on plain completion prompts; "

@@ -39,6 +39,12 @@ class CoreaGRPOConfig(LoopConfig):
         "help": "weight of the calibration reward (correctness and format weigh 1)"})
     scale_rewards: Literal["none", "group", "batch"] = field(default="none", metadata={
         "help": "divide advantages by the reward std of the group, the batch, or not at all (see the module)"})
+    use_vllm: bool = field(default=False, metadata={
+        "help": "generate the completions with vLLM colocated on the training GPU (TRL's use_vllm; needs vllm "
+                "installed beside TRL and a GPU); off: transformers' generate"})
+    vllm_gpu_memory: float = field(default=0.3, metadata={
+        "help": "share of each GPU's memory vLLM may take for weights and KV cache (use_vllm only); the trainer "
+                "keeps the rest"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +56,7 @@ class CoreaGRPOConfig(LoopConfig):
         check(0 <= self.beta <= 10, "beta", f"must be in [0, 10], got {self.beta}")
         check(0 < self.calibration_weight <= 10, "calibration_weight",
                f"must be in (0, 10], got {self.calibration_weight}")
+        check(0 < self.vllm_gpu_memory < 1, "vllm_gpu_memory", f"must be in (0, 1), got {self.vllm_gpu_memory}")
 
 
 @dataclass

@@ -22,11 +22,12 @@ from typing import Any
 
 import pandas as pd
 
+from escalate.checks import ConfigError
 from escalate.corea.config import CoreaGRPOConfig
 from escalate.corea.rewards import reward_functions
 from escalate.prompts import format_prompt
 from escalate.sampling import grader_kind
-from escalate.train.loop import train_and_save, trainer_args, with_bos
+from escalate.train.loop import peft_config, train_and_save, trainer_args, with_bos
 
 
 def grpo_dataset(questions: pd.DataFrame, bos: str | None) -> dict[str, list]:
@@ -48,7 +49,11 @@ def train_grpo(model_dir: str | Path, questions: pd.DataFrame, cfg: CoreaGRPOCon
     from datasets import Dataset
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
+    from trl.import_utils import is_vllm_available
 
+    if cfg.use_vllm and not is_vllm_available():
+        raise ConfigError("corea.grpo.use_vllm: TRL generates with vLLM in the training process, and vllm is not "
+                          "installed beside TRL here; install it (a CUDA build, on a GPU) or set use_vllm: false")
     out_dir = Path(out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     funcs = reward_functions(cfg.calibration)
@@ -63,11 +68,13 @@ def train_grpo(model_dir: str | Path, questions: pd.DataFrame, cfg: CoreaGRPOCon
         reward_weights=[1.0, 1.0, cfg.calibration_weight][: len(funcs)],
         scale_rewards=cfg.scale_rewards,
         disable_dropout=True,
+        use_vllm=cfg.use_vllm,  # colocated: vLLM shares the training GPU(s) (TRL's default vllm_mode)
+        vllm_gpu_memory_utilization=cfg.vllm_gpu_memory,
     )
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=funcs, args=args,
                           train_dataset=Dataset.from_dict(grpo_dataset(questions, tokenizer.bos_token)),
-                          processing_class=tokenizer)
-    summary = train_and_save(trainer, out_dir)
+                          processing_class=tokenizer, peft_config=peft_config(cfg))
+    summary = train_and_save(trainer, out_dir, model_dir)
     keys = {"reward": "reward", **{f.__name__: f"rewards/{f.__name__}/mean" for f in funcs}}
     summary["rewards"] = {name: [float(e[key]) for e in trainer.state.log_history if key in e]
                           for name, key in keys.items()}

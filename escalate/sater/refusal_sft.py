@@ -9,7 +9,8 @@ the SLM time spent before escalating. A large model's vocabulary spells the refu
 tokens; the zoo's 400-token byte-level BPE, trained on arithmetic alone, spells it in 22, as long as an
 answer. So by default the refusal becomes one token of the SLM's vocabulary before stage II
 (`add_refusal_token`), its embedding starting as the mean of the pieces that spelled it: refusing then
-costs one decode step (and eos) whatever the tokenizer.
+costs one decode step (and eos) whatever the tokenizer. With LoRA the new token's rows (input, and
+output where untied) train beside the adapters (`refusal_rows`): its mean-of-pieces start is no answer.
 """
 
 from __future__ import annotations
@@ -57,12 +58,27 @@ def add_refusal_token(model_dir: str | Path, out_dir: str | Path) -> Path:
     return Path(out_dir)
 
 
+def refusal_rows(model_dir: str | Path) -> dict[str, list[int]]:
+    """The embedding rows of the token(s) spelling the refusal (one after add_refusal_token), by module name
+    (PEFT's trainable_token_indices): the input embedding's, and the output layer's too where it is not tied
+    to the input (a tied one follows)."""
+    from transformers import AutoConfig, AutoTokenizer  # seconds to import, as above
+
+    ids = sorted(set(AutoTokenizer.from_pretrained(str(model_dir))(REFUSAL_COMPLETION, add_special_tokens=False)["input_ids"]))
+    tied = AutoConfig.from_pretrained(str(model_dir)).tie_word_embeddings
+    return {"embed_tokens": ids} if tied else {"embed_tokens": ids, "lm_head": ids}
+
+
 def train_refusal(model_dir: str | Path, refusal_sft: pd.DataFrame, cfg: SaterRefusalConfig,
                   out_dir: str | Path) -> dict[str, Any]:
     """Fine-tune the checkpoint at model_dir on the refusal_sft table; save model + tokenizer to out_dir.
 
     With cfg.refusal_token the refusal is first made one token (add_refusal_token, into out_dir, which
-    training then starts from and overwrites). Returns escalate.train.loop.train_and_save's summary.
+    training then starts from and overwrites); with LoRA its rows train too (refusal_rows). Returns
+    escalate.train.loop.train_and_save's summary.
     """
-    start = add_refusal_token(model_dir, out_dir) if cfg.refusal_token else model_dir
-    return train_on_completions(start, refusal_sft, cfg, out_dir)
+    if not cfg.refusal_token:
+        return train_on_completions(model_dir, refusal_sft, cfg, out_dir)
+    start = add_refusal_token(model_dir, out_dir)
+    rows = refusal_rows(start) if cfg.lora is not None else None
+    return train_on_completions(start, refusal_sft, cfg, out_dir, trainable_tokens=rows)
