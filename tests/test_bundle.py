@@ -158,3 +158,21 @@ def test_a_bundle_changed_after_registration_is_refused_naming_the_file(store: t
             read_bundle(bundle_artifacts(bundle))
         victim.write_bytes(original)
     read_bundle(bundle_artifacts(bundle))
+
+
+def test_use_tracking_uri_puts_mlflow_globals_back_as_they_were(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset stays unset: a later MlflowClient(tracking_uri=X) must not be pinned to this block's registry."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from escalate.registry.bundle import use_tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    first, second = f"sqlite:///{tmp_path / 'a.db'}", f"sqlite:///{tmp_path / 'b.db'}"
+    before = mlflow.get_tracking_uri()
+    with use_tracking_uri(first):
+        assert mlflow.get_registry_uri() == first
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert mlflow.get_tracking_uri() == before
+    assert MlflowClient(tracking_uri=second)._registry_uri == second

@@ -66,7 +66,7 @@ def test_headline_names_the_figures_reviewers_compare() -> None:
 def test_the_ui_shows_data_gates_metrics_and_links(smoke_pipeline: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     tracker = Tracker(uri, "escalate", smoke_pipeline)
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     key, kind = EXPERIMENT_KIND
     assert client.get_experiment(tracker.experiment_id).tags[key] == kind == "custom_model_development"
 

@@ -43,6 +43,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
+from mlflow.tracking._model_registry import utils as registry_utils  # the globals use_tracking_uri restores
+from mlflow.tracking._tracking_service import utils as tracking_utils
 from mlflow.types import ColSpec, Schema
 
 import escalate
@@ -330,17 +332,24 @@ def use_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
     escalate addresses runs through MlflowClient, but mlflow.pyfunc.log_model logs to the global
     tracking URI, and the registry resolves a `models:/m-<id>` source through it too; so the globals
-    are set here only, under a lock, and put back afterwards.
+    are set here only, under a lock, and put back afterwards exactly as they were: unset stays unset.
+    (mlflow.set_*_uri also exports MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI, and restoring through
+    them would pin every later MlflowClient of this process to the store they happened to resolve to.)
     """
     with _MLFLOW_GLOBALS:
-        previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+        saved = (tracking_utils._tracking_uri, registry_utils._registry_uri)
+        saved_env = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         try:
             yield
         finally:
-            mlflow.set_tracking_uri(previous[0])
-            mlflow.set_registry_uri(previous[1])
+            tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+            for name, value in saved_env.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 @contextmanager
