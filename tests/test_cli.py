@@ -121,7 +121,7 @@ def test_profile_with_unknown_key_exits_2(tmp_path: Path, capsys: pytest.Capture
 
 def test_unknown_profile_name_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", "check", "--profile", "huge", "--root", str(ROOT)]) == 2
-    assert "no such profile; known profiles: gpu, smoke, tiny" in capsys.readouterr().err
+    assert "no such profile; known profiles: gpu, smoke, standin, tiny" in capsys.readouterr().err
 
 
 # --- data validate -------------------------------------------------------------------------------

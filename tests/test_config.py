@@ -102,7 +102,7 @@ def test_gpu_profile_validates_without_its_weights() -> None:
 
 
 def test_unknown_profile_name_lists_the_known_ones() -> None:
-    with pytest.raises(ConfigError, match="no such profile; known profiles: gpu, smoke, tiny"):
+    with pytest.raises(ConfigError, match="no such profile; known profiles: gpu, smoke, standin, tiny"):
         load_profile("nonexistent", root=ROOT)
 
 
