@@ -80,8 +80,9 @@ def test_grpo_with_vllm_where_vllm_is_missing_says_so_before_loading(base_model:
 
 # What standin may change of gpu: where the models are, how big, and where and in what dtype they run.
 # the profile's identity (its name, and so its own registered model), then its models' places, sizes and numerics
-STANDIN_MAY_DIFFER = {"name", "tracking.registered_model", *(f"models.{r}.{k}" for r in ("slm", "llm") for k in ("name", "source", "n_params",
-                                                                                      "dtype", "device"))}
+STANDIN_MAY_DIFFER = {"name", "tracking.registered_model",
+                      *(f"models.{r}.{k}" for r in ("slm", "llm") for k in ("name", "source", "n_params", "dtype",
+                                                                              "device"))}
 
 
 def flat(value, prefix: str = "") -> dict:
