@@ -1,0 +1,305 @@
+"""The gateway's own time per request, with the models taken out: a stub OpenAI server that answers at once.
+
+    python bench/gateway_overhead.py --strategy entropy --label after      # 15 s per cell
+    python bench/gateway_overhead.py entropy-error                          # top-k entropy against the full vocabulary
+
+One stub process (uvicorn on 127.0.0.1) serves both models' /v1/completions instantly with a body shaped
+like vLLM's under `--return-tokens-as-token-ids`: 96 output tokens, each with as many `top_logprobs` as
+the request asks for (400, the zoo's whole vocabulary, is what a deployment asks today). A second process
+runs the real gateway app (create_app) over a real Engine and a query-level Cascade pointed at the stub.
+Then 1 and 50 concurrent clients (httpx async) send requests for a fixed time, first to the gateway, then
+the same request the gateway's SLM backend sends straight to the stub.
+
+The gateway's own time is measured two ways, per cell:
+- `own_*_ms`: per gateway request, the client's wall time minus the time the gateway's backends spent in
+  their HTTP calls to the stub (`escalate.latency_s.slm + .llm`, each the wall time of one `httpx` post):
+  everything the gateway does besides waiting on a model (HTTP in and out, the worker thread, the cascade,
+  the router, parsing the stub's body);
+- `minus_stub_p50_ms`: the gateway's p50 minus the stub's p50 at the same concurrency. The default
+  threshold (-inf: nothing escalates) makes each gateway request exactly one stub call, so this is the
+  side-by-side difference for the same calls.
+`router_p50_ms` is the router's own wall time (`escalate.latency_s.router`): for an embedding or probe
+strategy, its model's inference. Every cell records the load average (1 min) before and after it: this
+machine's cores are shared, so compare figures taken at similar load.
+
+Results merge into bench/results/gateway_overhead.json under "<label>:<strategy>:<top_logprobs>" and the
+Markdown table is rewritten from all runs there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from escalate.prompts import format_prompt
+
+OUT = Path("bench/results/gateway_overhead")
+KEY = "bench-key"
+N_TOKENS = 96  # the tiny profile's max_new_tokens
+VOCAB = 400  # the tiny zoo's vocabulary: what a deployment asks for today
+QUESTIONS = ["Ben has 3 pens. Then gets 4 more. How many pens does Ben have now?",
+             "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?",
+             "Tom has 12 apples. Then buys 9 more. Then gives away 4. How many apples does Tom have now?"]
+
+
+# ---- the stub model server -------------------------------------------------------------------------------------
+
+def stub_completion(model: str, top_logprobs: int, n_tokens: int = N_TOKENS, seed: int = 0) -> dict[str, Any]:
+    """A vLLM-shaped completion: token ids as `token_id:<id>`, peaked softmaxes over the vocabulary."""
+    rng = np.random.default_rng(seed)
+    pieces = [" The", " answer", " is", " 7", "."] + [" ok"] * (n_tokens - 5)
+    tokens, token_lps, steps, offsets, at = [], [], [], [], 0
+    for piece in pieces:
+        logits = rng.normal(0.0, 3.0, VOCAB)
+        logprobs = logits - np.log(np.exp(logits - logits.max()).sum()) - logits.max()
+        order = np.argsort(-logprobs)
+        tokens.append(f"token_id:{order[0]}")
+        token_lps.append(float(logprobs[order[0]]))
+        steps.append({f"token_id:{i}": float(logprobs[i]) for i in order[:top_logprobs]})
+        offsets.append(at)
+        at += len(piece)
+    return {"id": "cmpl-stub", "object": "text_completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "text": "".join(pieces), "finish_reason": "length",
+                         "logprobs": {"text_offset": offsets, "token_logprobs": token_lps, "tokens": tokens,
+                                      "top_logprobs": steps}}],
+            "usage": {"prompt_tokens": 24, "completion_tokens": n_tokens, "total_tokens": 24 + n_tokens}}
+
+
+def stub_app() -> Any:
+    """A raw ASGI app (no framework: the stub should cost as little as possible); bodies cached per request shape."""
+    bodies: dict[tuple[str, int, int], bytes] = {}
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        if scope["method"] == "GET":
+            status, payload = (200 if scope["path"] == "/health" else 404), b""
+        else:
+            request = json.loads(raw)
+            shape = (request["model"], int(request.get("logprobs") or 1), min(int(request["max_tokens"]), N_TOKENS))
+            if shape not in bodies:
+                bodies[shape] = json.dumps(stub_completion(*shape)).encode()
+            status, payload = 200, bodies[shape]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    return app
+
+
+# ---- the gateway under test ------------------------------------------------------------------------------------
+
+def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -> Any:
+    """The real app over a real Engine and a query-level Cascade whose two models are the stub."""
+    from escalate.cascade import Cascade
+    from escalate.config import SamplingConfig
+    from escalate.evaluation.cost import TokenPriceCost
+    from escalate.models.backends.openai_http import OpenAIBackend
+    from escalate.routers.registry import make_router
+    from escalate.serving.deployment import Deployment
+    from escalate.serving.engine import Engine, EngineHolder
+    from escalate.serving.gateway import GatewaySettings, create_app
+
+    router = make_router(strategy)
+    asked = {role: int(top_logprobs) for role in ("slm", "llm")}
+    backends = [OpenAIBackend(stub, role, timeout_s=60, top_logprobs=asked[role]) for role in ("slm", "llm")]
+    cost = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
+    cascade = Cascade(*backends, router, threshold, cost, SamplingConfig(k=1, max_new_tokens=N_TOKENS))
+    deployment = Deployment("escalate-cascade", "1", "bench", "/nowhere", endpoints={"slm": stub, "llm": stub},
+                            served_names={"slm": "slm", "llm": "llm"})
+    holder = EngineHolder()
+    holder.swap(Engine(deployment, cascade=cascade))
+    return create_app(GatewaySettings(api_keys=(KEY,), max_queue=128, deadline_s=120.0), holder)
+
+
+def serve(kind: str, port: int, argv: list[str]) -> int:
+    """Run the stub or the gateway in this process (a child of the benchmark)."""
+    import uvicorn  # the server processes only: the client side needs none
+
+    if kind == "stub":
+        app = stub_app()
+    else:
+        args = argparse.Namespace(**json.loads(argv[0]))
+        app = gateway_app(args.stub, args.strategy, args.threshold, args.top_logprobs)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(kind: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind, "--port", str(port), *extra])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            break
+    proc.kill()
+    raise RuntimeError(f"the {kind} did not start on {url}")
+
+
+# ---- the clients -----------------------------------------------------------------------------------------------
+
+async def cell(url: str, body: Any, clients: int, seconds: float, headers: dict[str, str], gateway: bool = True
+               ) -> dict[str, Any]:
+    """`clients` loops posting for `seconds`: per request its wall time and the gateway's escalate object."""
+    walls: list[float] = []
+    own: list[float] = []
+    router: list[float] = []
+    calls: list[int] = []
+    errors: list[str] = []
+    stop_at = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as http:
+        async def loop(i: int) -> None:
+            n = i
+            while time.monotonic() < stop_at:
+                n += 1
+                start = time.perf_counter()
+                try:
+                    r = await http.post(url, json=body(n))
+                except httpx.HTTPError as exc:
+                    errors.append(type(exc).__name__)
+                    continue
+                wall = time.perf_counter() - start
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code}: {r.text[:120]}")
+                    continue
+                walls.append(wall)
+                if gateway:  # the stub's body is not parsed: its time is the stub's and the transfer's only
+                    e = r.json()["escalate"]
+                    lat = e["latency_s"]
+                    own.append(wall - lat["slm"] - lat["llm"])
+                    router.append(lat["router"])
+                    calls.append(1 + int(e["escalated"]))
+
+        load = os.getloadavg()[0]
+        begun = time.perf_counter()
+        await asyncio.gather(*(loop(i) for i in range(clients)))
+        elapsed = time.perf_counter() - begun
+    out = {"requests": len(walls), "p50_ms": pct(walls, 50), "p99_ms": pct(walls, 99),
+           "rps": round(len(walls) / elapsed, 1), "errors": len(errors),
+           "load_avg": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    if errors:
+        out["first_error"] = errors[0]
+    if own:
+        out |= {"own_p50_ms": pct(own, 50), "own_p99_ms": pct(own, 99), "router_p50_ms": pct(router, 50),
+                "stub_calls_per_request": round(float(np.mean(calls)), 3)}
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)) * 1000, 2) if values else math.nan
+
+
+def run(strategy: str, threshold: float, top_logprobs: str, seconds: float, client_counts: list[int]) -> dict:
+    stub, stub_url = start("stub")
+    gateway = None
+    try:
+        spec = {"stub": stub_url, "strategy": strategy, "threshold": threshold, "top_logprobs": top_logprobs}
+        gateway, gateway_url = start("gateway", json.dumps(spec))
+        asked = int(top_logprobs)
+
+        def to_gateway(n: int) -> dict:
+            return {"model": "escalate", "prompt": QUESTIONS[n % len(QUESTIONS)]}
+
+        def to_stub(n: int) -> dict:  # what the gateway's SLM backend sends for the same question
+            return {"model": "slm", "prompt": format_prompt(QUESTIONS[n % len(QUESTIONS)]), "max_tokens": N_TOKENS,
+                    "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 0, "logprobs": asked}
+
+        result: dict[str, Any] = {"strategy": strategy, "threshold": threshold, "top_logprobs": top_logprobs,
+                                  "seconds_per_cell": seconds, "clients": {}, "stub": {}}
+        auth = {"Authorization": f"Bearer {KEY}"}
+        for clients in client_counts:
+            asyncio.run(cell(f"{gateway_url}/v1/completions", to_gateway, 1, 2.0, auth))  # warm-up, not recorded
+            g = asyncio.run(cell(f"{gateway_url}/v1/completions", to_gateway, clients, seconds, auth))
+            s = asyncio.run(cell(f"{stub_url}/v1/completions", to_stub, clients, seconds, {}, gateway=False))
+            g["minus_stub_p50_ms"] = round(g["p50_ms"] - s["p50_ms"], 2)
+            result["clients"][str(clients)], result["stub"][str(clients)] = g, s
+            print(f"{strategy} k={top_logprobs} clients={clients}: gateway {g} | stub {s}", flush=True)
+        result["load_avg"] = round(os.getloadavg()[0], 2)
+        return result
+    finally:
+        for proc in (gateway, stub):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
+
+
+# ---- the report ------------------------------------------------------------------------------------------------
+
+def markdown(runs: dict[str, dict]) -> str:
+    lines = ["# Gateway overhead: the gateway alone, over a stub model server that answers at once", "",
+             "`python bench/gateway_overhead.py` (see its docstring). gateway = the client's wall time through the "
+             "gateway; stub = the same SLM request sent straight to the stub; own = per gateway request, wall time "
+             "minus the time its backends spent in HTTP calls to the stub (`escalate.latency_s.slm + .llm`); "
+             "gw − stub = gateway p50 minus stub p50 (threshold −inf: one stub call per request); router = "
+             "`escalate.latency_s.router`. load = 1-min load average before/after the gateway cell (2 shared cores).",
+             "", "| run | clients | gateway p50 ms | gateway p99 ms | rps | errors | stub p50 ms | stub p99 ms | "
+             "stub rps | own p50 ms | own p99 ms | gw − stub p50 ms | router p50 ms | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, r in runs.items():
+        for clients, g in r["clients"].items():
+            s = r["stub"][clients]
+            lines.append(f"| {name} | {clients} | {g['p50_ms']} | {g['p99_ms']} | {g['rps']} | {g['errors']} | "
+                         f"{s['p50_ms']} | {s['p99_ms']} | {s['rps']} | {g.get('own_p50_ms')} | {g.get('own_p99_ms')} | "
+                         f"{g['minus_stub_p50_ms']} | {g.get('router_p50_ms')} | "
+                         f"{'→'.join(map(str, g['load_avg']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--serve"]:
+        return serve(argv[1], int(argv[3]), argv[4:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategy", default="entropy")
+    parser.add_argument("--threshold", type=float, default=-math.inf,
+                        help="-inf (default): nothing escalates, one stub call per request")
+    parser.add_argument("--top-logprobs", default=str(VOCAB), help="alternatives asked per token")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per cell")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 50])
+    parser.add_argument("--label", default="run")
+    parser.add_argument("--out", type=Path, default=OUT, help="writes OUT.json (merged) and OUT.md")
+    args = parser.parse_args(argv)
+    result = run(args.strategy, args.threshold, args.top_logprobs, args.seconds, args.clients)
+    path = args.out.with_suffix(".json")
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[f"{args.label}:{args.strategy}:{args.top_logprobs}"] = result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(runs, indent=1, allow_nan=True) + "\n")
+    args.out.with_suffix(".md").write_text(markdown(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
