@@ -255,6 +255,50 @@ def run(strategy: str, threshold: float, top_logprobs: str, seconds: float, clie
                 proc.wait(10)
 
 
+# ---- the entropy router's top-k approximation -----------------------------------------------------------------
+
+def entropy_error(ks: list[int], temperatures: list[float], n: int = 10_000, seed: int = 0) -> dict[str, Any]:
+    """|top-k entropy − full-vocabulary entropy| per token (nats) on synthetic softmaxes over the zoo's 400 tokens.
+
+    Logits are Gaussian (σ 1 to 8: near-uniform to sharply peaked) or Zipf-shaped (−α·log rank), the
+    shapes a small LM's next-token distributions span; each is divided by the temperature first.
+    """
+    from escalate.models.backends.openai_http import top_k_entropies
+
+    rng = np.random.default_rng(seed)
+    sigma = rng.uniform(1.0, 8.0, n // 2)[:, None] * rng.normal(size=(n // 2, VOCAB))
+    alpha = rng.uniform(0.5, 3.0, n - n // 2)[:, None]
+    zipf = -alpha * np.log(np.arange(1, VOCAB + 1)) + rng.normal(0.0, 0.3, (n - n // 2, VOCAB))
+    out: dict[str, Any] = {"tokens": n, "vocab": VOCAB, "by_temperature": {}}
+    for t in temperatures:
+        logits = np.vstack([sigma, zipf]) / t
+        lps = logits - logits.max(axis=1, keepdims=True)
+        lps -= np.log(np.exp(lps).sum(axis=1, keepdims=True))
+        full = -(np.exp(lps) * lps).sum(axis=1)  # as evaluation computes it (models/backends/hf.py)
+        order = np.argsort(-lps, axis=1)
+        cells = {}
+        for k in ks:  # what a server asked for k alternatives returns, through the served code path
+            steps = [dict(zip(map(int, idx[:k]), row[idx[:k]].tolist())) for idx, row in zip(order, lps)]
+            err = np.abs(top_k_entropies(steps, k) - full)
+            cells[str(k)] = {"mean": round(float(err.mean()), 4), "p99": round(float(np.percentile(err, 99)), 4),
+                             "max": round(float(err.max()), 4),
+                             "mean_where_full_below_1": round(float(err[full < 1.0].mean()), 4)}
+        out["by_temperature"][str(t)] = {"full_entropy_p50": round(float(np.median(full)), 3), "error_by_k": cells}
+    return out
+
+
+def entropy_markdown(e: dict[str, Any]) -> str:
+    lines = ["", f"## Entropy from the top k alternatives against the full vocabulary ({e['vocab']} tokens)", "",
+             f"|top-k entropy − full entropy| per token, nats, over {e['tokens']} synthetic next-token distributions "
+             "(Gaussian and Zipf-shaped logits over the zoo's vocabulary; `entropy-error` in the script). A response's "
+             "mean entropy (what the entropy router scores) errs by at most its tokens' largest error.", "",
+             "| temperature | k | mean | p99 | max | mean where full < 1 nat |", "|---|---|---|---|---|---|"]
+    for t, cell in e["by_temperature"].items():
+        for k, err in cell["error_by_k"].items():
+            lines.append(f"| {t} | {k} | {err['mean']} | {err['p99']} | {err['max']} | {err['mean_where_full_below_1']} |")
+    return "\n".join(lines) + "\n"
+
+
 # ---- the report ------------------------------------------------------------------------------------------------
 
 def markdown(runs: dict[str, dict]) -> str:
@@ -268,13 +312,16 @@ def markdown(runs: dict[str, dict]) -> str:
              "stub rps | own p50 ms | own p99 ms | gw − stub p50 ms | router p50 ms | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
+        if name == "entropy_topk":
+            continue
         for clients, g in r["clients"].items():
             s = r["stub"][clients]
             lines.append(f"| {name} | {clients} | {g['p50_ms']} | {g['p99_ms']} | {g['rps']} | {g['errors']} | "
                          f"{s['p50_ms']} | {s['p99_ms']} | {s['rps']} | {g.get('own_p50_ms')} | {g.get('own_p99_ms')} | "
                          f"{g['minus_stub_p50_ms']} | {g.get('router_p50_ms')} | "
                          f"{'→'.join(map(str, g['load_avg']))} |")
-    return "\n".join(lines) + "\n"
+    extra = runs.get("entropy_topk")
+    return "\n".join(lines) + "\n" + (entropy_markdown(extra) if extra else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,11 +337,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--label", default="run")
     parser.add_argument("--out", type=Path, default=OUT, help="writes OUT.json (merged) and OUT.md")
-    args = parser.parse_args(argv)
-    result = run(args.strategy, args.threshold, args.top_logprobs, args.seconds, args.clients)
+    if argv[:1] == ["entropy-error"]:
+        args, name = parser.parse_args(argv[1:]), "entropy_topk"
+        result = entropy_error([1, 5, 10, 20, 50, 100], [1.0, 0.8])
+    else:
+        args = parser.parse_args(argv)
+        result = run(args.strategy, args.threshold, args.top_logprobs, args.seconds, args.clients)
+        name = f"{args.label}:{args.strategy}:{args.top_logprobs}"
     path = args.out.with_suffix(".json")
     runs = json.loads(path.read_text()) if path.exists() else {}
-    runs[f"{args.label}:{args.strategy}:{args.top_logprobs}"] = result
+    runs[name] = result
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(runs, indent=1, allow_nan=True) + "\n")
     args.out.with_suffix(".md").write_text(markdown(runs))
