@@ -42,8 +42,17 @@ from typing import Any
 
 import httpx
 import numpy as np
+import uvicorn
 
+from escalate.cascade import Cascade
+from escalate.config import SamplingConfig
+from escalate.evaluation.cost import TokenPriceCost
+from escalate.models.backends.openai_http import OpenAIBackend, top_k_entropies
 from escalate.prompts import format_prompt
+from escalate.routers.registry import make_router
+from escalate.serving.deployment import Deployment
+from escalate.serving.engine import Engine, EngineHolder, logprobs_asked
+from escalate.serving.gateway import GatewaySettings, create_app
 
 OUT = Path("bench/results/gateway_overhead")
 KEY = "bench-key"
@@ -109,17 +118,9 @@ def stub_app() -> Any:
 
 def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -> Any:
     """The real app over a real Engine and a query-level Cascade whose two models are the stub."""
-    from escalate.cascade import Cascade
-    from escalate.config import SamplingConfig
-    from escalate.evaluation.cost import TokenPriceCost
-    from escalate.models.backends.openai_http import OpenAIBackend
-    from escalate.routers.registry import make_router
-    from escalate.serving.deployment import Deployment
-    from escalate.serving.engine import Engine, EngineHolder
-    from escalate.serving.gateway import GatewaySettings, create_app
 
     router = make_router(strategy)
-    asked = {role: int(top_logprobs) for role in ("slm", "llm")}
+    asked = asked_per_role(router, top_logprobs)
     backends = [OpenAIBackend(stub, role, timeout_s=60, top_logprobs=asked[role]) for role in ("slm", "llm")]
     cost = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
     cascade = Cascade(*backends, router, threshold, cost, SamplingConfig(k=1, max_new_tokens=N_TOKENS))
@@ -130,10 +131,16 @@ def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -
     return create_app(GatewaySettings(api_keys=(KEY,), max_queue=128, deadline_s=120.0), holder)
 
 
+def asked_per_role(router: Any, top_logprobs: str) -> dict[str, int]:
+    """A number: that many from both models (how deployments asked before routers declared their need);
+    "strategy" or "full": what the engine asks (serving.engine.logprobs_asked) of a 400-token server."""
+    if top_logprobs.isdigit():
+        return {"slm": int(top_logprobs), "llm": int(top_logprobs)}
+    return {role: logprobs_asked(router, role, VOCAB, top_logprobs) for role in ("slm", "llm")}
+
+
 def serve(kind: str, port: int, argv: list[str]) -> int:
     """Run the stub or the gateway in this process (a child of the benchmark)."""
-    import uvicorn  # the server processes only: the client side needs none
-
     if kind == "stub":
         app = stub_app()
     else:
@@ -227,7 +234,7 @@ def run(strategy: str, threshold: float, top_logprobs: str, seconds: float, clie
     try:
         spec = {"stub": stub_url, "strategy": strategy, "threshold": threshold, "top_logprobs": top_logprobs}
         gateway, gateway_url = start("gateway", json.dumps(spec))
-        asked = int(top_logprobs)
+        asked = asked_per_role(make_router(strategy), top_logprobs)["slm"]
 
         def to_gateway(n: int) -> dict:
             return {"model": "escalate", "prompt": QUESTIONS[n % len(QUESTIONS)]}
@@ -237,6 +244,7 @@ def run(strategy: str, threshold: float, top_logprobs: str, seconds: float, clie
                     "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 0, "logprobs": asked}
 
         result: dict[str, Any] = {"strategy": strategy, "threshold": threshold, "top_logprobs": top_logprobs,
+                                  "asked": asked_per_role(make_router(strategy), top_logprobs),
                                   "seconds_per_cell": seconds, "clients": {}, "stub": {}}
         auth = {"Authorization": f"Bearer {KEY}"}
         for clients in client_counts:
@@ -263,8 +271,6 @@ def entropy_error(ks: list[int], temperatures: list[float], n: int = 10_000, see
     Logits are Gaussian (σ 1 to 8: near-uniform to sharply peaked) or Zipf-shaped (−α·log rank), the
     shapes a small LM's next-token distributions span; each is divided by the temperature first.
     """
-    from escalate.models.backends.openai_http import top_k_entropies
-
     rng = np.random.default_rng(seed)
     sigma = rng.uniform(1.0, 8.0, n // 2)[:, None] * rng.normal(size=(n // 2, VOCAB))
     alpha = rng.uniform(0.5, 3.0, n - n // 2)[:, None]
@@ -332,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategy", default="entropy")
     parser.add_argument("--threshold", type=float, default=-math.inf,
                         help="-inf (default): nothing escalates, one stub call per request")
-    parser.add_argument("--top-logprobs", default=str(VOCAB), help="alternatives asked per token")
+    parser.add_argument("--top-logprobs", default="strategy",
+                        help='"strategy" (what the router reads), "full" (400) or a number asked of both models')
     parser.add_argument("--seconds", type=float, default=15.0, help="per cell")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 50])
     parser.add_argument("--label", default="run")
