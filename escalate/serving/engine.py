@@ -9,6 +9,10 @@ keeps are still answered and the rest fail with ModelDown("llm"). Only a model t
 (no connection, a timeout, a 5xx) counts as down: a 4xx is that request's RequestRejected, and an
 SLM answer without log-probabilities escalates that request alone (a NaN score escalates too).
 
+Each server is asked for only the log-probabilities the router reads (Router.top_logprobs_needed: entropy
+its top k, P(T) and the log-probability routers one); a deployment whose `logprobs` is "full" asks for all
+the server gives, so served entropy equals evaluated entropy (the top-k error: bench/results/gateway_overhead.md).
+
 Each request has a Budget: the SLM may use its share of the request's deadline, after which the
 request escalates (a frozen SLM is bypassed like a dead one); the LLM may use what is left, after
 which DeadlineExceeded.
