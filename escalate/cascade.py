@@ -145,13 +145,16 @@ class Cascade:
         records = frame.to_dict("records")
         all_samples = self.router.uses_all_samples
         if self.router.mode == "pregen":
-            routing, scores, route_s, route_cost = self._route(RouterInputs(frame, _empty_rows()))
+            inputs = RouterInputs(frame, _empty_rows())
+            routing, scores, route_s, route_cost = self._route(inputs)
             paid = routing.slm_paid(self.router.mode)
             slm_rows = self._generate(self.slm, "slm", [q for q, p in zip(records, paid) if p], all_samples)
+            inputs = RouterInputs(frame, _rows_frame(slm_rows))
         else:
             slm_rows = self._generate(self.slm, "slm", records, all_samples)
-            routing, scores, route_s, route_cost = self._route(RouterInputs(frame, _rows_frame(slm_rows)))
-        answers = self._strategy_answers(frame, ~routing.routed, slm_rows)
+            inputs = RouterInputs(frame, _rows_frame(slm_rows))
+            routing, scores, route_s, route_cost = self._route(inputs)
+        answers = self._strategy_answers(inputs, ~routing.routed)
         # The same rule again, now that the kept queries' SLM answers (and refusals) are known.
         refused = np.array([answers.get(q["id"], (None, False))[1] for q in records], dtype=bool)
         escalated = decision.escalates(scores, self.threshold, refused)
@@ -199,13 +202,14 @@ class Cascade:
         # Serving has no gold answer: `correct` is unknown (None), which routers only read for offline figures.
         return [{**row, "correct": None} for row in rows]
 
-    def _strategy_answers(self, frame: pd.DataFrame, kept: np.ndarray, slm_rows: list[dict]) -> dict[str, tuple]:
+    def _strategy_answers(self, inputs: RouterInputs, kept: np.ndarray) -> dict[str, tuple]:
         """Per kept question id, the strategy's SLM answer and whether it is the refusal (router.slm_answers)."""
         if not kept.any():
             return {}
-        kept_frame = frame[kept].reset_index(drop=True)
-        ids = set(kept_frame["id"])
-        inputs = RouterInputs(kept_frame, _rows_frame([r for r in slm_rows if r["id"] in ids]))
+        if not kept.all():  # else the scoring inputs serve as they are (one request: one question, kept)
+            questions = inputs.questions[kept].reset_index(drop=True)
+            samples = inputs.slm_samples
+            inputs = RouterInputs(questions, samples[samples["id"].isin(questions["id"])].reset_index(drop=True))
         answers = self.router.slm_answers(inputs)
         return {qid: (answer, bool(refused)) for qid, answer, refused
                 in zip(answers["id"], answers["answer"], answers["refused"])}
