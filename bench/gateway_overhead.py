@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -42,6 +43,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import uvicorn
 
 from escalate.cascade import Cascade
@@ -49,6 +51,8 @@ from escalate.config import SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.openai_http import OpenAIBackend, top_k_entropies
 from escalate.prompts import format_prompt
+from escalate.routers.base import RouterInputs
+from escalate.routers.learned import ClassifierRouter
 from escalate.routers.registry import make_router
 from escalate.serving.deployment import Deployment
 from escalate.serving.engine import Engine, EngineHolder, logprobs_asked
@@ -58,6 +62,7 @@ OUT = Path("bench/results/gateway_overhead")
 KEY = "bench-key"
 N_TOKENS = 96  # the tiny profile's max_new_tokens
 VOCAB = 400  # the tiny zoo's vocabulary: what a deployment asks for today
+SENT = itertools.count()  # request numbers, never reused across cells (warm-up included): every question is new
 QUESTIONS = ["Ben has 3 pens. Then gets 4 more. How many pens does Ben have now?",
              "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?",
              "Tom has 12 apples. Then buys 9 more. Then gives away 4. How many apples does Tom have now?"]
@@ -118,8 +123,9 @@ def stub_app() -> Any:
 
 def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -> Any:
     """The real app over a real Engine and a query-level Cascade whose two models are the stub."""
-
     router = make_router(strategy)
+    if isinstance(router, ClassifierRouter):  # embedding and prompt-length routers: fitted on made-up labels
+        router.fit(calibration(40))
     asked = asked_per_role(router, top_logprobs)
     backends = [OpenAIBackend(stub, role, timeout_s=60, top_logprobs=asked[role]) for role in ("slm", "llm")]
     cost = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
@@ -129,6 +135,15 @@ def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -
     holder = EngineHolder()
     holder.swap(Engine(deployment, cascade=cascade))
     return create_app(GatewaySettings(api_keys=(KEY,), max_queue=128, deadline_s=120.0), holder)
+
+
+def calibration(n: int) -> RouterInputs:
+    """Questions of varied length with alternating labels: enough to fit a classifier whose scores are timed,
+    not judged."""
+    questions = pd.DataFrame({"id": [f"c{i}" for i in range(n)], "split": "calib", "choices": None,
+                              "question": [QUESTIONS[i % len(QUESTIONS)] + " Then adds 1." * (i % 7) for i in range(n)]})
+    samples = pd.DataFrame({"id": questions["id"], "sample_idx": 0, "correct": [i % 2 == 0 for i in range(n)]})
+    return RouterInputs(questions, samples)
 
 
 def asked_per_role(router: Any, top_logprobs: str) -> dict[str, int]:
@@ -187,10 +202,9 @@ async def cell(url: str, body: Any, clients: int, seconds: float, headers: dict[
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async with httpx.AsyncClient(timeout=300, limits=limits, headers=headers) as http:
-        async def loop(i: int) -> None:
-            n = i
+        async def loop() -> None:
             while time.monotonic() < stop_at:
-                n += 1
+                n = next(SENT)
                 start = time.perf_counter()
                 try:
                     r = await http.post(url, json=body(n))
@@ -211,7 +225,7 @@ async def cell(url: str, body: Any, clients: int, seconds: float, headers: dict[
 
         load = os.getloadavg()[0]
         begun = time.perf_counter()
-        await asyncio.gather(*(loop(i) for i in range(clients)))
+        await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - begun
     out = {"requests": len(walls), "p50_ms": pct(walls, 50), "p99_ms": pct(walls, 99),
            "rps": round(len(walls) / elapsed, 1), "errors": len(errors),
@@ -236,11 +250,14 @@ def run(strategy: str, threshold: float, top_logprobs: str, seconds: float, clie
         gateway, gateway_url = start("gateway", json.dumps(spec))
         asked = asked_per_role(make_router(strategy), top_logprobs)["slm"]
 
+        def question(n: int) -> str:  # each one new, as traffic is: a router's memo (embeddings) does not hide its model
+            return f"{QUESTIONS[n % len(QUESTIONS)]} (request {n})"
+
         def to_gateway(n: int) -> dict:
-            return {"model": "escalate", "prompt": QUESTIONS[n % len(QUESTIONS)]}
+            return {"model": "escalate", "prompt": question(n)}
 
         def to_stub(n: int) -> dict:  # what the gateway's SLM backend sends for the same question
-            return {"model": "slm", "prompt": format_prompt(QUESTIONS[n % len(QUESTIONS)]), "max_tokens": N_TOKENS,
+            return {"model": "slm", "prompt": format_prompt(question(n)), "max_tokens": N_TOKENS,
                     "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 0, "logprobs": asked}
 
         result: dict[str, Any] = {"strategy": strategy, "threshold": threshold, "top_logprobs": top_logprobs,
@@ -313,7 +330,10 @@ def markdown(runs: dict[str, dict]) -> str:
              "gateway; stub = the same SLM request sent straight to the stub; own = per gateway request, wall time "
              "minus the time its backends spent in HTTP calls to the stub (`escalate.latency_s.slm + .llm`); "
              "gw − stub = gateway p50 minus stub p50 (threshold −inf: one stub call per request); router = "
-             "`escalate.latency_s.router`. load = 1-min load average before/after the gateway cell (2 shared cores).",
+             "`escalate.latency_s.router`, the router's own wall time (part of own: an embedding router's MiniLM). "
+             "Every question is new (numbered), so no memo hides a router's model. before = the code before issue 21's "
+             "items 1-3, asking both models for all 400 alternatives per token; strategy = what the router reads. "
+             "load = 1-min load average before/after the gateway cell (2 shared cores).",
              "", "| run | clients | gateway p50 ms | gateway p99 ms | rps | errors | stub p50 ms | stub p99 ms | "
              "stub rps | own p50 ms | own p99 ms | gw − stub p50 ms | router p50 ms | load |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -335,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--serve"]:
         return serve(argv[1], int(argv[3]), argv[4:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategy", default="entropy")
+    parser.add_argument("--strategy", default="entropy",
+                        help="a router that needs no checkpoint (embedding_* and prompt_length are fitted on made-up "
+                             "labels; pik_probe and the method routers need a bundle)")
     parser.add_argument("--threshold", type=float, default=-math.inf,
                         help="-inf (default): nothing escalates, one stub call per request")
     parser.add_argument("--top-logprobs", default="strategy",
