@@ -331,8 +331,10 @@ def markdown(runs: dict[str, dict]) -> str:
              "minus the time its backends spent in HTTP calls to the stub (`escalate.latency_s.slm + .llm`); "
              "gw − stub = gateway p50 minus stub p50 (threshold −inf: one stub call per request); router = "
              "`escalate.latency_s.router`, the router's own wall time (part of own: an embedding router's MiniLM). "
-             "Every question is new (numbered), so no memo hides a router's model. before = the code before issue 21's "
-             "items 1-3, asking both models for all 400 alternatives per token; strategy = what the router reads. "
+             "Every question is new (numbered), so no memo hides a router's model (the before, entropy and "
+             "mean_logprob rows were taken earlier with 3 repeating questions: nothing on their paths caches). "
+             "before = the code before issue 21's items 1-3, asking both models for all 400 alternatives per token; "
+             "strategy = what the router reads. "
              "load = 1-min load average before/after the gateway cell (2 shared cores).",
              "", "| run | clients | gateway p50 ms | gateway p99 ms | rps | errors | stub p50 ms | stub p99 ms | "
              "stub rps | own p50 ms | own p99 ms | gw − stub p50 ms | router p50 ms | load |",
