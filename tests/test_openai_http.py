@@ -322,6 +322,6 @@ def test_top_k_entropies_equal_the_per_step_reference_for_ragged_and_missing_ste
     got = openai_http.top_k_entropies(steps, 2)
     expected = [entropy_from_logprobs(sorted(s.values(), reverse=True)[:2]) if s else math.nan for s in steps]
     assert got.tolist() == pytest.approx(expected, nan_ok=True)
-    assert openai_http.top_k_entropy(STEP_TOP, 3) == pytest.approx(entropy_from_logprobs(list(STEP_TOP.values())))
+    assert openai_http.top_k_entropies([STEP_TOP], 3)[0] == pytest.approx(entropy_from_logprobs(list(STEP_TOP.values())))
     assert openai_http.top_k_entropies([None, None], 5).tolist() == pytest.approx([math.nan] * 2, nan_ok=True)
 
