@@ -92,6 +92,18 @@ def _empty_rows() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS})
 
 
+def _rows_frame(rows: list[dict]) -> pd.DataFrame:
+    """Sample rows as the `slm_samples` table routers read."""
+    return pd.DataFrame(rows, columns=list(ROW_COLUMNS)) if rows else _empty_rows()
+
+
+def _by_id(rows: list[dict]) -> dict[str, list[dict]]:
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(row["id"], []).append(row)
+    return grouped
+
+
 def _none_if_nan(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
@@ -122,39 +134,45 @@ class Cascade:
             self.cost.cost(role, 0, 0)
 
     def answer(self, questions: list[str], choices: list[Any] | None = None) -> list[dict]:
-        """One dict per question (RESULT_FIELDS): the answer, who gave it, the score, cost and latency."""
+        """One dict per question (RESULT_FIELDS): the answer, who gave it, the score, cost and latency.
+
+        The gateway calls this once per request, so pandas appears only where routers read it (their
+        RouterInputs); the rest works on plain rows, which for one question costs a fraction of DataFrame ops.
+        """
         frame = question_frame(questions, choices)
         if frame.empty:
             return []
+        records = frame.to_dict("records")
         all_samples = self.router.uses_all_samples
         if self.router.mode == "pregen":
-            routing, scores, route_s, route_cost = self._route(RouterInputs(frame, _empty_rows()))
-            slm_rows = self._generate(self.slm, "slm", frame[routing.slm_paid(self.router.mode)], all_samples)
+            inputs = RouterInputs(frame, _empty_rows())
+            routing, scores, route_s, route_cost = self._route(inputs)
+            paid = routing.slm_paid(self.router.mode)
+            slm_rows = self._generate(self.slm, "slm", [q for q, p in zip(records, paid) if p], all_samples)
+            inputs = RouterInputs(frame, _rows_frame(slm_rows))
         else:
-            slm_rows = self._generate(self.slm, "slm", frame, all_samples)
-            routing, scores, route_s, route_cost = self._route(RouterInputs(frame, slm_rows))
-        kept = frame[~routing.routed].reset_index(drop=True)
-        answers = (self.router.slm_answers(RouterInputs(kept, slm_rows[slm_rows["id"].isin(kept["id"])]))
-                   .set_index("id") if len(kept) else pd.DataFrame(columns=["answer", "refused"]))
+            slm_rows = self._generate(self.slm, "slm", records, all_samples)
+            inputs = RouterInputs(frame, _rows_frame(slm_rows))
+            routing, scores, route_s, route_cost = self._route(inputs)
+        answers = self._strategy_answers(inputs, ~routing.routed)
         # The same rule again, now that the kept queries' SLM answers (and refusals) are known.
-        refused = frame["id"].isin(answers.index[answers["refused"].astype(bool)]).to_numpy()
+        refused = np.array([answers.get(q["id"], (None, False))[1] for q in records], dtype=bool)
         escalated = decision.escalates(scores, self.threshold, refused)
-        llm_rows = self._generate(self.llm, "llm", frame[escalated], all_samples=False)
-        by_id = {"slm": dict(tuple(slm_rows.groupby("id", sort=False))),
-                 "llm": dict(tuple(llm_rows.groupby("id", sort=False)))}
+        llm_rows = self._generate(self.llm, "llm", [q for q, e in zip(records, escalated) if e], all_samples=False)
+        by_id = {"slm": _by_id(slm_rows), "llm": _by_id(llm_rows)}
         results = []
-        for i, q in enumerate(frame.itertuples(index=False)):
-            slm_part, llm_part = by_id["slm"].get(q.id), by_id["llm"].get(q.id)
+        for i, q in enumerate(records):
+            slm_part, llm_part = by_id["slm"].get(q["id"]), by_id["llm"].get(q["id"])
             if escalated[i]:
-                greedy = llm_part[llm_part["sample_idx"] == 0].iloc[0]
+                greedy = next(r for r in llm_part if r["sample_idx"] == 0)
                 text, parsed = greedy["text"], _none_if_nan(greedy["parsed_answer"])
             else:
-                text, parsed = self._slm_answer(slm_part, _none_if_nan(answers.at[q.id, "answer"]))
+                text, parsed = self._slm_answer(slm_part, _none_if_nan(answers[q["id"]][0]))
             slm_cost, slm_time, slm_tokens = self._usage("slm", slm_part)
             llm_cost, llm_time, llm_tokens = self._usage("llm", llm_part)
             router_time = route_s / len(frame)  # scoring is batched: its time is shared evenly
             results.append({
-                "question": q.question, "answer": str(text).strip(), "parsed_answer": parsed,
+                "question": q["question"], "answer": str(text).strip(), "parsed_answer": parsed,
                 "model": "llm" if escalated[i] else "slm", "escalated": bool(escalated[i]),
                 "confidence": float(scores[i]), "strategy": self.router.name, "threshold": self.threshold,
                 "cost_slm": slm_cost, "cost_llm": llm_cost, "cost_router": float(route_cost[i]),
@@ -170,19 +188,31 @@ class Cascade:
         for backend in (self.slm, self.llm):
             backend.close()
 
-    def _generate(self, backend: GenerationBackend, role: str, part: pd.DataFrame, all_samples: bool) -> pd.DataFrame:
+    def _generate(self, backend: GenerationBackend, role: str, part: list[dict], all_samples: bool) -> list[dict]:
         """Ungraded sample rows for `part`: greedy sample 0, and samples 1..K-1 when the strategy pays for them."""
-        if part.empty:
-            return _empty_rows()
+        if not part:
+            return []
         greedy, sampled = generation_params(self.sampling, self.seed)
-        prompts = [format_prompt(q, c) for q, c in zip(part["question"], part["choices"])]
+        prompts = [format_prompt(q["question"], q["choices"]) for q in part]
         first = backend.generate(prompts, greedy)
         rest = backend.generate(prompts, sampled) if all_samples and sampled else [[] for _ in prompts]
         rows: list[dict] = []
-        for (_, question), g0, gk in zip(part.iterrows(), first, rest):
+        for question, g0, gk in zip(part, first, rest):
             rows += generation_rows(question, role, g0 + gk, 0)
         # Serving has no gold answer: `correct` is unknown (None), which routers only read for offline figures.
-        return pd.DataFrame(rows).assign(correct=None)[list(ROW_COLUMNS)]
+        return [{**row, "correct": None} for row in rows]
+
+    def _strategy_answers(self, inputs: RouterInputs, kept: np.ndarray) -> dict[str, tuple]:
+        """Per kept question id, the strategy's SLM answer and whether it is the refusal (router.slm_answers)."""
+        if not kept.any():
+            return {}
+        if not kept.all():  # else the scoring inputs serve as they are (one request: one question, kept)
+            questions = inputs.questions[kept].reset_index(drop=True)
+            samples = inputs.slm_samples
+            inputs = RouterInputs(questions, samples[samples["id"].isin(questions["id"])].reset_index(drop=True))
+        answers = self.router.slm_answers(inputs)
+        return {qid: (answer, bool(refused)) for qid, answer, refused
+                in zip(answers["id"], answers["answer"], answers["refused"])}
 
     def _route(self, inputs: RouterInputs) -> tuple[decision.Decision, np.ndarray, float, np.ndarray]:
         """Which questions the score sends to the LLM (before any SLM answer) and the score per question, the
@@ -195,20 +225,19 @@ class Cascade:
         return routing, scores, elapsed, read_cost(self.router.slm_reads(inputs), len(scores), self.cost)
 
     @staticmethod
-    def _slm_answer(rows: pd.DataFrame, answer: Any) -> tuple[str, Any]:
+    def _slm_answer(rows: list[dict], answer: Any) -> tuple[str, Any]:
         """The strategy's SLM answer and the text that gives it: the greedy text, or the first voting sample's."""
-        rows = rows.sort_values("sample_idx")
+        rows = sorted(rows, key=lambda r: r["sample_idx"])
         if answer is not None:
-            match = rows[rows["parsed_answer"] == answer]
-            if len(match):
-                return str(match.iloc[0]["text"]), answer
-        return str(rows.iloc[0]["text"]), answer
+            match = next((r for r in rows if r["parsed_answer"] == answer), None)
+            if match is not None:
+                return str(match["text"]), answer
+        return str(rows[0]["text"]), answer
 
-    def _usage(self, role: str, rows: pd.DataFrame | None) -> tuple[float, float, tuple[int, int]]:
+    def _usage(self, role: str, rows: list[dict] | None) -> tuple[float, float, tuple[int, int]]:
         """Cost, summed generation time and (prompt, output) tokens of the samples paid for on one question."""
-        if rows is None or rows.empty:
+        if not rows:
             return 0.0, 0.0, (0, 0)
-        pairs = zip(rows["n_prompt_tokens"], rows["n_output_tokens"])
-        cost = sum(self.cost.cost(role, int(p), int(o)) for p, o in pairs)
-        tokens = (int(rows["n_prompt_tokens"].sum()), int(rows["n_output_tokens"].sum()))
-        return float(cost), float(rows["latency_s"].astype(float).sum()), tokens
+        cost = sum(self.cost.cost(role, int(r["n_prompt_tokens"]), int(r["n_output_tokens"])) for r in rows)
+        tokens = (sum(int(r["n_prompt_tokens"]) for r in rows), sum(int(r["n_output_tokens"]) for r in rows))
+        return float(cost), float(sum(float(r["latency_s"]) for r in rows)), tokens

@@ -12,15 +12,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from escalate.cascade import Cascade
 from escalate.config import SamplingConfig
 from escalate.evaluation.cost import TokenPriceCost
 from escalate.models.backends.openai_http import OpenAIBackend
-from escalate.routers.registry import make_router
+from escalate.registry.bundle import BundleError
+from escalate.routers.entropy import EntropyRouter
+from escalate.routers.registry import ROUTERS, make_router
 from escalate.serving.deployment import Deployment
-from escalate.serving.engine import Engine, EngineHolder
+from escalate.serving.engine import Engine, EngineHolder, http_overrides, logprobs_asked
 from escalate.serving.gateway import GatewaySettings, create_app
 from tests.test_gateway import AUTH, KEY
 from tests.test_openai_http import FakeServer, Reply, completion, free_port, ok, serve
@@ -133,3 +136,33 @@ def test_ready_is_503_when_no_model_is_reachable() -> None:
         body = c.get("/ready").json()
         assert body["ready"] and body["reachable"] == {"slm": False, "llm": True} and body["slm_bypassed"]
         engine.close()
+
+
+def test_the_engine_asks_the_slm_for_what_its_router_reads_and_the_llm_for_one() -> None:
+    """Every alternative asked is parsed on every request: entropy asks its top k, P(T) and the log-probability
+    routers 1, a router that reads none still 1 (token counts come with them); "full" asks the server's limit."""
+    d = Deployment("m", "1", "champion", "b", endpoints={"slm": "http://127.0.0.1:1", "llm": "http://127.0.0.1:2"},
+                   top_logprobs={"slm": 400, "llm": 400})
+    asked = {name: {role: o["top_logprobs"] for role, o in http_overrides(d, make_router(name)).items()}
+             for name in ("entropy", "mean_logprob", "p_true_token", "prompt_length", "self_consistency")}
+    assert asked == {"entropy": {"slm": EntropyRouter.top_logprobs_needed, "llm": 1}, "mean_logprob": {"slm": 1, "llm": 1},
+                     "p_true_token": {"slm": 1, "llm": 1}, "prompt_length": {"slm": 1, "llm": 1},
+                     "self_consistency": {"slm": 1, "llm": 1}}
+    assert 1 < EntropyRouter.top_logprobs_needed < 400
+    assert logprobs_asked(make_router("entropy"), "slm", 5) == 5  # never above what the server gives
+    assert logprobs_asked(make_router("sater_vote"), "slm", 400) == 400  # a router that does not say: all of them
+    assert {r: o["top_logprobs"] for r, o in http_overrides(d).items()} == {"slm": 400, "llm": 400}
+    d.logprobs = "full"
+    assert {r: o["top_logprobs"] for r, o in http_overrides(d, make_router("entropy")).items()} == {"slm": 400, "llm": 400}
+    d.logprobs = "some"
+    with pytest.raises(BundleError, match="logprobs"):
+        http_overrides(d, make_router("entropy"))
+
+
+def test_every_router_says_how_many_alternatives_it_reads() -> None:
+    for name, cls in ROUTERS.items():
+        need = cls.top_logprobs_needed
+        assert need is None or (isinstance(need, int) and need >= 0), name
+    reads_text_only = ("random", "prompt_length", "embedding_lr", "embedding_knn", "embedding_mlp",
+                       "embedding_features", "pik_probe", "self_consistency")
+    assert all(ROUTERS[name].top_logprobs_needed == 0 for name in reads_text_only)

@@ -314,3 +314,14 @@ def test_the_callers_deadline_caps_the_wait() -> None:
         with openai_http.deadline(time.monotonic() - 1), pytest.raises(openai_http.BackendTimeout, match="no time"):
             backend.generate(["hi"], SamplingParams())
         backend.close()
+
+
+def test_top_k_entropies_equal_the_per_step_reference_for_ragged_and_missing_steps() -> None:
+    """One array pass gives each step's entropy over its k largest alternatives, as the per-step formula does."""
+    steps = [STEP_TOP, {"token_id:1": -0.01}, None, {}, {f"token_id:{i}": -0.5 * i for i in range(40)}]
+    got = openai_http.top_k_entropies(steps, 2)
+    expected = [entropy_from_logprobs(sorted(s.values(), reverse=True)[:2]) if s else math.nan for s in steps]
+    assert got.tolist() == pytest.approx(expected, nan_ok=True)
+    assert openai_http.top_k_entropies([STEP_TOP], 3)[0] == pytest.approx(entropy_from_logprobs(list(STEP_TOP.values())))
+    assert openai_http.top_k_entropies([None, None], 5).tolist() == pytest.approx([math.nan] * 2, nan_ok=True)
+

@@ -41,6 +41,9 @@ class Router(ABC):
     mode: ClassVar[str] = "cascade"  # "cascade" | "pregen"
     is_probability: ClassVar[bool] = False  # is the score meant as P(SLM correct)?
     uses_all_samples: ClassVar[bool] = False  # does the strategy pay for (and vote over) all K samples?
+    # Alternatives per SLM token the score reads, all the gateway asks the server for: 1 (the chosen token's
+    # log-probability), k (a top-k entropy), 0 (none); None: all the server gives (routers that do not say).
+    top_logprobs_needed: ClassVar[int | None] = None
 
     def fit(self, calib: RouterInputs) -> Router:
         """Learn from the calibration split; routers without parameters need not override."""

@@ -11,6 +11,7 @@ class EntropyRouter(Router):
     name = "entropy"
     mode = "cascade"
     is_probability = False
+    top_logprobs_needed = 20  # a top-20 entropy (bench/results/gateway_overhead.md: its error); "full" for parity
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return -inputs.greedy()["mean_entropy"].astype(float).to_numpy()

@@ -45,6 +45,7 @@ class JointPIKPTRouter(Router):
     name = "joint_pik_pt"
     mode = "cascade"
     is_probability = False  # a minimum of rescaled probabilities, not P(SLM correct)
+    top_logprobs_needed = 1  # P(T); the probe reads hidden states
 
     def __init__(self, model_dir: str, seed: int = 0, device: str = "auto") -> None:
         self.probe = PIKProbeRouter(model_dir, seed, device)

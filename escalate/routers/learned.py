@@ -25,6 +25,7 @@ class ClassifierRouter(Router):
 
     mode = "pregen"
     is_probability = True
+    top_logprobs_needed = 0  # the question text only
 
     _clf: ClassifierMixin | None = None
     _constant: float | None = None

@@ -18,6 +18,7 @@ class MeanLogprobRouter(Router):
     name = "mean_logprob"
     mode = "cascade"
     is_probability = True
+    top_logprobs_needed = 1
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return _reduce(inputs, "mean")
@@ -29,6 +30,7 @@ class MinLogprobRouter(Router):
     name = "min_logprob"
     mode = "cascade"
     is_probability = True
+    top_logprobs_needed = 1
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return _reduce(inputs, "min")

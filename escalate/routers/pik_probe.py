@@ -118,6 +118,7 @@ class PIKProbeRouter(Router):
     name = "pik_probe"
     mode = "pregen"
     is_probability = True
+    top_logprobs_needed = 0  # the prompt's hidden states, not the answer's log-probabilities
 
     selection: Selection | None = None
     _clf: Pipeline | None = None

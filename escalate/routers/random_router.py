@@ -11,6 +11,7 @@ class RandomRouter(Router):
     name = "random"
     mode = "pregen"
     is_probability = False
+    top_logprobs_needed = 0
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed

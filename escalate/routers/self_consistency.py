@@ -14,6 +14,7 @@ class SelfConsistencyRouter(VotingRouter):
     name = "self_consistency"
     mode = "cascade"
     is_probability = True
+    top_logprobs_needed = 0  # the parsed answers only
 
     def vote(self, samples: pd.DataFrame) -> tuple[object, float]:
         return majority(list(samples["parsed_answer"]))

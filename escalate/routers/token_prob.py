@@ -11,6 +11,7 @@ class TokenProbRouter(Router):
     name = "p_true_token"
     mode = "cascade"
     is_probability = True
+    top_logprobs_needed = 1  # the answer tokens' own log-probabilities
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         lp = inputs.greedy()["answer_logprob"].astype(float).to_numpy()

@@ -49,7 +49,8 @@ class Deployment:
     endpoints: dict[str, str] = field(default_factory=dict)  # role -> base URL of its OpenAI server
     served_names: dict[str, str] = field(default_factory=dict)  # role -> model name the server answers to
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid of a server this deployment started
-    top_logprobs: dict[str, int] = field(default_factory=dict)  # role -> alternatives asked per token
+    top_logprobs: dict[str, int] = field(default_factory=dict)  # role -> the most alternatives per token its server gives
+    logprobs: str = "strategy"  # alternatives asked: what the router reads, or "full" (served entropy == evaluated)
     api_key_env: dict[str, str] = field(default_factory=dict)  # role -> env variable with its server's API key
     created_at: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     path: str = ""  # where this deployment.json is (set by save_to and load)

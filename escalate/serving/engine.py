@@ -9,6 +9,10 @@ keeps are still answered and the rest fail with ModelDown("llm"). Only a model t
 (no connection, a timeout, a 5xx) counts as down: a 4xx is that request's RequestRejected, and an
 SLM answer without log-probabilities escalates that request alone (a NaN score escalates too).
 
+Each server is asked for only the log-probabilities the router reads (Router.top_logprobs_needed: entropy
+its top k, P(T) and the log-probability routers one); a deployment whose `logprobs` is "full" asks for all
+the server gives, so served entropy equals evaluated entropy (the top-k error: bench/results/gateway_overhead.md).
+
 Each request has a Budget: the SLM may use its share of the request's deadline, after which the
 request escalates (a frozen SLM is bypassed like a dead one); the LLM may use what is left, after
 which DeadlineExceeded.
@@ -134,15 +138,32 @@ class LLMOnly(Router):
 
     name: ClassVar[str] = "llm_only"
     mode: ClassVar[str] = "pregen"
+    top_logprobs_needed: ClassVar[int | None] = 0
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return np.zeros(len(inputs.questions))  # below the fallback's threshold, +inf
 
 
-def http_overrides(deployment: Deployment) -> dict[str, dict[str, Any]]:
-    """ModelConfig overrides that point each self-hosted model at its server."""
+LOGPROBS = ("strategy", "full")
+
+
+def logprobs_asked(router: Router | None, role: str, limit: int, logprobs: str = "strategy") -> int:
+    """Alternatives per token to ask `role`'s server for. Every one is parsed on every request (a full
+    400-token vocabulary was most of the gateway's own time), so ask for what the router reads of the SLM
+    (Router.top_logprobs_needed) and one from the LLM, whose log-probabilities nothing reads; at least one,
+    since token counts and offsets come with them. "full" (or a router that does not say): the server's limit."""
+    if logprobs not in LOGPROBS:
+        raise BundleError(f"deployment logprobs must be one of {LOGPROBS}, got {logprobs!r}")
+    need = None if router is None else (router.top_logprobs_needed if role == "slm" else 0)
+    return limit if logprobs == "full" or need is None else max(1, min(need, limit))
+
+
+def http_overrides(deployment: Deployment, router: Router | None = None) -> dict[str, dict[str, Any]]:
+    """ModelConfig overrides that point each self-hosted model at its server, asking for the log-probabilities
+    `router` reads (None: as many as the server gives)."""
     return {role: {"backend": "openai", "endpoint": url, "name": deployment.served_names.get(role, role),
-                   "top_logprobs": deployment.top_logprobs.get(role, 5),
+                   "top_logprobs": logprobs_asked(router, role, deployment.top_logprobs.get(role, 5),
+                                                  deployment.logprobs),
                    # The deployment's own key for its server, never the bundle's key for the model's usual endpoint.
                    "api_key_env": deployment.api_key_env.get(role)}
             for role, url in deployment.endpoints.items()}
@@ -185,7 +206,7 @@ class Engine:
             kind = KINDS[spec.kind]
             if not kind.needs_servers:
                 raise BundleError(f"{deployment.label} is a {kind.label} bundle; it is served in process (open_engine)")
-            cascade = build_cascade(spec, checkpoints, router, http_overrides(deployment))
+            cascade = build_cascade(spec, checkpoints, router, http_overrides(deployment, router))
         self.strategy = cascade.router.name
         self.cascade = replace(cascade, slm=_RoleBackend(cascade.slm, "slm"), llm=_RoleBackend(cascade.llm, "llm"))
         self.fallback = replace(self.cascade, router=LLMOnly(), threshold=float("inf"))
