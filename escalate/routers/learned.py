@@ -48,7 +48,8 @@ class ClassifierRouter(Router):
         """A fresh, unfitted classifier for n_train calibration questions."""
 
     def _fit_head(self, features: np.ndarray | None, y: np.ndarray) -> Head:
-        if features is None or len(np.unique(y)) < 2:
+        # A class seen once cannot appear in every inner training fold: its rate is all there is to learn.
+        if features is None or min(y.sum(), (~y).sum()) < 2:
             return float(y.mean()) if len(y) else 0.5
         return self._classifier(len(y)).fit(features, y)
 
