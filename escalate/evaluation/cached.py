@@ -105,7 +105,7 @@ def _as_bool(values: pd.Series, column: str, source: str) -> np.ndarray:
     wrong = ~text.isin(_TRUE | _FALSE)
     if wrong.any():
         raise DataSourceError(f"{source}: column {column!r} must hold True/False, found {sorted(set(text[wrong]))[:5]} "
-                              f"in rows {list(np.flatnonzero(wrong)[:5])}")
+                              f"in rows {np.flatnonzero(wrong)[:5].tolist()}")
     return text.isin(_TRUE).to_numpy()
 
 
@@ -116,7 +116,7 @@ def _as_score(values: pd.Series, column: str, source: str) -> np.ndarray:
     if wrong.any():
         rows = np.flatnonzero(wrong)[:5]
         raise DataSourceError(f"{source}: column {column!r} must hold finite numbers, found "
-                              f"{[values.iloc[i] for i in rows]} in rows {list(rows)}")
+                              f"{[values.iloc[i] for i in rows]} in rows {rows.tolist()}")
     return numbers
 
 
@@ -141,7 +141,7 @@ def load_table(path: str | Path, prompt_col: str | None, weak_col: str, strong_c
     if prompt_col is not None:
         blank = df[prompt_col].isna() | (df[prompt_col].astype(str).str.strip() == "")
         if blank.any():
-            raise DataSourceError(f"{path}: column {prompt_col!r} is empty in rows {list(np.flatnonzero(blank)[:5])}")
+            raise DataSourceError(f"{path}: column {prompt_col!r} is empty in rows {np.flatnonzero(blank)[:5].tolist()}")
         prompts = df[prompt_col].astype(str)
     weak = _as_bool(df[weak_col], weak_col, str(path))
     if len(np.unique(weak)) < 2:
