@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,14 @@ import pytest
 
 from escalate.cli import main
 from escalate.data.adapters.base import DataSourceError
-from escalate.evaluation.cached import ANALYTIC_RANDOM, CachedTable, evaluate_cached, fold_indices, load_table
+from escalate.evaluation.cached import (
+    ANALYTIC_RANDOM,
+    CachedTable,
+    PolicySettings,
+    evaluate_cached,
+    fold_indices,
+    load_table,
+)
 
 
 def toy_table(n: int = 120, seed: int = 0) -> pd.DataFrame:
@@ -107,3 +115,75 @@ def test_plain_folds_are_seeded_and_stratified(tmp_path: Path) -> None:
     a, b = fold_indices(table, 5, seed=3), fold_indices(table, 5, seed=3)
     assert all(np.array_equal(x[1], y[1]) for x, y in zip(a, b))
     assert {int(table.weak[test].sum()) for _, test in a} == {16}  # 80 weak-correct rows, 16 per fold
+
+
+def cascade_table(n: int = 200, seed: int = 0) -> pd.DataFrame:
+    """An SLM confidence that is higher where the SLM is right, in four datasets."""
+    rng = np.random.default_rng(seed)
+    weak = rng.random(n) < 0.6
+    return pd.DataFrame({"weak": weak, "strong": rng.random(n) < 0.9,
+                         "conf": np.clip(np.where(weak, 0.7, 0.4) + rng.normal(0, 0.15, n), 0, 1),
+                         "dataset": [f"d{i % 4}" for i in range(n)]})
+
+
+def test_score_column_is_a_cascade_with_every_policy_and_the_transfer_test(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = write(cascade_table(), tmp_path / "cascade.csv")
+    out = tmp_path / "out"
+    code = main(["routers", "evaluate-cached", "--table", str(table), "--score-col", "conf", "--weak-col", "weak",
+                 "--strong-col", "strong", "--group-col", "dataset", "--resamples", "20", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0 and "cascade on column 'conf'" in printed and "threshold transfer" in printed
+    stored = json.loads((out / "curves.json").read_text())
+    rows = {row["router"]: row for row in stored["summary"]}
+    assert rows["conf"]["auroc"] > 0.8 and rows["conf"]["apgr"] > 0.6 and rows["conf"]["ece"] == rows["conf"]["ece"]
+    policies = {row["policy"]: row for row in stored["policies"]}
+    assert set(policies) == {"accuracy", "budget", "cost", "risk"}
+    assert all(row["splits"] == 20 for row in policies.values())
+    assert policies["cost"]["met"] is None
+    assert policies["risk"]["violated"] == pytest.approx(1 - policies["risk"]["met"])
+    assert policies["budget"]["call_rate"] < 0.6  # fitted to at most half on calib halves
+    calibrations = {(row["policy"], row["calibration"]) for row in stored["transfer"]}
+    assert calibrations == {(p, c) for p in ("budget", "accuracy") for c in ("in-domain", "constructed",
+                                                                               "single source")}
+    assert all(row["datasets"] == 4 for row in stored["transfer"])
+
+
+def test_a_cascade_pays_the_slm_attempt_on_every_escalation() -> None:
+    df = cascade_table()
+    cascade = CachedTable(None, df["weak"].to_numpy(bool), df["strong"].to_numpy(bool),
+                          scores=df["conf"].to_numpy(float), score_name="conf")
+    result = evaluate_cached(cascade, policy=PolicySettings(resamples=5))
+    llm_only = result.curves["conf"].iloc[-1]
+    assert llm_only["call_rate"] == 1.0 and llm_only["cost"] == pytest.approx(1.05)  # SLM (1/20) + LLM (1)
+    with pytest.raises(ValueError, match="evaluated alone"):
+        evaluate_cached(cascade, ["random"])
+
+
+@pytest.mark.parametrize(("column", "value", "message"), [
+    ("conf", "high", r"column 'conf' must hold finite numbers, found \['high'\] in rows \[7\]"),
+    ("weak", "maybe", r"column 'weak' must hold True/False, found \['maybe'\] in rows \[7\]"),
+])
+def test_bad_values_exit_2_naming_the_column_and_row(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     column: str, value: str, message: str) -> None:
+    df = cascade_table().astype({column: object})
+    df.loc[7, column] = value
+    table = write(df, tmp_path / "t.csv")
+    code = main(["routers", "evaluate-cached", "--table", str(table), "--score-col", "conf", "--weak-col", "weak",
+                 "--strong-col", "strong"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
+
+
+def test_one_class_table_and_missing_columns_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    df = cascade_table(20)
+    df["weak"] = True
+    table = write(df, tmp_path / "t.csv")
+    args = ["routers", "evaluate-cached", "--table", str(table), "--weak-col", "weak", "--strong-col", "strong"]
+    assert main([*args, "--score-col", "conf"]) == 2
+    assert "column 'weak' is True in every row (rows 0-19): one class" in capsys.readouterr().err
+    assert main([*args, "--score-col", "confidence"]) == 2
+    assert "no column 'confidence'" in capsys.readouterr().err
+    assert main(args) == 2
+    assert "give a prompt column" in capsys.readouterr().err

@@ -173,6 +173,7 @@ def test_make_router_unknown_name_lists_known() -> None:
 def test_registry_names_match_classes() -> None:
     assert set(ROUTERS) == {"p_true_token", "mean_logprob", "min_logprob", "entropy", "self_consistency", "random",
                             "sater_refusal", "sater_vote", "sater_pregen", "prompt_length", "embedding_lr", "embedding_knn",
-                            "embedding_mlp", "embedding_features", "corea_confidence", "pik_probe", "joint_pik_pt"}
+                            "embedding_mlp", "embedding_features", "corea_confidence", "pik_probe", "joint_pik_pt",
+                            "matrix_factorization"}
     for name, cls in ROUTERS.items():
         assert cls.name == name

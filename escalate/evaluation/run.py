@@ -66,7 +66,8 @@ def inputs_for(questions: pd.DataFrame, samples: pd.DataFrame, split: str) -> tu
     """Router inputs (questions + SLM samples) and the LLM samples of one split."""
     q = questions[questions["split"] == split].reset_index(drop=True)
     s = samples[samples["id"].isin(q["id"])]
-    return RouterInputs(q, s[s["model"] == "slm"]), s[s["model"] == "llm"]
+    llm = s[s["model"] == "llm"]
+    return RouterInputs(q, s[s["model"] == "slm"], llm), llm
 
 
 def accuracy_by_difficulty(questions: pd.DataFrame, samples: pd.DataFrame, split: str) -> list[dict]:

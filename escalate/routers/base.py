@@ -23,15 +23,30 @@ from escalate.evaluation.decision import escalates
 
 @dataclass
 class RouterInputs:
-    """What a router may look at: the questions, and the SLM's samples for them (all sample_idx)."""
+    """What a router may look at: the questions, and the SLM's samples for them (all sample_idx).
+
+    A calib split may also carry the LLM's samples, so a learned router can learn what escalating
+    gains (the LLM right where the SLM is wrong), not only whether the SLM is right; scoring never does.
+    """
 
     questions: pd.DataFrame
     slm_samples: pd.DataFrame
+    llm_samples: pd.DataFrame | None = None
 
     def greedy(self) -> pd.DataFrame:
         """The SLM's greedy sample per question, in question order."""
         g = self.slm_samples[self.slm_samples["sample_idx"] == 0].set_index("id")
         return g.loc[self.questions["id"]].reset_index()
+
+    def llm_correct(self) -> np.ndarray | None:
+        """The LLM's greedy correctness per question, in question order; None without LLM samples."""
+        if self.llm_samples is None or self.llm_samples.empty:
+            return None
+        g = self.llm_samples[self.llm_samples["sample_idx"] == 0].set_index("id")["correct"]
+        missing = self.questions.loc[~self.questions["id"].isin(g.index), "id"]
+        if len(missing):
+            raise ValueError(f"the LLM samples lack questions {list(missing[:5])}")
+        return g.loc[self.questions["id"]].to_numpy(bool)
 
 
 class Router(ABC):

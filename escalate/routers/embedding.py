@@ -54,7 +54,8 @@ def get_encoder(model_path: str | None = None) -> Encoder:
 class EmbeddingRouter(ClassifierRouter):
     """A classifier on the question's embedding; subclasses choose the classifier."""
 
-    def __init__(self, model_path: str | None = None, seed: int = 0) -> None:
+    def __init__(self, model_path: str | None = None, seed: int = 0, target: str = "slm_correct") -> None:
+        super().__init__(target)
         self.model_path = model_path
         self.seed = seed
 

@@ -10,8 +10,8 @@ from escalate.routers.embedding import EmbeddingRouter
 class EmbeddingKNNRouter(EmbeddingRouter):
     name = "embedding_knn"
 
-    def __init__(self, model_path: str | None = None, seed: int = 0, k: int = 32) -> None:
-        super().__init__(model_path, seed)
+    def __init__(self, model_path: str | None = None, seed: int = 0, k: int = 32, target: str = "slm_correct") -> None:
+        super().__init__(model_path, seed, target)
         self.k = k
 
     def _classifier(self, n_train: int) -> KNeighborsClassifier:

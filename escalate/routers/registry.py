@@ -15,6 +15,7 @@ from escalate.routers.embedding_mlp import EmbeddingMLPRouter
 from escalate.routers.entropy import EntropyRouter
 from escalate.routers.joint_pik_pt import JointPIKPTRouter
 from escalate.routers.logprob import MeanLogprobRouter, MinLogprobRouter
+from escalate.routers.matrix_factorization import MatrixFactorizationRouter
 from escalate.routers.pik_probe import PIKProbeRouter
 from escalate.routers.prompt_length import PromptLengthRouter
 from escalate.routers.random_router import RandomRouter
@@ -39,6 +40,7 @@ ROUTERS: dict[str, type[Router]] = {
     "embedding_knn": EmbeddingKNNRouter,
     "embedding_mlp": EmbeddingMLPRouter,
     "embedding_features": EmbeddingFeaturesRouter,
+    "matrix_factorization": MatrixFactorizationRouter,
     "corea_confidence": CoreaConfidenceRouter,
     "pik_probe": PIKProbeRouter,
     "joint_pik_pt": JointPIKPTRouter,
