@@ -20,6 +20,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
+import pandas as pd
+
 from escalate.config import ConfigError, Profile, ZooConfig
 from escalate.prompts import format_prompt
 from escalate.sampling import grader_kind
@@ -85,12 +87,16 @@ def train(profile: Profile, root: Path | str, out: Path) -> dict:
     assert profile.zoo is not None
     questions = load_questions(profile, root)
     exclude = set(questions.loc[questions["split"] != "train", "question"])
-    calib_rows = questions[questions["split"] == "calib"].head(profile.zoo.eval_questions or len(questions))
-    calib = [(format_prompt(r["question"], r.get("choices") if grader_kind(r) == "choice" else None),
-              str(r["answer"]), grader_kind(r)) for _, r in calib_rows.iterrows()]
-    summary = zoo.build_zoo(profile.zoo, profile.data.arith, out, profile.seed, exclude, calib)
+    calib = questions[questions["split"] == "calib"].head(profile.zoo.eval_questions or len(questions))
+    summary = zoo.build_zoo(profile.zoo, profile.data.arith, out, profile.seed, exclude, graded_items(calib))
     summary["recipe"] = recipe(profile)
     return summary
+
+
+def graded_items(questions: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """(prompt, gold answer, grader kind) of each question, prompted and graded as the sample stage does."""
+    return [(format_prompt(r["question"], r.get("choices") if grader_kind(r) == "choice" else None),
+             str(r["answer"]), grader_kind(r)) for _, r in questions.iterrows()]
 
 
 def recipe(profile: Profile) -> dict:
