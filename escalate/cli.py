@@ -28,6 +28,7 @@ from escalate.routers.cli import add_router_commands
 from escalate.serving.cli import add_serving_commands
 from escalate.serving.vllm_server import ServerError
 from escalate.stages.registry import STAGES
+from escalate.stages.zoo import ship_command
 from escalate.telemetry import disable_telemetry
 
 EPILOG = """\
@@ -36,6 +37,7 @@ typical use:
   escalate config show --profile tiny       every key of a profile: its value and what it does
   escalate data build --profile tiny        generate / load questions, validate, write them
   escalate zoo build --profile tiny         train the embedded SLM and LLM (or record external models)
+  escalate zoo ship --profile tiny          copy the built zoo to zoo/tiny/ (commit it; zoo.shipped reads it)
   escalate sample --profile tiny            K generations per question per model
   escalate evaluate --profile tiny          every baseline strategy on the test split, plots, report
   escalate sater train --profile tiny       SATER: stage I (DPO), stage II (refusal SFT) over a τ sweep, its
@@ -82,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     citer_log = groups["citer"].add_parser("log", help="log the finished stage's figures and files to MLflow under citer/")
     _profile_arg(citer_log)
     citer_log.add_argument("--run-id", default=None, help="an existing MLflow run (default: a new run citer-<profile>)")
+    zoo_ship = groups["zoo"].add_parser("ship", help="copy the built zoo, with its files' SHA-256, to a committed "
+                                        "directory that a profile's zoo.shipped reads")
+    _profile_arg(zoo_ship)
+    zoo_ship.add_argument("--to", default=None, type=Path, help="where to (default: zoo/<profile>)")
     add_registry_commands(sub)
     add_router_commands(sub)
     add_serving_commands(sub)
@@ -140,6 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(profile), indent=2))
     elif args.group == "citer" and args.action == "log":
         print(log_command(profile, args.run_id))
+    elif args.group == "zoo" and args.action == "ship":
+        print(ship_command(profile, args.to))
     else:
         print(STAGES[args.stage].run(profile))
     return 0

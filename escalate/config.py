@@ -131,6 +131,13 @@ class PretrainConfig:
     warmup_steps: int = field(default=50, metadata={
         "help": "steps of linear learning-rate warm-up; must be below steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    eval_every: int = field(default=0, metadata={
+        "help": "grade greedy answers on the calib sample every this many steps and keep the best-scoring "
+                "weights, so two CPUs keep the same plateau rather than whatever their last step gave; 0: "
+                "graded once, after the last step"})
+    patience: int | None = field(default=None, metadata={
+        "help": "stop after this many evaluations without a better calib accuracy (needs eval_every); "
+                "null: run every step"})
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
@@ -138,6 +145,9 @@ class PretrainConfig:
         _check(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
         _check(0 <= self.warmup_steps < self.steps, "warmup_steps", "must be in [0, steps)")
         _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        _check(self.patience is None or self.patience >= 1, "patience", f"must be >= 1, got {self.patience}")
+        _check(self.patience is None or self.eval_every > 0, "patience", "needs eval_every > 0 (evaluations to count)")
 
 
 @dataclass
@@ -159,10 +169,32 @@ class ZooConfig:
     min_param_ratio: float = field(default=8.0, metadata={
         "help": "the build fails unless the LLM has at least this many times the SLM's parameters, so the "
                 "cascade has a real cost gap to exploit"})
+    eval_questions: int | None = field(default=None, metadata={
+        "help": "calib questions (the split's first N) each evaluation grades; fewer: cheaper evaluations, a "
+                "noisier choice of checkpoint; null: the whole calib split"})
+    eval_max_new_tokens: int = field(default=96, metadata={
+        "help": "longest greedy answer in tokens an evaluation generates; fit it to the solutions' length"})
+    slm_accuracy: list[float] | None = field(default=None, metadata={
+        "help": "[low, high]: the build fails unless the SLM's calib accuracy lies in this band, so every machine "
+                "ships a zoo with the cascade's gap; null: no band"})
+    llm_min_accuracy: float | None = field(default=None, metadata={
+        "help": "the build fails unless the LLM's calib accuracy reaches this; null: no floor"})
+    shipped: str | None = field(default=None, metadata={
+        "help": "a directory (relative to --root) written by `escalate zoo ship`: the stage copies its "
+                "checkpoints, each file checked against the SHA-256 in its zoo.json, instead of training; "
+                "null: train here"})
 
     def __post_init__(self) -> None:
         _check(64 <= self.vocab_size <= 65_536, "vocab_size", f"must be in [64, 65536], got {self.vocab_size}")
         _check(self.min_param_ratio >= 1, "min_param_ratio", f"must be >= 1, got {self.min_param_ratio}")
+        _check(self.eval_questions is None or self.eval_questions >= 1, "eval_questions",
+               f"must be >= 1, got {self.eval_questions}")
+        _check(self.eval_max_new_tokens >= 1, "eval_max_new_tokens", f"must be >= 1, got {self.eval_max_new_tokens}")
+        band = self.slm_accuracy
+        _check(band is None or (len(band) == 2 and 0 <= band[0] <= band[1] <= 1), "slm_accuracy",
+               f"must be [low, high] with 0 <= low <= high <= 1, got {band}")
+        _check(self.llm_min_accuracy is None or 0 <= self.llm_min_accuracy <= 1, "llm_min_accuracy",
+               f"must be in [0, 1], got {self.llm_min_accuracy}")
 
 
 @dataclass

@@ -4,6 +4,10 @@ No weights can be downloaded where escalate is built, so the `tiny` and `smoke` 
 own SLM and "LLM": ordinary Hugging Face checkpoints (safetensors + tokenizer.json), so every later
 stage (sampling, DPO, GRPO, vLLM serving) runs on them exactly as it would on Qwen or Llama.
 
+Each model is graded on a calib sample as it trains and the best-scoring weights are kept (`Plateau`):
+float sums differ between CPUs and thread counts, so two machines' last steps can land far apart, while
+the plateau both reach, and the peak kept on it, lies near the same accuracy.
+
 Run: `escalate zoo build --profile tiny` (a DVC stage; DVC skips it when its inputs are unchanged).
 """
 
@@ -14,7 +18,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,9 +28,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from escalate.config import ArchConfig, ArithConfig, PretrainConfig, ZooConfig
 from escalate.data import arith
+from escalate.data.graders import GRADERS
+from escalate.models.backends.hf import left_padded
 from escalate.prompts import format_prompt
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
+CalibItem = tuple[str, str, str]  # (prompt, gold answer, grader kind): one calib question, ready to grade
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -110,6 +117,75 @@ def collate(batch: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
+@torch.inference_mode()
+def greedy_answers(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, prompts: list[str],
+                   max_new_tokens: int, batch_size: int = 128) -> list[str]:
+    """Greedy completions read as the sample stage's sample 0 is (bos + prompt, left-padded, up to eos)."""
+    training = model.training
+    model.eval()
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        ids = tokenizer(prompts[start : start + batch_size], add_special_tokens=False)["input_ids"]
+        input_ids, mask, _ = left_padded([[bos, *i] for i in ids], pad, str(model.device))
+        out = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        answers += tokenizer.batch_decode(out[:, input_ids.shape[1] :], skip_special_tokens=True)
+    model.train(training)
+    return answers
+
+
+def accuracy(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, items: list[CalibItem],
+             max_new_tokens: int) -> float:
+    """Share of `items` whose greedy answer the question's grader accepts."""
+    answers = greedy_answers(model, tokenizer, [p for p, _, _ in items], max_new_tokens)
+    return sum(GRADERS[kind](a, gold) for a, (_, gold, kind) in zip(answers, items)) / len(items)
+
+
+@dataclass
+class Plateau:
+    """Calib evaluations during pretraining: the curve, the best weights so far, and when patience runs out.
+
+    A tie goes to the later weights: on a flat stretch they have seen more data at the same accuracy.
+    """
+
+    score: Callable[[LlamaForCausalLM], float]
+    every: int  # 0: one evaluation, after the last step
+    patience: int | None
+    curve: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    best_score: float = -1.0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    stale: int = 0  # evaluations since the last strict improvement
+    stopped: str = ""
+
+    def due(self, step: int, total: int) -> bool:
+        return step == total or (self.every > 0 and step % self.every == 0)
+
+    def check(self, model: LlamaForCausalLM, step: int, losses: list[float], total: int) -> bool:
+        """Evaluate after `step` of `total` steps, keep the weights if they score best; True when patience has
+        run out before the last step."""
+        since = self.curve[-1]["step"] if self.curve else 0
+        score = self.score(model)
+        self.curve.append({"step": step, "loss": sum(losses[since:]) / (step - since), "calib_accuracy": score})
+        self.stale = 0 if score > self.best_score else self.stale + 1
+        if score >= self.best_score:
+            self.best_step, self.best_score = step, score
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.patience is not None and self.stale >= self.patience and step < total:
+            self.stopped = (f"patience: no better calib accuracy in {self.stale} evaluations "
+                            f"(best {self.best_score:.3f} at step {self.best_step})")
+            return True
+        return False
+
+    def restore(self, model: LlamaForCausalLM, steps: int) -> dict:
+        """Load the best weights into `model`; returns what zoo.json records of the run."""
+        model.load_state_dict(self.best_state)
+        self.stopped = self.stopped or f"steps: ran all {steps} steps"
+        return {"calib_accuracy": self.best_score, "chosen_step": self.best_step, "stopped": self.stopped,
+                "curve": self.curve}
+
+
 def pretrain(
     model: LlamaForCausalLM,
     examples: list[tuple[list[int], int]],
@@ -118,8 +194,13 @@ def pretrain(
     seed: int,
     desc: str = "pretrain",
     on_step: Callable[[int, float], None] | None = None,
+    plateau: Plateau | None = None,
 ) -> list[float]:
-    """AdamW with warmup and cosine decay over `cfg.steps` batches; returns the loss of every step."""
+    """AdamW with warmup and cosine decay over `cfg.steps` batches; returns the loss of every step run.
+
+    With a `plateau`, the model is graded when it is due, training stops when its patience runs out, and
+    the model ends holding the best-scoring weights rather than the last.
+    """
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
 
@@ -149,28 +230,43 @@ def pretrain(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_step:
             on_step(step, losses[-1])
+        if plateau is not None and plateau.due(step + 1, cfg.steps):
+            stop = plateau.check(model, step + 1, losses, cfg.steps)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", calib=f"{plateau.curve[-1]['calib_accuracy']:.3f}")
+            if stop:
+                break
+    bar.close()
     model.eval()
     return losses
 
 
-def build_zoo(cfg: ZooConfig, arith_cfg: ArithConfig, out_dir: Path, seed: int, exclude: set[str]) -> dict:
+def build_zoo(cfg: ZooConfig, arith_cfg: ArithConfig, out_dir: Path, seed: int, exclude: set[str],
+              calib: list[CalibItem] | None = None) -> dict:
     """Train the tokenizer, pretrain the SLM and the LLM, save both as HF checkpoints under `out_dir`.
 
     Returns a summary (parameter counts, final losses, timings) that is also written to
-    `out_dir/zoo.json`; the loss curves go to `out_dir/<role>/losses.json` for the tracker.
+    `out_dir/zoo.json`; the loss curves go to `out_dir/<role>/losses.json` for the tracker. With `calib`,
+    each model keeps its best weights on it (`Plateau`), and the summary adds its calib accuracy, the
+    chosen step, why training stopped and the curve (step, loss, calib accuracy).
     """
     largest = max(m.train.steps * m.train.batch_size for m in (cfg.slm, cfg.llm))
     pairs = corpus(arith_cfg, largest, seed + 1, exclude)
     tokenizer = train_tokenizer((p + c for p, c in pairs[:20_000]), cfg.vocab_size)
     examples = encode(pairs, tokenizer)
     summary: dict = {"vocab_size": len(tokenizer), "corpus_examples": len(pairs), "models": {}}
+    if calib:
+        summary["calib_questions"] = len(calib)
     sizes = {}
     for role, mcfg in (("slm", cfg.slm), ("llm", cfg.llm)):
         model = build_model(mcfg.arch, tokenizer, seed)
         sizes[role] = n_params(model)
+        plateau = Plateau(lambda m: accuracy(m, tokenizer, calib, cfg.eval_max_new_tokens),
+                          mcfg.train.eval_every, mcfg.train.patience) if calib else None
         start = time.perf_counter()
-        losses = pretrain(model, examples, mcfg.train, tokenizer.pad_token_id, seed, desc=f"zoo {role}")
+        losses = pretrain(model, examples, mcfg.train, tokenizer.pad_token_id, seed, desc=f"zoo {role}",
+                          plateau=plateau)
         elapsed = time.perf_counter() - start
+        chosen = plateau.restore(model, len(losses)) if plateau else {}
         target = out_dir / role
         model.save_pretrained(target)
         tokenizer.save_pretrained(target)
@@ -179,8 +275,10 @@ def build_zoo(cfg: ZooConfig, arith_cfg: ArithConfig, out_dir: Path, seed: int, 
             "n_params": sizes[role],
             "final_loss": sum(losses[-20:]) / min(20, len(losses)),
             "train_seconds": round(elapsed, 1),
+            "steps_run": len(losses),
             "arch": asdict(mcfg.arch),
             "train": asdict(mcfg.train),
+            **chosen,
         }
     ratio = sizes["llm"] / sizes["slm"]
     summary["param_ratio"] = ratio
