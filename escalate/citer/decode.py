@@ -15,7 +15,9 @@ Cost is counted per sequence as if it were decoded alone (CITER's measure is dat
 pass reads every weight once and the KV cache of every position its last token attends to, and
 computes 2 · parameters FLOPs per token it processes. Sequences are decoded together in lock step,
 left-padded; when any of them needs the LLM, the LLM catches up on all of them, which changes what
-this machine computes but not what each sequence is charged, nor its tokens.
+this machine computes but not what each sequence is charged, nor its tokens. A sequence may also join
+a batch already decoding (DecodeBatch, which a server's batcher feeds between steps), with the same
+guarantee.
 
 Serving needs no pipeline state: `TokenLevelDecoder.from_checkpoints(slm_dir, llm_dir, router_dir,
 tau).generate(prompts, max_new_tokens)`; escalate.citer.cascade wraps it as a registrable cascade.
