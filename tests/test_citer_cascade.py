@@ -4,6 +4,7 @@ the token-level bundle spec, and the registry candidate's figures from the citer
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from escalate.models.backends.hf import HFBackend
 from escalate.prompts import format_prompt
 from escalate.registry.bundle import BundleError, CascadeSpec
 from escalate.registry.publish import rank_candidates
+from escalate.serving.batcher import DecodeBatcher
 
 ROOT = Path(__file__).resolve().parents[1]
 PRICES = TokenPriceCost({"slm": (0.05, 0.1), "llm": (1.0, 2.0)})
@@ -93,6 +95,24 @@ def test_between_the_edges_both_models_write_and_the_confidence_says_why(model_p
         assert r["cost"] == pytest.approx(PRICES.cost("slm", r["slm_prompt_tokens"], r["slm_output_tokens"])
                                           + PRICES.cost("llm", r["llm_prompt_tokens"], r["llm_output_tokens"]))
     assert cascade(model_pair, router_dir, tau).answer([]) == []
+
+
+def test_concurrent_answers_through_the_batcher_are_the_cascade_s_own(model_pair, router_dir) -> None:
+    scores = cascade(model_pair, router_dir, 1.0).decoder.generate([format_prompt(q) for q in QUESTIONS], 8)
+    tau = float(np.median([s for g in scores for s in g.llm_scores]))
+    served = cascade(model_pair, router_dir, tau)
+    questions = QUESTIONS * 3
+    batcher = DecodeBatcher(served.decoder, served.max_new_tokens, max_batch=4)
+    try:
+        with ThreadPoolExecutor(len(questions)) as pool:  # one client per question, as the gateway's workers
+            out = list(pool.map(lambda q: served.answer([q], decode=batcher.generate)[0], questions))
+    finally:
+        batcher.close()
+    timing = {k for k in RESULT_FIELDS if k.startswith("latency")}
+    alone = served.answer(QUESTIONS) * 3
+    assert MIXED in {r["model"] for r in out}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in out] == [
+        {k: pytest.approx(v) if k == "confidence" else v for k, v in r.items() if k not in timing} for r in alone]
 
 
 def test_token_level_spec_round_trips_and_version_1_files_read_as_query_level() -> None:

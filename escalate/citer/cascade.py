@@ -22,7 +22,7 @@ by token with one router between them. Each answer has escalate.cascade.RESULT_F
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,13 +105,18 @@ class TokenLevelCascade:
     def tau(self) -> float:
         return self.decoder.tau
 
-    def answer(self, questions: list[str], choices: list[Any] | None = None) -> list[dict]:
-        """One dict per question (RESULT_FIELDS): the answer, who wrote it, the router's confidence, cost, latency."""
+    def answer(self, questions: list[str], choices: list[Any] | None = None,
+               decode: Callable[[list[str]], list[TokenLevelGeneration]] | None = None) -> list[dict]:
+        """One dict per question (RESULT_FIELDS): the answer, who wrote it, the router's confidence, cost, latency.
+
+        `decode`: prompts to generations in their place, e.g. a server's escalate.serving.batcher.DecodeBatcher,
+        which decodes them beside other requests' to the same tokens; by default this decoder, alone.
+        """
         frame = question_frame(questions, choices)
         if frame.empty:
             return []
         prompts = [format_prompt(q, c) for q, c in zip(frame["question"], frame["choices"])]
-        gens = self.decoder.generate(prompts, self.max_new_tokens)
+        gens = decode(prompts) if decode else self.decoder.generate(prompts, self.max_new_tokens)
         return [self._result(row, gen) for (_, row), gen in zip(frame.iterrows(), gens)]
 
     def close(self) -> None:

@@ -15,7 +15,9 @@ Cost is counted per sequence as if it were decoded alone (CITER's measure is dat
 pass reads every weight once and the KV cache of every position its last token attends to, and
 computes 2 · parameters FLOPs per token it processes. Sequences are decoded together in lock step,
 left-padded; when any of them needs the LLM, the LLM catches up on all of them, which changes what
-this machine computes but not what each sequence is charged, nor its tokens.
+this machine computes but not what each sequence is charged, nor its tokens. A sequence may also join
+a batch already decoding (DecodeBatch, which a server's batcher feeds between steps), with the same
+guarantee.
 
 Serving needs no pipeline state: `TokenLevelDecoder.from_checkpoints(slm_dir, llm_dir, router_dir,
 tau).generate(prompts, max_new_tokens)`; escalate.citer.cascade wraps it as a registrable cascade.
@@ -27,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -185,69 +188,21 @@ class TokenLevelDecoder:
                 out[i] = gen
         return out
 
+    def batch(self) -> DecodeBatch:
+        """An empty batch to admit sequences into and step, for a caller that schedules its own rows (a server)."""
+        return DecodeBatch(self)
+
     def _batch(self, contexts: list[list[int]], budgets: list[int]) -> list[TokenLevelGeneration]:
-        device = next(self.models["slm"].parameters()).device
-        pad, eos = self.tokenizer.pad_token_id, self.tokenizer.eos_token_id
-        pad = eos if pad is None else pad
-        width = max(map(len, contexts))
-        seq = torch.tensor([[pad] * (width - len(c)) + c for c in contexts], device=device)
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
-        caches = {role: DynamicCache(config=m.config) for role, m in self.models.items()}
-        seen = dict.fromkeys(caches, 0)  # columns of `seq` each cache holds, common to the batch
-        gens = [TokenLevelGeneration("", [], [], [], len(c)) for c in contexts]
-        active = list(range(len(contexts)))  # original indices of the rows still in the batch
-        context = [len(c) for c in contexts]  # per original row: real tokens so far
-        llm_seen = [0] * len(contexts)  # per original row: tokens its own LLM cache would hold
-        spent = dict.fromkeys(ROLES, 0.0)  # the batch's seconds in each role's forward passes
+        """One batch decoded to its end; each sequence is charged an even share of its wall time."""
+        batch = self.batch()
         start = time.perf_counter()
-        while active:
-            t0 = time.perf_counter()
-            hidden, logits = _forward(self.models["slm"], caches["slm"], seq, mask, seen["slm"])
-            seen["slm"] = seq.shape[1]
-            t1 = time.perf_counter()
-            router_logits = self.router(hidden.float()).float()
-            if not torch.isfinite(router_logits).all():
-                raise ValueError("the router gave a non-finite score")
-            use_llm = router_logits > self.threshold
-            chosen = logits.argmax(-1)
-            t2 = time.perf_counter()
-            spent["slm"], spent["router"] = spent["slm"] + t1 - t0, spent["router"] + t2 - t1
-            if use_llm.any():
-                _, llm_logits = _forward(self.models["llm"], caches["llm"], seq, mask, seen["llm"])
-                seen["llm"] = seq.shape[1]
-                chosen = torch.where(use_llm, llm_logits.argmax(-1), chosen)
-                spent["llm"] += time.perf_counter() - t2
-            scores = torch.sigmoid(router_logits).tolist()
-            finished = []
-            for row, (i, token, llm, score) in enumerate(zip(active, chosen.tolist(), use_llm.tolist(), scores)):
-                g, n = gens[i], context[i]
-                self._charge(g, "slm", n, 1 if g.token_ids else n)  # first the prompt (its pads are no tokens)
-                self._charge(g, "router", 0, 1)
-                if llm:
-                    self._charge(g, "llm", n, n - llm_seen[i])
-                    llm_seen[i], g.llm_passes = n, g.llm_passes + 1
-                g.token_ids.append(token)
-                g.sources.append("llm" if llm else "slm")
-                g.llm_scores.append(score)
-                context[i] += 1
-                if token == eos or len(g.token_ids) >= budgets[i]:
-                    g.finish_reason = "stop" if token == eos else "length"
-                    finished.append(row)
-            seq = torch.cat([seq, chosen.unsqueeze(-1)], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            if finished:
-                keep = [row for row in range(len(active)) if row not in set(finished)]
-                active = [active[row] for row in keep]
-                index = torch.tensor(keep, device=device, dtype=torch.long)
-                seq, mask = seq[index], mask[index]
-                for cache in caches.values():
-                    cache.batch_select_indices(index)
+        gens = batch.admit(contexts, budgets)
+        while batch:
+            batch.step()
         latency = (time.perf_counter() - start) / len(contexts)
         for g in gens:
-            text_ids = g.token_ids[:-1] if g.finish_reason == "stop" else g.token_ids
-            g.text = self.tokenizer.decode(text_ids, skip_special_tokens=True)
             g.latency_s = latency
-            g.seconds = {role: t / len(contexts) for role, t in spent.items()}
+            g.seconds = {role: t / len(contexts) for role, t in batch.spent.items()}
         return gens
 
     def _charge(self, g: TokenLevelGeneration, role: str, context: int, new_tokens: int) -> None:
@@ -255,3 +210,186 @@ class TokenLevelDecoder:
         cost = self.costs[role]
         g.bytes_moved[role] += cost.pass_bytes(context)
         g.flops[role] += cost.pass_flops(new_tokens)
+
+
+@dataclass
+class _Row:
+    """One sequence in a DecodeBatch, with what its cost accounting needs to treat it as decoded alone."""
+
+    gen: TokenLevelGeneration
+    budget: int
+    tag: Any  # the caller's handle for it, given back when it finishes
+    context: int  # real tokens so far: the prompt, then every token written
+    llm_seen: int = 0  # tokens its own LLM cache would hold, were it decoded alone
+    started: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ROLES, 0.0))
+
+
+class DecodeBatch:
+    """Sequences decoded in lock step, which new ones may join between steps (continuous batching).
+
+    All rows share one left-padded token matrix and, per model, one KV cache holding the matrix's first
+    `seen[role]` columns. A joining row is right-aligned with the rest (its prompt's last token in the
+    newest column, which no cache holds yet), the matrix first widened on the left if its prompt is
+    longer; each model whose cache is not empty prefills the new rows on the columns it holds, so all
+    rows again share one cache length, and the next step treats old and new rows alike. Positions follow
+    the mask, so a row's logits do not depend on what it is batched with, nor on when it joined, and
+    its tokens, sources and costs are those of decoding it alone. Leading columns that are padding in
+    every row are dropped at each join, so the width follows the rows in flight, not the batch's past.
+
+    Time is charged per row: each forward pass's seconds to every row it waited for (`seconds`), and a
+    finished row's `latency_s` is its time in the batch.
+    """
+
+    def __init__(self, decoder: TokenLevelDecoder) -> None:
+        self.decoder = decoder
+        self.device = next(decoder.models["slm"].parameters()).device
+        pad, eos = decoder.tokenizer.pad_token_id, decoder.tokenizer.eos_token_id
+        self.pad, self.eos = (eos if pad is None else pad), eos
+        self.rows: list[_Row] = []
+        self.spent = dict.fromkeys(ROLES, 0.0)  # all seconds in each role's forward passes
+        self._reset()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _reset(self) -> None:
+        self.seq = self.mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self.caches = {role: DynamicCache(config=m.config) for role, m in self.decoder.models.items()}
+        self.seen = dict.fromkeys(self.caches, 0)  # columns of `seq` each cache holds, common to the rows
+
+    @torch.inference_mode()
+    def admit(self, contexts: list[list[int]], budgets: list[int], tags: list[Any] | None = None
+              ) -> list[TokenLevelGeneration]:
+        """Add sequences (token ids, each with its budget of new tokens); their generations fill as they decode."""
+        tags = [None] * len(contexts) if tags is None else tags
+        if not contexts or len(budgets) != len(contexts) or len(tags) != len(contexts):
+            raise ValueError("admit at least one context, each with one budget and one tag")
+        if any(b < 1 for b in budgets) or any(not c for c in contexts):
+            raise ValueError("every context needs at least one token and a budget of at least one new token")
+        joining = bool(self.rows)
+        if joining:
+            self._trim()
+        else:
+            self._reset()
+        width = max(self.seq.shape[1], max(map(len, contexts)))
+        self._widen(width - self.seq.shape[1])
+        seq = torch.tensor([[self.pad] * (width - len(c)) + c for c in contexts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=self.device)
+        rows = [_Row(TokenLevelGeneration("", [], [], [], len(c)), b, tag, len(c))
+                for c, b, tag in zip(contexts, budgets, tags)]
+        self.rows += rows
+        for role, seen in self.seen.items():
+            if seen:  # the new rows catch up on what this cache holds for the others
+                t0 = time.perf_counter()
+                cache = DynamicCache(config=self.decoder.models[role].config)
+                _forward(self.decoder.models[role], cache, seq[:, :seen], mask[:, :seen], 0)
+                _stack(self.caches[role], cache)
+                self._spend(role, time.perf_counter() - t0)
+        self.seq, self.mask = (torch.cat([self.seq, seq]), torch.cat([self.mask, mask])) if joining else (seq, mask)
+        return [row.gen for row in rows]
+
+    @torch.inference_mode()
+    def step(self) -> list[tuple[Any, TokenLevelGeneration]]:
+        """One token for every row; returns the rows that finished, as (tag, generation), and drops them."""
+        d, seq, mask = self.decoder, self.seq, self.mask
+        t0 = time.perf_counter()
+        hidden, logits = _forward(d.models["slm"], self.caches["slm"], seq, mask, self.seen["slm"])
+        self.seen["slm"] = seq.shape[1]
+        t1 = time.perf_counter()
+        router_logits = d.router(hidden.float()).float()
+        if not torch.isfinite(router_logits).all():
+            raise ValueError("the router gave a non-finite score")
+        use_llm = router_logits > d.threshold
+        chosen = logits.argmax(-1)
+        t2 = time.perf_counter()
+        self._spend("slm", t1 - t0)
+        self._spend("router", t2 - t1)
+        if use_llm.any():
+            _, llm_logits = _forward(d.models["llm"], self.caches["llm"], seq, mask, self.seen["llm"])
+            self.seen["llm"] = seq.shape[1]
+            chosen = torch.where(use_llm, llm_logits.argmax(-1), chosen)
+            self._spend("llm", time.perf_counter() - t2)
+        scores = torch.sigmoid(router_logits).tolist()
+        keep, finished = [], []
+        for index, (r, token, llm, score) in enumerate(zip(self.rows, chosen.tolist(), use_llm.tolist(), scores)):
+            g, n = r.gen, r.context
+            d._charge(g, "slm", n, 1 if g.token_ids else n)  # first the prompt (its pads are no tokens)
+            d._charge(g, "router", 0, 1)
+            if llm:
+                d._charge(g, "llm", n, n - r.llm_seen)
+                r.llm_seen, g.llm_passes = n, g.llm_passes + 1
+            g.token_ids.append(token)
+            g.sources.append("llm" if llm else "slm")
+            g.llm_scores.append(score)
+            r.context += 1
+            if token == self.eos or len(g.token_ids) >= r.budget:
+                g.finish_reason = "stop" if token == self.eos else "length"
+                finished.append(self._finish(r))
+            else:
+                keep.append(index)
+        self.seq = torch.cat([seq, chosen.unsqueeze(-1)], dim=1)
+        self.mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        if finished:
+            self.rows = [self.rows[i] for i in keep]
+            index = torch.tensor(keep, device=self.device, dtype=torch.long)
+            self.seq, self.mask = self.seq[index], self.mask[index]
+            for cache in self.caches.values():
+                cache.batch_select_indices(index)
+        return finished
+
+    def _finish(self, r: _Row) -> tuple[Any, TokenLevelGeneration]:
+        g = r.gen
+        g.text = self.decoder.tokenizer.decode(g.token_ids[:-1] if g.finish_reason == "stop" else g.token_ids,
+                                               skip_special_tokens=True)
+        g.latency_s, g.seconds = time.perf_counter() - r.started, dict(r.seconds)
+        return r.tag, g
+
+    def _spend(self, role: str, seconds: float) -> None:
+        self.spent[role] += seconds
+        for r in self.rows:
+            r.seconds[role] += seconds
+
+    def _widen(self, n: int) -> None:
+        """n more padding columns on the left of every row, and of every cache holding any column."""
+        if n <= 0 or not self.rows:
+            return
+        rows = len(self.seq)
+        self.seq = torch.cat([self.seq.new_full((rows, n), self.pad), self.seq], dim=1)
+        self.mask = torch.cat([self.mask.new_zeros((rows, n)), self.mask], dim=1)
+        for role, cache in self.caches.items():
+            if self.seen[role]:
+                for layer in _layers(cache):
+                    layer.keys, layer.values = (torch.cat([t.new_zeros((*t.shape[:2], n, t.shape[3])), t], dim=-2)
+                                                for t in (layer.keys, layer.values))
+                self.seen[role] += n
+
+    def _trim(self) -> None:
+        """Drop the leading columns that are padding in every row (left by rows that finished)."""
+        n = int(self.mask.any(0).int().argmax()) if self.mask.any() else self.mask.shape[1]
+        if n == 0:
+            return
+        self.seq, self.mask = self.seq[:, n:], self.mask[:, n:]
+        for role, cache in self.caches.items():
+            dropped = min(n, self.seen[role])
+            self.seen[role] -= dropped
+            if not self.seen[role]:
+                self.caches[role] = DynamicCache(config=self.decoder.models[role].config)
+            elif dropped:
+                for layer in _layers(cache):
+                    layer.keys, layer.values = layer.keys[..., dropped:, :], layer.values[..., dropped:, :]
+
+
+def _layers(cache: DynamicCache) -> list:
+    """The cache's filled layers, each [batch, kv_heads, positions, head_dim]; a sliding-window layer keeps
+    only its window's positions, which column arithmetic cannot follow, so it is refused."""
+    layers = [layer for layer in cache.layers if layer.is_initialized]
+    if any(layer.is_sliding for layer in layers):
+        raise ValueError("continuous batching needs full KV caches; this model has sliding-window layers")
+    return layers
+
+
+def _stack(cache: DynamicCache, rows: DynamicCache) -> None:
+    """Append `rows` (a cache of the same length) to `cache` along the batch."""
+    for layer, new in zip(_layers(cache), _layers(rows)):
+        layer.keys, layer.values = torch.cat([layer.keys, new.keys]), torch.cat([layer.values, new.values])

@@ -44,6 +44,7 @@ from escalate.models.backends.base import BackendError, Generation, GenerationBa
 from escalate.prompts import format_prompt
 from escalate.registry.bundle import BundleError, CascadeSpec, build_cascade
 from escalate.routers.base import Router, RouterInputs
+from escalate.serving.batcher import DecodeBatcher
 from escalate.serving.deployment import Deployment
 
 # After a connection failure, skip the SLM for this long instead of paying its retries on every request.
@@ -270,15 +271,16 @@ class InProcessEngine:
     """One deployment whose kind needs no model server (token level), loaded in this process: the same
     surface as Engine, without servers.
 
-    Requests decode one at a time: torch already spreads one decode over the cores, and concurrent
-    decodes on shared CPU cores would only make each slower.
+    Concurrent requests decode together (escalate.serving.batcher.DecodeBatcher: one thread owns the
+    models and steps every request in flight at once, up to the profile's sampling.batch_size), each
+    to the answer it would get alone.
     """
 
     def __init__(self, deployment: Deployment, bundle: Bundle | None = None) -> None:
         self.deployment = deployment
         self.spec, router, checkpoints = bundle or deployment.read()
         self.cascade = build_cascade(self.spec, checkpoints, router)
-        self._lock = threading.Lock()
+        self.batcher = DecodeBatcher(self.cascade.decoder, self.cascade.max_new_tokens, self.cascade.decoder.batch_size)
 
     @property
     def strategy(self) -> str:
@@ -295,12 +297,12 @@ class InProcessEngine:
 
     def answer(self, question: str, budget: Budget | None = None) -> Answer:
         """Decoding in process cannot be interrupted: the gateway's own deadline answers 504 meanwhile."""
-        with self._lock:
-            return Answer(self.cascade.answer([question])[0], None, IN_PROCESS)
+        return Answer(self.cascade.answer([question], decode=self.batcher.generate)[0], None, IN_PROCESS)
 
     def close(self) -> None:
-        with self._lock:
-            self.cascade.close()
+        """Stop the batcher's thread, then drop the models (the holder closes an engine once it is idle)."""
+        self.batcher.close()
+        self.cascade.close()
 
 
 def _healthy(base_url: str) -> bool:
