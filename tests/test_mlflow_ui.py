@@ -39,7 +39,7 @@ ROW = {"strategy": "mean_logprob", "accuracy": 0.75, "cost": 0.4, "auroc": 0.81,
 # What a version's tags may be: what a search filters on, and nothing per gate or per file.
 FILTER_TAGS = {"escalate.strategy", "escalate.kind", "escalate.threshold", "escalate.profile", "escalate.model_id",
                "escalate.llm", "escalate.slm", "git.commit", "gates.passed", "gates.failed",
-               "escalate.previous_champion"}
+               "escalate.previous_champion", "escalate.content"}
 
 
 def test_questions_frame_takes_a_list_a_frame_or_records() -> None:

@@ -15,9 +15,11 @@ cost model; its router is the round's saved directory).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.thresholds import meets_accuracy
 from escalate.kinds import KINDS, kind_for
-from escalate.registry.aliases import CHAMPION, Registration, Registry, lineage_tags
+from escalate.registry.aliases import CHAMPION, TAG_CONTENT, Registration, Registry, lineage_tags
 from escalate.registry.bundle import CascadeSpec, local_checkpoint, log_bundle
 from escalate.registry.gates import GateResult, candidate_gates, load_gates
 from escalate.routers.base import Router
@@ -191,6 +193,13 @@ def load_bundled(bundled: Sequence[Bundled], tracking_uri: str, timeout_s: float
     return load_gates([b.info.model_uri for b in bundled], [b.smoke for b in bundled], tracking_uri, timeout_s)
 
 
+def registration_key(content: str, profile: Profile) -> str:
+    """What makes two registrations the same: the bundle's content digest under the same gate limits and δ.
+    A rerun with nothing changed registers nothing new; tightened gates re-gate the same bundle (new verdicts)."""
+    limits = json.dumps({"gates": asdict(profile.gates), "delta": profile.evaluation.delta}, sort_keys=True)
+    return hashlib.sha256(f"{content}\n{limits}".encode()).hexdigest()
+
+
 def register_bundled(
     bundled: Bundled,
     loaded: GateResult,
@@ -219,7 +228,7 @@ def register_bundled(
         gates,
         run_id=bundled.run_id,
         model_id=info.model_id,
-        tags=info.tags(),
+        tags={**info.tags(), TAG_CONTENT: registration_key(info.content, profile)},
         lineage=lineage_tags(root, profile.name, run_id=bundled.run_id, parent_run_id=parent_run_id),
         figures=headline(source.row),
         report="artifacts/eval/report.md" if source.eval_dir is not None else None,
