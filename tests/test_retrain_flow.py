@@ -109,7 +109,8 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     retrain(profile="smoke", root=str(smoke_project), tracking_uri=mlflow_uri)
     third = registry.champion()
     assert int(third.version) > int(second["registrations"]["entropy"].version)
-    assert cli(["registry", "rollback", "--tracking-uri", mlflow_uri, "--reason", "test rollback", "--by", "ci"]) == 0
+    assert cli(["registry", "rollback", "--tracking-uri", mlflow_uri, "--name", registry.name, "--reason", "test rollback",
+                "--by", "ci"]) == 0
     restored = registry.champion()
     assert restored.version == first.version
     assert "test rollback" in str(registry.version(third.version).tags) + str(restored.tags)
