@@ -2,9 +2,10 @@
 
 A cycle hidden behind a function-level import still ties the modules together (neither can be
 understood, tested or moved without the other), so the check reads every `import` statement with
-`ast`, not only the ones Python runs at import time. `if TYPE_CHECKING:` blocks are left out: they
-never run. Importing `a.b.c` runs `a/__init__` and `a/b/__init__` too, so those count as edges,
-except a package the importing module lives in (its own `__init__` is already running).
+`ast`, not only the ones Python runs at import time; `if TYPE_CHECKING:` ones too, since a module that
+needs another's types depends on it as much as one that calls it. Importing `a.b.c` runs `a/__init__`
+and `a/b/__init__` too, so those count as edges, except a package the importing module lives in (its
+own `__init__` is already running).
 """
 
 from __future__ import annotations
@@ -18,15 +19,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "escalate"
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _type_checking_nodes(tree: ast.AST) -> set[int]:
-    skip: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for statement in node.body:
-                skip.update(id(n) for n in ast.walk(statement))
-    return skip
 
 
 def _imported(node: ast.AST, name: str, is_package: bool, known: set[str]) -> list[str]:
@@ -46,10 +38,8 @@ def _imported(node: ast.AST, name: str, is_package: bool, known: set[str]) -> li
 def imports_of(path: Path, known: set[str]) -> set[str]:
     """The escalate modules that importing `path` runs (its packages' __init__ included)."""
     name, tree = module_name(path), ast.parse(path.read_text())
-    skip, edges = _type_checking_nodes(tree), set()
+    edges: set[str] = set()
     for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
         for target in _imported(node, name, path.name == "__init__.py", known):
             while target and target not in known:
                 target = target.rpartition(".")[0]
@@ -104,12 +94,6 @@ def test_escalate_has_no_import_cycle() -> None:
     assert not found, f"import cycles in escalate/:\n{detail}"
 
 
-def test_the_check_finds_a_cycle_and_ignores_type_checking(tmp_path: Path) -> None:
+def test_the_check_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [["a", "b", "c"]]
-    source = tmp_path / "m.py"
-    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import x\ndef f():\n    import y\n")
-    tree = ast.parse(source.read_text())
-    skip = _type_checking_nodes(tree)
-    seen = [n.names[0].name for n in ast.walk(tree) if isinstance(n, ast.Import) and id(n) not in skip]
-    assert seen == ["y"]

@@ -12,15 +12,30 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import pandas as pd
 
-if TYPE_CHECKING:  # bundle.py and the cascades import this package; their types are for annotations only
+if TYPE_CHECKING:  # for annotations only: building a cascade imports them when a kind is used
     from escalate.cascade import Answerer
-    from escalate.config import Profile
+    from escalate.config import Profile, SamplingConfig
     from escalate.evaluation.cost import CostModel
-    from escalate.registry.bundle import CascadeSpec
+    from escalate.models.backends import ModelSettings
+
+
+class BundleSpec(Protocol):
+    """What a kind reads of a bundle's spec. escalate.registry.bundle.CascadeSpec is the one there is; it sits
+    above the kinds (it checks itself through KINDS), so the kinds name its shape, not its module."""
+
+    kind: str
+    strategy: str
+    threshold: float
+    slm: ModelSettings
+    llm: ModelSettings
+    cost: CostModel
+    sampling: SamplingConfig
+    seed: int
+    router_kwargs: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -54,11 +69,11 @@ class CascadeKind(ABC):
     def find(self, strategy: str, profile: Profile, cost: CostModel, stage_dir: Path, test: pd.DataFrame) -> Found:
         """The candidate `strategy` from the directory of the stage that evaluated it, priced under `cost`."""
 
-    def check(self, spec: CascadeSpec) -> None:  # noqa: B027 (an optional hook: most kinds take any spec)
+    def check(self, spec: BundleSpec) -> None:  # noqa: B027 (an optional hook: most kinds take any spec)
         """Raise BundleError when a spec is not one this kind can build (called by CascadeSpec itself)."""
 
     @abstractmethod
-    def bundle_router(self, spec: CascadeSpec, router: Any) -> Any:
+    def bundle_router(self, spec: BundleSpec, router: Any) -> Any:
         """The router to stage in a bundle, from log_bundle's `router` (a default where the kind has one)."""
 
     @abstractmethod
@@ -70,6 +85,6 @@ class CascadeKind(ABC):
         """The bundled router at `path`, checked against cascade.json (`raw`) and bound to `checkpoints`."""
 
     @abstractmethod
-    def build(self, spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any,
+    def build(self, spec: BundleSpec, checkpoints: Mapping[str, str], router: Any,
               overrides: Mapping[str, Mapping[str, Any]]) -> Answerer:
         """The cascade: what the pyfunc's predict and the gateway's engine answer with."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pandas as pd
 
 from escalate.cascade import ROLES, Answerer, Cascade
-from escalate.kinds.base import CascadeKind, Found
+from escalate.kinds.base import BundleSpec, CascadeKind, Found
 from escalate.models.backends import make_backend
 from escalate.registry.files import SPEC_FILE, BundleError, check_files, manifest
 from escalate.registry.gates import per_query_outcomes
@@ -30,7 +30,6 @@ from escalate.routers.state import RouterStateError, load_router, save_router
 if TYPE_CHECKING:
     from escalate.config import Profile
     from escalate.evaluation.cost import CostModel
-    from escalate.registry.bundle import CascadeSpec
 
 ROUTER_DIR = "router_state"
 LEGACY_ROUTER_FILE = "router.pkl"  # what bundles held before router state was data: refused, never read
@@ -74,7 +73,7 @@ class QueryLevel(CascadeKind):
         return Found(threshold, fitted_router(stage_dir, strategy, kwargs), row, float(result["a_llm"]),
                      per_query_outcomes(records, row["mode"], threshold, test), ROUTERS[strategy].is_probability, kwargs)
 
-    def bundle_router(self, spec: CascadeSpec, router: Any) -> Router:
+    def bundle_router(self, spec: BundleSpec, router: Any) -> Router:
         return router or make_router(spec.strategy, **spec.router_kwargs)
 
     def stage_router(self, router: Router, stage: Path) -> tuple[Path, dict[str, Any]]:
@@ -98,7 +97,7 @@ class QueryLevel(CascadeKind):
             router.bind_slm(str(checkpoints["slm"]))  # not the path it was fitted with, which may not exist here
         return router
 
-    def build(self, spec: CascadeSpec, checkpoints: Mapping[str, str], router: Router | None,
+    def build(self, spec: BundleSpec, checkpoints: Mapping[str, str], router: Router | None,
               overrides: Mapping[str, Mapping[str, Any]]) -> Answerer:
         """A Cascade over generation backends; `router` defaults to make_router(spec.strategy)."""
         backends = {}

@@ -21,7 +21,7 @@ import pandas as pd
 from escalate.cascade import ROLES, Answerer
 from escalate.citer import STRATEGY as CITER
 from escalate.citer.stage import candidate_figures
-from escalate.kinds.base import CascadeKind, Found
+from escalate.kinds.base import BundleSpec, CascadeKind, Found
 from escalate.models.backends import is_self_hosted
 from escalate.registry.files import SPEC_FILE, BundleError, check_files, manifest
 from escalate.registry.gates import outcome_table
@@ -29,7 +29,6 @@ from escalate.registry.gates import outcome_table
 if TYPE_CHECKING:
     from escalate.config import Profile
     from escalate.evaluation.cost import CostModel
-    from escalate.registry.bundle import CascadeSpec
 
 ROUTER_DIR = "router"
 
@@ -50,7 +49,7 @@ class TokenLevel(CascadeKind):
         return Found(found.tau, found.router_dir, found.row, found.llm_accuracy, outcome_table(found.outcomes, test),
                      False, {})
 
-    def check(self, spec: CascadeSpec) -> None:
+    def check(self, spec: BundleSpec) -> None:
         if spec.strategy != CITER:
             raise BundleError(f"a token-level bundle's strategy is {CITER!r}, got {spec.strategy!r}")
         if not 0 <= spec.threshold <= 1:
@@ -61,7 +60,7 @@ class TokenLevel(CascadeKind):
             raise BundleError(f"token-level routing steps both models in process; the {backends}: "
                               "bundle its checkpoint instead")
 
-    def bundle_router(self, spec: CascadeSpec, router: Any) -> Path:
+    def bundle_router(self, spec: BundleSpec, router: Any) -> Path:
         if not (isinstance(router, (str, Path)) and (Path(router) / "config.json").is_file()):
             raise BundleError(f"a token-level bundle needs the token router's saved directory (TokenRouter.save), "
                               f"got {router!r}")
@@ -84,7 +83,7 @@ class TokenLevel(CascadeKind):
         except Exception as exc:  # safetensors and torch raise their own types for a corrupt file
             raise BundleError(f"the bundled token router at {path} does not load: {type(exc).__name__}: {exc}") from None
 
-    def build(self, spec: CascadeSpec, checkpoints: Mapping[str, str], router: Any,
+    def build(self, spec: BundleSpec, checkpoints: Mapping[str, str], router: Any,
               overrides: Mapping[str, Mapping[str, Any]]) -> Answerer:
         """A TokenLevelCascade decoding both models in this process; `router` is the loaded TokenRouter."""
         from escalate.citer.cascade import TokenLevelCascade  # torch loads only when a token-level cascade is built

@@ -11,27 +11,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from escalate.models.backends.base import BackendError, Generation, GenerationBackend, SamplingParams
-
-if TYPE_CHECKING:  # escalate.config asks this module about backends, so it is imported for types only
-    from escalate.config import ModelConfig
+from escalate.models.backends.base import BackendError, Generation, GenerationBackend, ModelSettings, SamplingParams
 
 
-def _hf(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
+def _hf(cfg: ModelSettings, path: str, batch_size: int) -> GenerationBackend:
     from escalate.models.backends.hf import HFBackend  # torch and transformers: only when this backend is built
 
     return HFBackend(path, dtype=cfg.dtype, device=cfg.device, batch_size=batch_size, chat_template=cfg.chat_template)
 
 
-def _vllm(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
+def _vllm(cfg: ModelSettings, path: str, batch_size: int) -> GenerationBackend:
     from escalate.models.backends.vllm_offline import VLLMBackend  # vllm: optional, only where it is installed
 
     return VLLMBackend(path, dtype=cfg.dtype)
 
 
-def _openai(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
+def _openai(cfg: ModelSettings, path: str, batch_size: int) -> GenerationBackend:
     from escalate.models.backends.openai_http import OpenAIBackend  # its HTTP client: only when this backend is built
 
     return OpenAIBackend(cfg.endpoint or "", model=cfg.name, api_key_env=cfg.api_key_env, top_logprobs=cfg.top_logprobs)
@@ -41,7 +37,7 @@ def _openai(cfg: ModelConfig, path: str, batch_size: int) -> GenerationBackend:
 class Backend:
     """One backend by name: how to build it, and what the rest of escalate must know without building it."""
 
-    build: Callable[[ModelConfig, str, int], GenerationBackend]
+    build: Callable[[ModelSettings, str, int], GenerationBackend]
     # Self-hosted: its weights are files we hold, so a bundle carries them, promote serves them with vLLM
     # and a token-level cascade steps them in process. Otherwise it is an endpoint, reached by URL only.
     self_hosted: bool = True
@@ -57,16 +53,16 @@ def is_self_hosted(backend: str) -> bool:
     return entry is None or entry.self_hosted
 
 
-def model_path(cfg: ModelConfig, role: str, zoo_dir: Path) -> str:
+def model_path(cfg: ModelSettings, role: str, zoo_dir: Path) -> str:
     """Where a model's weights are: the zoo checkpoint for source 'zoo', else the path or hub id."""
     return str(zoo_dir / role) if cfg.source == "zoo" else cfg.source
 
 
-def make_backend(cfg: ModelConfig, role: str, zoo_dir: Path, batch_size: int = 64) -> GenerationBackend:
+def make_backend(cfg: ModelSettings, role: str, zoo_dir: Path, batch_size: int = 64) -> GenerationBackend:
     if cfg.backend not in BACKENDS:
         raise BackendError(f"unknown backend {cfg.backend!r}; known: {', '.join(BACKENDS)}")
     return BACKENDS[cfg.backend].build(cfg, model_path(cfg, role, zoo_dir), batch_size)
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "Generation", "GenerationBackend", "SamplingParams", "is_self_hosted",
-           "make_backend", "model_path"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "Generation", "GenerationBackend", "ModelSettings", "SamplingParams",
+           "is_self_hosted", "make_backend", "model_path"]

@@ -10,6 +10,22 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ModelSettings(Protocol):
+    """What building a backend reads of a model's settings. escalate.config.ModelConfig is one; the profile
+    layer sits above this one (it asks the registry which backends are self-hosted), so it is not imported here."""
+
+    name: str
+    source: str
+    backend: str
+    endpoint: str | None
+    api_key_env: str | None
+    dtype: str
+    device: str
+    chat_template: bool
+    top_logprobs: int
 
 
 class BackendError(RuntimeError):
