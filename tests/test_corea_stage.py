@@ -54,10 +54,11 @@ def row(model: str, ece: float, auroc: float, accuracy: float, saving: float) ->
 
 
 def test_targets_compare_corea_with_rlvr_in_domain() -> None:
-    rows = [row("rlvr", 0.20, 0.60, 0.50, 0.10), row("corea", 0.12, 0.66, 0.495, 0.25),
+    rows = [row("rlvr", 0.20, 0.60, 0.50, 0.10), {**row("corea", 0.11, 0.66, 0.495, 0.25), "distinct_confidences": 5},
             {**row("corea", 0.9, 0.1, 0.1, 0.0), "domain": "ood"}]  # out-of-domain rows are not judged
     got = corea_report.check_targets(rows)
-    assert got["ece_reduction"]["value"] == pytest.approx(0.4) and got["ece_reduction"]["met"]
+    assert got["ece_reduction"]["value"] == pytest.approx(0.45) and got["ece_reduction"]["met"]
+    assert got["distinct_confidences"]["value"] == 5 and got["distinct_confidences"]["met"]
     assert got["auroc_gain"]["value"] == pytest.approx(0.06) and got["auroc_gain"]["met"]
     assert got["accuracy_drop"]["value"] == pytest.approx(0.005) and got["accuracy_drop"]["met"]
     assert got["saving"]["value"] == 0.25 and got["saving"]["met"]

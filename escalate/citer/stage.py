@@ -21,6 +21,7 @@ import pandas as pd
 from escalate.citer import ROUNDS, STRATEGY
 from escalate.config import Profile
 from escalate.evaluation.cost import CostModel
+from escalate.evaluation.metrics import saving_at_iso_accuracy
 from escalate.evaluation.report import format_cell
 from escalate.evaluation.thresholds import meets_accuracy
 from escalate.stages.base import Candidate, TrainingStage, cost_model
@@ -75,7 +76,16 @@ def citer_log(profile: Profile, root: Path | str = ".") -> dict:
     figures.update({f"citer/{k}/label_positive_share": r["positive_share"] for k, r in result["labels"].items()})
     figures.update({f"citer/target/{k}_met": float(t["met"]) for k, t in result["targets"].items()})
     if result["comparison"]["available"]:
-        figures.update({f"citer/comparison/{k}": v for k, v in result["comparison"].items() if k.startswith("citer_over")})
+        figures.update({f"citer/comparison/{k}": v for k, v in result["comparison"].items()
+                        if k.startswith(("citer_over", "best_cost_at"))})
+    # priced as the registry and the query-level table price it (the profile's cost model, e.g. token prices)
+    chosen = candidate_figures(profile, cost_model(profile, root), out)
+    figures.update({f"citer/priced/{k}": v for k, v in chosen.row.items() if k in ("accuracy", "cost", "call_rate")})
+    figures["citer/priced/round"] = chosen.round
+    records = pd.read_parquet(out / "records.parquet")
+    figures["citer/priced/saving_at_iso_accuracy"] = priced_saving(
+        records[(records["round"] == chosen.round) & (records["split"] == result["context"]["split"])],
+        cost_model(profile, root), profile.evaluation.delta)
     files = [out / name for name in ("metrics.json", "report.md", "token_labels_r1_report.json",
                                       "token_labels_r2_report.json", "router_r1", "router_r2")]
     return {"metrics": {k: v for k, v in figures.items() if isinstance(v, (int, float))},
@@ -147,6 +157,16 @@ def candidate_figures(profile: Profile, cost: CostModel, out: Path) -> CiterCand
            "accuracy": test["accuracy"], "cost": test["cost"], "call_rate": test["call_rate"],
            "llm_token_share": test["llm_token_share"], "ece": None}
     return CiterCandidate(chosen, tau, row, test["llm_accuracy"], outcomes, out / f"router_r{chosen}")
+
+
+def priced_saving(records: pd.DataFrame, cost: CostModel, delta: float) -> float:
+    """One round's largest saving over its swept τ at accuracy ≥ LLM-only − δ, priced under `cost` (the profile's:
+    token prices on tiny), from its records on one split: CITER's figure beside the query-level strategies'
+    `saving_at_iso_accuracy`, which are priced the same way."""
+    from escalate.citer import evaluate as ev  # torch: see candidate_figures
+
+    curve = pd.DataFrame([ev.priced_point(records, float(tau), cost)[0] for tau in records["tau"].drop_duplicates()])
+    return saving_at_iso_accuracy(curve, float(curve["llm_accuracy"].iloc[0]), delta)
 
 
 def citer_candidate(profile: Profile, root: Path | str = ".") -> tuple[dict[str, Any], Path]:

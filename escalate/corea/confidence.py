@@ -64,3 +64,8 @@ def confidence_counts(texts: Iterable[str | None]) -> dict[str, float]:
     counts: dict[str, float] = {"n": n, **{s: statuses.count(s) for s in ("ok", "missing", "malformed")}}
     counts["unreadable_rate"] = (counts["missing"] + counts["malformed"]) / n if n else float("nan")
     return counts
+
+
+def distinct_confidences(texts: Iterable[str | None]) -> int:
+    """How many different readable confidences the responses state: a score that takes two values cannot rank."""
+    return len({stated.value for stated in map(parse_confidence, texts) if stated.status == "ok"})

@@ -101,13 +101,17 @@ def write_report(
     return path
 
 
+RELATIONS = {">=": lambda value, limit: value >= limit, "<=": lambda value, limit: value <= limit + 1e-12,
+             ">": lambda value, limit: value > limit}
+
+
 def target_verdicts(figures: Mapping[str, Any], targets: Mapping[str, tuple[str, str, float]]) -> dict[str, dict]:
-    """Each target's figure, limit and verdict; `targets` maps a name to (what, ">=" or "<=", limit), and a
+    """Each target's figure, limit and verdict; `targets` maps a name to (what, ">=", "<=" or ">", limit), and a
     missing or NaN figure is not met (an undefined figure meets nothing)."""
     out = {}
     for name, (what, relation, limit) in targets.items():
         value = math.nan if figures.get(name) is None else float(figures[name])
-        met = not math.isnan(value) and (value >= limit if relation == ">=" else value <= limit + 1e-12)
+        met = not math.isnan(value) and RELATIONS[relation](value, limit)
         out[name] = {"figure": what, "value": value, "relation": relation, "limit": limit, "met": met}
     return out
 

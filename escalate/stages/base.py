@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import shutil
 import time
 from abc import ABC, abstractmethod
@@ -161,6 +163,31 @@ def read_validated(path: Path, table: str, **rules: object) -> pd.DataFrame:
     df = pd.read_parquet(path)
     ensure_valid(df, table, source=str(path), **rules)
     return df
+
+
+METRICS_DIR = "metrics"  # committed, outside artifacts/: dvc.yaml declares each stage's file under `metrics:`
+
+
+def metrics_file(profile: Profile, stage: str, root: Path | str = ".") -> Path:
+    """Where a stage's headline figures live: metrics/<profile>/<stage>.json (`dvc metrics show` reads them)."""
+    return Path(root) / METRICS_DIR / profile.name / f"{stage}.json"
+
+
+def publish_metrics(stage: Stage, profile: Profile, root: Path | str = ".") -> Path:
+    """Write the figures the finished stage logs to MLflow as its committed metrics file: flat keys, numbers only
+    (an undefined figure as null), sorted so `dvc metrics diff` and `git diff` show what moved."""
+    figures = stage.log(profile, root).get("metrics", {})
+    kept = {k: _plain_number(v) for k, v in figures.items() if isinstance(v, numbers.Real)}
+    path = metrics_file(profile, stage.name, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(dict(sorted(kept.items())), indent=1) + "\n")
+    return path
+
+
+def _plain_number(value: numbers.Real) -> int | float | None:
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    return float(value) if math.isfinite(float(value)) else None
 
 
 def write_metrics(out: Path, metrics: dict) -> Path:

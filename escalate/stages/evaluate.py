@@ -55,7 +55,7 @@ class EvaluateStage(Stage):
                    for k, v in row.items() if k not in ("strategy", "mode") and isinstance(v, (int, float))}
         metrics.update({f"eval.accuracy_by_difficulty.{m}.d{row['difficulty']}": v
                         for row in result["accuracy_by_difficulty"] for m, v in row.items()
-                        if m in ("slm", "llm")})
+                        if m in ("slm", "llm", "n")})
         return {"metrics": metrics, "artifacts": [eval_dir]}
 
     def candidates(self, profile: Profile, root: Path | str = ".") -> list[Candidate]:
