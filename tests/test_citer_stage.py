@@ -76,6 +76,13 @@ def test_citer_train_writes_validated_labels_routers_sweep_and_report(citer_outp
     assert "citer/r2/accuracy" in client.get_run(run).data.metrics
     assert {a.path for a in client.list_artifacts(run, "citer")} >= {"citer/report.md", "citer/metrics.json"}
 
+    # The CLI published what MLflow got, with the candidate priced as the registry prices it (metrics/smoke/citer.json)
+    published = json.loads((smoke_pipeline / "metrics" / "smoke" / "citer.json").read_text())
+    row, _ = citer_candidate(profile, smoke_pipeline)
+    assert published["citer/priced/cost"] == pytest.approx(row["cost"]) and published["citer/priced/round"] == row["round"]
+    assert published["citer/r2/accuracy"] == pytest.approx(client.get_run(run).data.metrics["citer/r2/accuracy"])
+    assert "citer/priced/saving_at_iso_accuracy" in published
+
 
 def test_the_citer_cascade_registers_as_a_gated_candidate(citer_outputs: Path, mlflow_uri: str) -> None:
     root = citer_outputs
