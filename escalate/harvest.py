@@ -8,12 +8,13 @@ a new one), and writes under data/harvest/<profile>/:
 
 - `questions.parquet`: a questions table (schema.TABLES["questions"]) of the questions the LLM
   answered or shadowed (escalate.serving.shadow: a kept answer also asked of the LLM), the LLM's
-  parsed answer as the label; `meta.shadow_agrees` says whether a shadowed one's SLM answer agreed. `id` is a hash of the normalized question and the split
-  is hashed from that id (the profile's split fractions and seed, as the file adapters assign
-  them), so a question asked again on another day keeps its id and never lands in two splits.
+  parsed answer as the label; `meta.shadow_agrees` says whether a shadowed one's SLM answer agreed.
+  `id` is a hash of the normalized question and the split is hashed from that id (the profile's
+  split fractions and seed, as the file adapters assign them), so a question asked again on another
+  day keeps its id and never lands in two splits.
 - `unlabelled.parquet`: the questions the SLM kept and nobody shadowed, with no answer column: nobody
-  checked the SLM's answer, so it is no label. They are the queue for shadow labelling. The questions contract
-  requires an answer, so this table is validated with the same suite over a placeholder answer
+  checked the SLM's answer, so it is no label. They are the queue for shadow labelling. The questions
+  contract requires an answer, so this table is validated with the same suite over a placeholder answer
   (UNLABELLED) and no numeric-answer rule: every rule about the question itself still applies.
   A question later answered by the LLM moves from here to questions.parquet.
 - `lineage.json`: the traffic partitions and part files this harvest read, the rows it kept and

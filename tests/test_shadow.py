@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from escalate.cascade import Cascade
 from escalate.config import SamplingConfig
+from escalate.evaluation.run import accept_accuracy
 from escalate.harvest import build_questions
 from escalate.models.backends.openai_http import OpenAIBackend
 from escalate.routers.registry import make_router
@@ -195,6 +196,15 @@ def test_calib_figures_come_from_the_bundles_evaluation(tmp_path: Path) -> None:
     assert calib_figures(eval_dir, "entropy") == {"accept_accuracy": 0.93, "escalation_rate": 0.31}
     assert calib_figures(eval_dir, "random") == {} and calib_figures(None, "entropy") == {}
     assert calib_figures(tmp_path / "missing", "entropy") == {}
+
+
+def test_evaluation_records_calib_accept_accuracy_at_the_chosen_threshold() -> None:
+    records = pd.DataFrame({"score": [0.9, 0.8, 0.7, 0.6, 0.2, 0.1], "slm_correct": [1, 1, 0, 1, 0, 0],
+                            "slm_refused": [False, False, False, True, False, False]})
+    assert accept_accuracy(records, 0.5) == pytest.approx(2 / 3)  # kept: 0.9, 0.8, 0.7 (0.6 refused: escalates)
+    assert accept_accuracy(records.drop(columns="slm_refused"), 0.65) == pytest.approx(2 / 3)
+    assert accept_accuracy(records, -math.inf) == pytest.approx(0.5)  # SLM-only keeps every one, refusals too
+    assert math.isnan(accept_accuracy(records, math.inf))  # nothing kept
 
 
 def gauges(c: TestClient) -> dict[str, float]:

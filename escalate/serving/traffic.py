@@ -7,7 +7,8 @@ writes. Each flush (every `flush_s`, 1 s by default) writes its rows as a new sm
 first under a hidden temporary name, then renamed, so a reader (or `harvest`) never sees half a
 file and a killed gateway loses at most the rows of the last interval. The writer also deletes
 partitions older than the retention period. A request with `x-escalate-no-log: 1` is not logged;
-with logging off the gateway holds a `NullTrafficLog`.
+with logging off the gateway holds a `NullTrafficLog`. A kept answer drawn for a shadow label
+(escalate.serving.shadow) is enqueued by the shadow worker once its label is back, with its `shadow_*` columns.
 
 Redaction runs in the writer, before anything reaches disk: by default it masks e-mail addresses
 and runs of 7 or more digits (phone, card and account numbers; optional single spaces or dashes
