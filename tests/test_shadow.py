@@ -122,11 +122,14 @@ class Recorder:
     def __init__(self) -> None:
         self.rows: list[tuple] = []
         self.counts: dict[str, int] = {}
-        self.logged = threading.Event()
 
     def log(self, question: str, result: dict, meta: dict, headers: Any = None, at: float | None = None) -> None:
         self.rows.append((question, meta.get("shadow"), at))
-        self.logged.set()
+
+    def wait_for(self, n: int, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.rows) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def count(self, outcome: str) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
@@ -150,6 +153,7 @@ def test_a_full_queue_or_a_spent_budget_drops_and_counts_and_a_failed_call_still
     assert not shadow.offer(job("b"), kept=True)  # queue full: dropped
     assert rec.counts == {"sent": 1, "dropped": 1}
     release.set()
+    rec.wait_for(2)
     shadow.close()
     assert [(q, s["status"]) for q, s, _ in rec.rows] == [("a", "agreed"), ("down", "failed")]
     assert rec.counts == {"sent": 2, "dropped": 1, "failed": 1} and acceptance.counts() == (1, 1)
@@ -158,8 +162,25 @@ def test_a_full_queue_or_a_spent_budget_drops_and_counts_and_a_failed_call_still
     rec = Recorder()
     shadow = Shadow(Sampler(1.0, 2), lambda q: "8", rec.log, rec.count, LiveAcceptance())
     assert [shadow.offer(job(), kept=True) for _ in range(4)] == [True, True, False, False]  # the budget: 2 a minute
+    rec.wait_for(2)
     shadow.close()
     assert rec.counts == {"sent": 2, "dropped": 2} and {s["status"] for _, s, _ in rec.rows} == {"disagreed"}
+
+
+def test_closing_logs_the_queued_rows_unlabelled_and_lets_the_call_in_flight_finish() -> None:
+    release = threading.Event()
+    rec = Recorder()
+    shadow = Shadow(Sampler(1.0, 60), lambda q: release.wait(5) and "The answer is 6.", rec.log, rec.count,
+                    LiveAcceptance(), workers=1)
+    assert shadow.offer(job("in flight"), kept=True)
+    time.sleep(0.1)
+    assert shadow.offer(job("queued"), kept=True)
+    threading.Timer(0.3, release.set).start()
+    start = time.monotonic()
+    shadow.close()
+    assert time.monotonic() - start < 3
+    assert [(q, s and s["status"]) for q, s, _ in rec.rows] == [("queued", None), ("in flight", "agreed")]
+    assert rec.counts == {"sent": 1, "dropped": 1}
 
 
 def test_fraction_zero_starts_no_thread_and_shadows_nothing() -> None:

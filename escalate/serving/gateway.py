@@ -21,6 +21,10 @@ finish on the bundle they started with. `POST /admin/undeploy` serves nothing ag
 in flight, so promote stops a deployment's servers only once they are drained. /metrics answers
 loopback clients, and others with a metrics key ($ESCALATE_METRICS_KEY). /health and /ready are
 open; /docs and /openapi.json are off unless `docs` is set.
+
+With `shadow_fraction` set, that share of the answers the SLM kept is also asked of the LLM on
+background threads, within `shadow_max_per_minute` (escalate.serving.shadow): the response never waits
+on it, and the request's traffic row carries the label.
 """
 
 from __future__ import annotations

@@ -188,7 +188,16 @@ class Shadow:
         return True
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Finish the shadow calls queued (their rows are logged), then stop the workers."""
+        """Log the rows still queued without a label (counted as dropped: a gateway shutting down should not
+        wait on LLM calls), let the calls in flight log theirs, then stop the workers."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self.count("dropped")
+                self.log_row(job.question, job.result, job.meta, job.headers, job.at)
         for _ in self._threads:
             self._queue.put(None)
         for thread in self._threads:
