@@ -278,7 +278,7 @@ def test_harvest_labels_shadowed_questions_with_the_llms_answer() -> None:
     assert "shadow_agrees" not in meta["Bob has 5 cups."] and "shadow_agrees" not in meta["Dan has 2 dogs."]
 
 
-SLM_SAYS, LLM_DELAY_S = "The answer is 7.", 2.0
+SLM_SAYS, LLM_DELAY_S = "The answer is 7.", 3.0
 
 
 def replying(text: Any) -> Any:
