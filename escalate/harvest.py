@@ -7,12 +7,14 @@ read), keeps one row per question (normalized: case, spacing and invisible chara
 a new one), and writes under data/harvest/<profile>/:
 
 - `questions.parquet`: a questions table (schema.TABLES["questions"]) of the questions the LLM
-  answered, its parsed answer as the label. `id` is a hash of the normalized question and the split
-  is hashed from that id (the profile's split fractions and seed, as the file adapters assign
-  them), so a question asked again on another day keeps its id and never lands in two splits.
-- `unlabelled.parquet`: the questions the SLM kept, with no answer column: nobody checked the
-  SLM's answer, so it is no label. They are the queue for shadow labelling. The questions contract
-  requires an answer, so this table is validated with the same suite over a placeholder answer
+  answered or shadowed (escalate.serving.shadow: a kept answer also asked of the LLM), the LLM's
+  parsed answer as the label; `meta.shadow_agrees` says whether a shadowed one's SLM answer agreed.
+  `id` is a hash of the normalized question and the split is hashed from that id (the profile's
+  split fractions and seed, as the file adapters assign them), so a question asked again on another
+  day keeps its id and never lands in two splits.
+- `unlabelled.parquet`: the questions the SLM kept and nobody shadowed, with no answer column: nobody
+  checked the SLM's answer, so it is no label. They are the queue for shadow labelling. The questions
+  contract requires an answer, so this table is validated with the same suite over a placeholder answer
   (UNLABELLED) and no numeric-answer rule: every rule about the question itself still applies.
   A question later answered by the LLM moves from here to questions.parquet.
 - `lineage.json`: the traffic partitions and part files this harvest read, the rows it kept and
@@ -96,19 +98,23 @@ def admissible(questions: pd.Series, max_chars: int) -> pd.Series:
 
 def build_questions(traffic: pd.DataFrame, cfg: Profile) -> pd.DataFrame:
     """One row per normalized question of `traffic`: COLUMNS, `answer` the LLM's parsed answer where the
-    LLM answered it (else null), `meta` when and how often it was asked."""
+    LLM answered or shadowed it (else null), `meta` when and how often it was asked, and for a shadowed
+    one whether the SLM's kept answer agreed."""
     if traffic.empty:
         return pd.DataFrame(columns=COLUMNS)
     df = traffic.assign(id=traffic["question"].map(question_id))
-    df["label"] = df["parsed_answer"].where((df["model"] == "llm") & df["parsed_answer"].notna())
+    answered = df["parsed_answer"].where((df["model"] == "llm") & df["parsed_answer"].notna())
+    df["label"] = answered.fillna(df["shadow_parsed_answer"])  # a failed shadow call has none: no label
+    df["agrees"] = df["shadow_agrees"].where(df["shadow_parsed_answer"].notna())
     df = df.sort_values("time", kind="stable")
     grouped = df.groupby("id", sort=False)
     out = grouped.agg(question=("question", "first"), answer=("label", "first"), first_seen=("time", "min"),
-                      last_seen=("time", "max"), asked=("question", "size")).reset_index()
+                      last_seen=("time", "max"), asked=("question", "size"), agrees=("agrees", "first")).reset_index()
     out["task"] = cfg.data.task or cfg.data.adapter
     out["split"] = assign_splits(out["id"], cfg.data.split_fractions, cfg.seed).to_numpy()
     out["meta"] = [json.dumps({"source": "traffic", "first_seen": f.isoformat(), "last_seen": last.isoformat(),
-                               "asked": int(n)}) for f, last, n in zip(out.first_seen, out.last_seen, out.asked)]
+                               "asked": int(n), **({} if pd.isna(a) else {"shadow_agrees": bool(a)})})
+                   for f, last, n, a in zip(out.first_seen, out.last_seen, out.asked, out.agrees)]
     out["answer"] = out["answer"].astype(object).where(out["answer"].notna(), None)
     return out[COLUMNS]
 

@@ -39,7 +39,8 @@ def record(question: str, model: str = "llm", parsed: str | None = "7", minutes:
     row.update(time=START + timedelta(minutes=minutes), deployment_model="escalate-cascade", deployment_version="3",
                alias="champion", strategy="entropy", score=0.4, threshold=0.5, model=model, served_by=model,
                escalated=model == "llm", fallback=None, question=question, answer=f"the answer is {parsed}",
-               parsed_answer=parsed)
+               parsed_answer=parsed, shadow=None, shadow_answer=None, shadow_parsed_answer=None, shadow_agrees=None,
+               latency_shadow_s=None)
     return row
 
 

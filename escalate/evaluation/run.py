@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from escalate.evaluation import curves, plots, thresholds
+from escalate.evaluation import curves, decision, plots, thresholds
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.records import build_records, fit_latency_model
 from escalate.evaluation.report import format_table, markdown_table, write_report
@@ -122,6 +122,12 @@ def calib_picks(records: pd.DataFrame, mode: str, settings: EvalSettings) -> dic
         "cost": thresholds.cost_optimal(out, settings.error_cost, settings.n_points),
         "risk": thresholds.risk_controlled(out, settings.risk_epsilon, settings.risk_alpha),
     }
+
+
+def accept_accuracy(records: pd.DataFrame, threshold: float) -> float:
+    """P(SLM right | kept) at `threshold`: what the gateway's shadow labels measure live (NaN: nothing kept)."""
+    kept = ~decision.escalates(records["score"].to_numpy(float), threshold, thresholds.refusals(records))
+    return float(records["slm_correct"].to_numpy(bool)[kept].mean()) if kept.any() else math.nan
 
 
 def policy_rows(strategy: str, picks: dict[str, thresholds.Pick], test: thresholds.Outcomes,
@@ -282,7 +288,9 @@ def evaluate(
             transfer += threshold_transfer(name, router.mode, calib_records, records, questions, settings)
             objective = picks["accuracy"]
             chosen = {"threshold": objective.threshold, "calib_accuracy": objective.accuracy,
-                      "calib_cost": objective.cost, "calib_llm_accuracy": float(calib_records["llm_correct"].mean())}
+                      "calib_cost": objective.cost, "calib_llm_accuracy": float(calib_records["llm_correct"].mean()),
+                      "calib_call_rate": objective.call_rate,
+                      "calib_accept_accuracy": accept_accuracy(calib_records, objective.threshold)}
         at = thresholds.realized(thresholds.Outcomes.from_records(records, router.mode), chosen["threshold"])
         rows.append(
             {

@@ -44,6 +44,11 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
                        help="seconds between traffic-log writes: at most this much is lost if the gateway is killed")
     serve.add_argument("--traffic-retention-days", type=int, default=30,
                        help="traffic partitions (days) older than this are deleted")
+    serve.add_argument("--shadow-fraction", type=float, default=0.0,
+                       help="share of the answers the SLM kept that are also sent to the LLM off the request path, "
+                            "to label them (agreed or not) in the traffic log and /metrics (default 0: off)")
+    serve.add_argument("--shadow-max-per-minute", type=int, default=60,
+                       help="the most shadow calls in any minute; beyond it they are dropped and counted")
     serve.set_defaults(handler=_serve)
 
     promote = sub.add_parser("promote", help="serve a registry alias: vLLM servers, gateway switch, smoke test",
@@ -122,7 +127,8 @@ def _run_gateway(args: argparse.Namespace, root: Path) -> int:
                                serving_dir=str(root / SERVING_DIR), deadline_s=args.deadline,
                                slm_share=args.slm_share, body_timeout_s=args.body_timeout, docs=args.docs,
                                traffic_dir=traffic, traffic_flush_s=args.traffic_flush,
-                               traffic_retention_days=args.traffic_retention_days)
+                               traffic_retention_days=args.traffic_retention_days,
+                               shadow_fraction=args.shadow_fraction, shadow_max_per_minute=args.shadow_max_per_minute)
     os.environ[VLLM_KEY_ENV] = vllm_key(root)  # the deployments promote writes name it for their servers' key
     app = create_app(settings)
     live = None if args.deployment or args.no_current else current(root)

@@ -44,6 +44,7 @@ from escalate.models.backends.base import BackendError, Generation, GenerationBa
 from escalate.prompts import format_prompt
 from escalate.registry.bundle import BundleError, CascadeSpec, build_cascade
 from escalate.routers.base import Router, RouterInputs
+from escalate.sampling import generation_params
 from escalate.serving.batcher import DecodeBatcher
 from escalate.serving.deployment import Deployment
 
@@ -259,6 +260,16 @@ class Engine:
         if reason == "slm_unscored":  # no score: NaN, which escalates (decision.decide), not the fallback's 0
             result = {**result, "confidence": math.nan, "threshold": self.cascade.threshold}
         return self._answer(result, reason)
+
+    def llm_text(self, question: str, budget: Budget | None = None) -> str:
+        """The LLM's answer to `question`, prompted and generated as an escalated request's is: what a
+        shadow label compares the SLM's kept answer with (escalate.serving.shadow)."""
+        token = _BUDGET.set(budget)
+        try:
+            greedy, _ = generation_params(self.cascade.sampling, self.cascade.seed)
+            return str(self.cascade.llm.generate([format_prompt(question)], greedy)[0][0].text).strip()
+        finally:
+            _BUDGET.reset(token)
 
     def close(self) -> None:
         self.cascade.close()

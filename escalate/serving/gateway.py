@@ -21,6 +21,10 @@ finish on the bundle they started with. `POST /admin/undeploy` serves nothing ag
 in flight, so promote stops a deployment's servers only once they are drained. /metrics answers
 loopback clients, and others with a metrics key ($ESCALATE_METRICS_KEY). /health and /ready are
 open; /docs and /openapi.json are off unless `docs` is set.
+
+With `shadow_fraction` set, that share of the answers the SLM kept is also asked of the LLM on
+background threads, within `shadow_max_per_minute` (escalate.serving.shadow): the response never waits
+on it, and the request's traffic row carries the label.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from escalate.serving.engine import (
     open_engine,
 )
 from escalate.serving.metrics import GatewayMetrics
+from escalate.serving.shadow import Job, Sampler, Shadow, calib_figures, shadowable
 from escalate.serving.traffic import open_traffic_log, redact
 
 log = logging.getLogger("escalate.gateway")
@@ -90,6 +95,8 @@ class GatewaySettings:
     traffic_flush_s: float = 1.0  # the traffic log writes a part file this often: at most this much is lost
     traffic_retention_days: int = 30  # traffic partitions older than this are deleted
     traffic_redact: Callable[[str], str] = redact  # applied to each question before it is written
+    shadow_fraction: float = 0.0  # of the answers the SLM kept, the share also asked of the LLM (serving.shadow)
+    shadow_max_per_minute: int = 60  # the most shadow calls in any minute; more are dropped and counted
 
     def __post_init__(self) -> None:
         if not self.api_keys or not all(self.api_keys):
@@ -102,6 +109,8 @@ class GatewaySettings:
             raise ValueError("deadline_s > 0, 0 < slm_share < 1 and body_timeout_s > 0 are required")
         if not (self.traffic_flush_s > 0 and self.traffic_retention_days >= 1):
             raise ValueError("traffic_flush_s > 0 and traffic_retention_days >= 1 are required")
+        if not (0 <= self.shadow_fraction <= 1 and self.shadow_max_per_minute >= 1):
+            raise ValueError("--shadow-fraction must be in [0, 1] and --shadow-max-per-minute >= 1")
 
 
 class APIError(Exception):
@@ -184,7 +193,8 @@ class BodyLimit:
 
 
 class Gateway:
-    """The state behind the app: the engine holder, the worker limiter, the metrics and the traffic log."""
+    """The state behind the app: the engine holder, the worker limiter, the metrics, the traffic log and
+    the shadow labeller."""
 
     def __init__(self, settings: GatewaySettings, holder: EngineHolder | None = None) -> None:
         self.settings = settings
@@ -194,6 +204,9 @@ class Gateway:
                                         settings.traffic_retention_days, settings.traffic_redact)
         self.limiter = anyio.CapacityLimiter(settings.max_concurrency)
         self.admitted = 0  # requests answering or waiting for a worker
+        self.shadow = Shadow(Sampler(settings.shadow_fraction, settings.shadow_max_per_minute), self.shadow_ask,
+                             self.traffic.log, lambda outcome: self.metrics.shadow_requests.labels(outcome).inc(),
+                             self.metrics.acceptance)
 
     async def run(self, fn: Any, *args: Any) -> Any:
         """Run blocking work on a worker thread; 429 once max_concurrency answer and max_queue wait; 504
@@ -218,6 +231,16 @@ class Gateway:
         with self.holder.use() as engine:
             return engine.answer(question, budget), engine.deployment
 
+    def shadow_ask(self, question: str) -> str:
+        """The served LLM's answer to a kept question (a shadow call, on a shadow worker), within the deadline."""
+        with self.holder.use() as engine:
+            return engine.llm_text(question, Budget.start(self.settings.deadline_s, self.settings.slm_share))
+
+    def close(self) -> None:
+        """Finish the queued shadow calls (they log their rows), then flush the traffic log."""
+        self.shadow.close()
+        self.traffic.close()
+
     def deploy(self, deployment: Deployment, probe_question: str = DEFAULT_EXAMPLE) -> dict[str, Any]:
         engine = open_engine(deployment)
         try:
@@ -237,6 +260,7 @@ class Gateway:
 
     def _swap(self, engine: Engine | InProcessEngine | None) -> dict[str, Any]:
         old = self.holder.swap(engine)
+        self.metrics.set_calib(_calib(engine) if engine else {})
         left = dict((id(e), n) for e, n in self.holder.draining()).get(id(old), 0)
         return {"serving": engine.deployment.label if engine else None,
                 "previous": old.deployment.label if old else None, "previous_in_flight": left}
@@ -257,7 +281,7 @@ class Gateway:
 def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) -> FastAPI:
     gateway = Gateway(settings, holder)
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
-    app = FastAPI(title="escalate gateway", version="1", description=__doc__, on_shutdown=[gateway.traffic.close],
+    app = FastAPI(title="escalate gateway", version="1", description=__doc__, on_shutdown=[gateway.close],
                   **docs)
     app.state.gateway = gateway
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
@@ -390,7 +414,9 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         cut = limit if finish == "length" else None
         meta = escalate_object(answer, deployment, time.perf_counter() - start)
         headers = api.route_headers(meta)
-        gateway.traffic.log(question, result, meta, raw.headers)
+        job = Job(question, result, meta, raw.headers, time.time())
+        if not gateway.shadow.offer(job, shadowable(result, answer.fallback, answer.served_by)):
+            gateway.traffic.log(question, result, meta, raw.headers)  # else the shadow worker logs it, labelled
         gateway.metrics.latency.labels(route).observe(time.perf_counter() - start)
         gateway.metrics.requests.labels(route, "200").inc()
         if request.stream:
@@ -463,6 +489,15 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
 
 def _described(deployment: Deployment) -> dict[str, str]:
     return {"deployment": deployment.path, "label": deployment.label}
+
+
+def _calib(engine: Engine | InProcessEngine) -> dict[str, float]:
+    """What calib predicted for the engine's deployment, from its bundle's evaluation ({} if it has none)."""
+    try:
+        eval_dir = engine.deployment.artifacts().get("eval")
+    except BundleError:  # a deployment without a readable bundle (tests' stand-ins): no prediction to show
+        return {}
+    return calib_figures(eval_dir, engine.strategy)
 
 
 def _route(request: Request, status: int) -> str:

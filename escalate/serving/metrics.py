@@ -1,16 +1,21 @@
-"""The gateway's Prometheus metrics: requests, escalations, cost and latency, per route and model, and
-the drift gauges (escalate.serving.drift) that infra/prometheus/alerts.yml watches.
+"""The gateway's Prometheus metrics: requests, escalations, cost and latency, per route and model, the
+drift gauges (escalate.serving.drift) that infra/prometheus/alerts.yml watches, and the shadow labels'
+live accept-accuracy (escalate.serving.shadow) beside what calib predicted for the deployed threshold.
 
 Each app gets its own CollectorRegistry, so two gateways in one process (tests) do not share counts.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from escalate.serving.drift import REFERENCE, WINDOW, LiveDrift
+from escalate.serving.shadow import WINDOW as SHADOW_WINDOW
+from escalate.serving.shadow import LiveAcceptance
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 COST_BUCKETS = (0.0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
@@ -41,6 +46,22 @@ class GatewayMetrics:
               registry=r).set_function(self.drift.escalation_rate)
         Gauge("escalate_score_psi", f"PSI of the last {WINDOW} router scores against the deployment's first "
               f"{REFERENCE} (NaN until both are there)", registry=r).set_function(self.drift.score_psi)
+        self.shadow_requests = Counter("escalate_shadow_requests_total",
+                                       "shadow calls to the LLM for kept answers: sent, dropped (queue full or "
+                                       "budget spent), failed", ["outcome"], registry=r)
+        self.acceptance = LiveAcceptance()
+        accept = f"of the last {SHADOW_WINDOW} shadowed kept answers, the share the LLM agreed with"
+        for suffix, read, what in (("", self.acceptance.accuracy, ""),
+                                   ("_low", self.acceptance.low, ": Wilson 95% lower bound"),
+                                   ("_high", self.acceptance.high, ": Wilson 95% upper bound")):
+            Gauge(f"escalate_shadow_accept_accuracy{suffix}", f"{accept}{what} (NaN until one is labelled)",
+                  registry=r).set_function(read)
+        Gauge("escalate_shadow_labels", "shadow labels the live accept-accuracy is computed over",
+              registry=r).set_function(lambda: self.acceptance.counts()[1])
+        self.calib = {key: Gauge(f"escalate_calib_{key}", f"the calib split's {key.replace('_', ' ')} at the deployed "
+                                 "threshold (the bundle's evaluation; NaN when it does not say)", registry=r)
+                      for key in ("accept_accuracy", "escalation_rate")}
+        self.set_calib({})
 
     def observe_answer(self, result: dict[str, Any], fallback: str | None) -> None:
         model = result["model"]
@@ -54,6 +75,11 @@ class GatewayMetrics:
             seconds = float(result[f"latency_{step}_s"])
             if seconds > 0:
                 self.step_latency.labels(step).observe(seconds)
+
+    def set_calib(self, figures: Mapping[str, float]) -> None:
+        """What calib predicted for the deployment now served (shadow.calib_figures); missing: NaN."""
+        for key, gauge in self.calib.items():
+            gauge.set(figures.get(key, math.nan))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

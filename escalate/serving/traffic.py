@@ -7,7 +7,8 @@ writes. Each flush (every `flush_s`, 1 s by default) writes its rows as a new sm
 first under a hidden temporary name, then renamed, so a reader (or `harvest`) never sees half a
 file and a killed gateway loses at most the rows of the last interval. The writer also deletes
 partitions older than the retention period. A request with `x-escalate-no-log: 1` is not logged;
-with logging off the gateway holds a `NullTrafficLog`.
+with logging off the gateway holds a `NullTrafficLog`. A kept answer drawn for a shadow label
+(escalate.serving.shadow) is enqueued by the shadow worker once its label is back, with its `shadow_*` columns.
 
 Redaction runs in the writer, before anything reaches disk: by default it masks e-mail addresses
 and runs of 7 or more digits (phone, card and account numbers; optional single spaces or dashes
@@ -53,6 +54,10 @@ SCHEMA = pa.schema([
     ("llm_output_tokens", pa.int64()), ("cost_slm", pa.float64()), ("cost_router", pa.float64()),
     ("cost_llm", pa.float64()), ("cost", pa.float64()), ("latency_slm_s", pa.float64()),
     ("latency_router_s", pa.float64()), ("latency_llm_s", pa.float64()), ("latency_gateway_s", pa.float64()),
+    # Shadow label (escalate.serving.shadow), null unless this kept answer was shadowed: agreed, disagreed or
+    # failed; the LLM's answer and its parsed form (harvest's label); whether it agreed with the SLM's.
+    ("shadow", pa.string()), ("shadow_answer", pa.string()), ("shadow_parsed_answer", pa.string()),
+    ("shadow_agrees", pa.bool_()), ("latency_shadow_s", pa.float64()),
 ])
 
 
@@ -63,9 +68,11 @@ def redact(question: str) -> str:
 
 def row(entry: Mapping[str, Any], redactor: Callable[[str], str]) -> dict[str, Any]:
     """One flat traffic record from what the request enqueued: its time, question and `escalate` object,
-    and the result's answer fields (the answer is the LLM's where `model` is "llm")."""
+    and the result's answer fields (the answer is the LLM's where `model` is "llm"); a shadowed request's
+    meta also holds its `shadow` label."""
     meta, result = entry["meta"], entry["result"]
     deployment, tokens, cost, latency = meta["deployment"], meta["tokens"], meta["cost"], meta["latency_s"]
+    shadow = meta.get("shadow") or {}
     return {
         "time": datetime.fromtimestamp(entry["time"], UTC), "deployment_model": deployment["model"],
         "deployment_version": str(deployment["version"]), "alias": deployment["alias"],
@@ -76,6 +83,9 @@ def row(entry: Mapping[str, Any], redactor: Callable[[str], str]) -> dict[str, A
         **{f"{r}_{k}_tokens": int(tokens[r][k]) for r in ("slm", "llm") for k in ("prompt", "output")},
         **{f"cost_{k}": float(cost[k]) for k in ("slm", "router", "llm")}, "cost": float(cost["total"]),
         **{f"latency_{k}_s": float(latency[k]) for k in ("slm", "router", "llm", "gateway")},
+        "shadow": shadow.get("status"), "shadow_answer": shadow.get("answer"),
+        "shadow_parsed_answer": shadow.get("parsed_answer"), "shadow_agrees": shadow.get("agrees"),
+        "latency_shadow_s": shadow.get("latency_s"),
     }
 
 
@@ -114,12 +124,14 @@ class TrafficLog:
         self._thread.start()
 
     def log(self, question: str, result: dict[str, Any], meta: dict[str, Any],
-            headers: Mapping[str, str] | None = None) -> None:
-        """Enqueue one answered exchange, unless the request opted out; never blocks the request."""
+            headers: Mapping[str, str] | None = None, at: float | None = None) -> None:
+        """Enqueue one answered exchange, unless the request opted out; never blocks the request. `at`:
+        when it was answered (time.time()), for a row logged later (a shadowed one); default now."""
         if headers is not None and headers.get(NO_LOG_HEADER) == "1":
             return
         try:
-            self._queue.put_nowait({"time": time.time(), "question": question, "result": result, "meta": meta})
+            self._queue.put_nowait({"time": time.time() if at is None else at, "question": question, "result": result,
+                                    "meta": meta})
         except queue.Full:
             self.dropped += 1
 
@@ -184,7 +196,7 @@ class NullTrafficLog:
     dropped = 0
 
     def log(self, question: str, result: dict[str, Any], meta: dict[str, Any],
-            headers: Mapping[str, str] | None = None) -> None:
+            headers: Mapping[str, str] | None = None, at: float | None = None) -> None:
         """Nothing is recorded."""
 
     def close(self, timeout_s: float = 10.0) -> None:
