@@ -170,8 +170,51 @@ def targets_table(figures: Figures) -> str:
               f"(saving {format_cell(best)}).")
 
 
+def rows_table(figures: Figures, stage: str, rows: list[tuple[str, str]], columns: dict[str, str]) -> str:
+    """One row per (label, key prefix) of a stage's figures, one column per (key, header); a row the stage has
+    not published is left out."""
+    found = [(label, prefix) for label, prefix in rows if any(k.startswith(prefix + "/") for k in figures.get(stage, {}))]
+    return markdown_table([{"": label, **{header: format_cell(figure(figures, stage, f"{prefix}/{key}"))
+                                          for key, header in columns.items()}} for label, prefix in found])
+
+
+def sater_table(figures: Figures) -> str:
+    """SATER's routing on the stage-II SLM beside the vanilla SLM's cascades, on the same test samples."""
+    rows = [("vanilla: P(T) cascade", "sater/vanilla/p_true_token"),
+            ("vanilla: self-consistency", "sater/vanilla/self_consistency"),
+            ("SATER: refusal cascade", "sater/sater/sater_refusal"),
+            ("SATER: pre-generation", "sater/sater/sater_pregen"), ("SATER: weighted vote", "sater/sater/sater_vote")]
+    columns = {"accuracy": "accuracy", "cost": "cost", "call_rate": "call rate", "slm_output_tokens": "SLM tokens",
+               "agl_model_s": "AGL model (s)", "arol_model_s": "AROL model (s)", "agl_s": "AGL measured (s)",
+               "arol_s": "AROL measured (s)", "saving_at_iso_accuracy": "saving at acc ≥ LLM − δ", "auroc": "AUROC"}
+    stage1 = {"tokens_before": "tokens before", "tokens_after": "tokens after", "token_reduction": "token cut",
+              "accuracy_before": "accuracy before", "accuracy_after": "accuracy after"}
+    first = markdown_table([{"stage I (test, greedy)": "", **{header: format_cell(figure(
+        figures, "sater", f"sater/stage1/{key}")) for key, header in stage1.items()}}])
+    return rows_table(figures, "sater", rows, columns) + "\n\n" + first
+
+
+def corea_table(figures: Figures) -> str:
+    """Each checkpoint of the COREA stage in-domain (the difficulties RL trained on): how well its confidence
+    matches and ranks its answers, and what its cascade saves."""
+    rows = [(f"{model} ({domain})", f"{model}/{domain}") for domain in ("in_domain", "ood")
+            for model in ("base", "warmup", "rlvr", "corea")]
+    columns = {"accuracy": "SLM accuracy", "ece": "ECE", "brier": "Brier", "auroc": "AUROC",
+               "distinct_confidences": "distinct confidences", "saving_at_iso_accuracy": "saving at acc ≥ LLM − δ",
+               "llm_accuracy": "LLM-only accuracy"}
+    return rows_table(figures, "corea", rows, columns)
+
+
+def citer_table(figures: Figures) -> str:
+    """Each CITER round at the τ chosen on calib (bytes moved over LLM-only's), and its best point over the sweep."""
+    columns = {"tau": "τ (chosen on calib)", "accuracy": "accuracy", "cost": "bytes moved", "flops": "FLOPs",
+               "llm_token_share": "tokens the LLM wrote", "saving_at_iso_accuracy": "bytes saved at acc ≥ LLM − δ"}
+    return rows_table(figures, "citer", [("CITER round 1", "citer/r1"), ("CITER round 2", "citer/r2")], columns)
+
+
 BLOCKS: dict[str, Callable[[Figures], str]] = {"zoo": zoo_table, "candidates": candidates_table,
-                                               "targets": targets_table}
+                                               "targets": targets_table, "sater": sater_table, "corea": corea_table,
+                                               "citer": citer_table}
 BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.DOTALL)
 
 

@@ -107,3 +107,10 @@ def test_no_metrics_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "README.md").write_text("")
     assert headline.main(["--readme", str(tmp_path / "README.md")]) == 2
     assert "run the pipeline" in capsys.readouterr().err
+
+
+def test_a_method_table_lists_the_rows_its_stage_published_under_their_labels() -> None:
+    table = headline.sater_table(figures())
+    assert "| SATER: refusal cascade | 0.890 |" in table and "vanilla: P(T) cascade" not in table
+    assert "| 0.450 |" in table.split("\n\n")[1]  # stage I's token cut
+    assert headline.citer_table({}) == headline.markdown_table([])
