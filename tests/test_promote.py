@@ -72,7 +72,10 @@ class Fakes:
         self.marked: list[str] = []
         self.launched: list[int] = []
         self.running = FakeGateway(URL, 1, "log") if running else None
-        self.name = "escalate-cascade"
+        self.name, self.uri = "escalate-cascade", "sqlite:///unused.db"
+
+    def aliases(self) -> dict[str, str]:
+        return {}
 
     def step(self, name: str) -> None:
         if self.fail == name:
@@ -115,7 +118,7 @@ class Fakes:
         self.step("smoke")
         return []
 
-    def mark_serving(self, version: str, tags: dict) -> None:
+    def mark_serving(self, version: str, tags: dict, expected: str | None = None) -> None:
         self.step("record")
         self.marked.append(version)
 

@@ -449,14 +449,16 @@ class Registry:
             raise RegistryError(f"{self.name} has no @{alias} (aliases: {known})")
         return mv
 
-    def move_alias(self, alias: str, version: str | int, expected: str | None,
+    def move_alias(self, alias: str, version: str | int | None, expected: str | None,
                    tags: Mapping[str, str] | None = None) -> None:
-        """Compare-and-swap: point @alias at `version` (and set `tags` on it) only if @alias points at
-        `expected` now (None: unset); AliasConflict, nothing changed, when it points elsewhere."""
+        """Compare-and-swap: point @alias at `version` (None: unset it; `tags` go on `version`) only if
+        @alias points at `expected` now (None: unset); AliasConflict, nothing changed, when it does not."""
         with self._locked():
             self.check()
-            self._move({alias: str(version)}, {alias: expected} if expected is not None else {},
-                       f"move @{alias} to version {version}", tags={version: tags} if tags else None)
+            self._move({alias: None if version is None else str(version)},
+                       {alias: expected} if expected is not None else {},
+                       f"move @{alias} to version {version}" if version is not None else f"unset @{alias}",
+                       tags={version: tags} if tags and version is not None else None)
 
     def mark_serving(self, version: str | int, tags: Mapping[str, str], expected: str | None = None) -> None:
         """Record a deployment on the version (tags) and move @serving to it, together or not at all;
@@ -595,10 +597,10 @@ class Registry:
             self._locked_here = False
             lock.__exit__()
 
-    def _move(self, moves: Mapping[str, str], before: Mapping[str, str], what: str,
+    def _move(self, moves: Mapping[str, str | None], before: Mapping[str, str], what: str,
               tags: Mapping[str | int, Mapping[str, str]] | None = None) -> None:
         """Compare-and-swap: under the registry's lock, check every alias in `moves` still points where
-        `before` says (absent: unset), then set `tags` (version -> tags) and the aliases, and read them
+        `before` says (absent: unset), then set `tags` (version -> tags) and the aliases (None: unset), and read them
         back. All or none: on a failure, tags and aliases already written go back to what they were."""
         with self._locked():
             now = self.aliases()
@@ -617,14 +619,18 @@ class Registry:
                     tagged.append(str(version))
                     self._tag(version, values)
                 for alias, version in moves.items():
-                    self.client.set_registered_model_alias(self.name, alias, str(version))
+                    if version is None:
+                        self.client.delete_registered_model_alias(self.name, alias)
+                    else:
+                        self.client.set_registered_model_alias(self.name, alias, str(version))
                     done.append(alias)
             except Exception as exc:
                 state = self._undo(done, before, {v: old_tags[v] for v in tagged})
                 raise RegistryError(f"MLflow registry at {self.uri}: {what}: moving aliases failed ({state}): "
                                     f"{type(exc).__name__}: {str(exc)[:500]}") from exc
             after = self.aliases()
-            elsewhere = {alias: after.get(alias) for alias, version in moves.items() if after.get(alias) != str(version)}
+            elsewhere = {alias: after.get(alias) for alias, version in moves.items()
+                         if after.get(alias) != (None if version is None else str(version))}
             if elsewhere:
                 raise AliasConflict(f"{self.name}: {what}: read back, " + ", ".join(
                     f"@{a} is at version {v or '(unset)'}" for a, v in elsewhere.items()) +
