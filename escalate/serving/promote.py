@@ -65,6 +65,7 @@ DEFAULT_TOP_LOGPROBS = 20
 LOCK_FILE = "promote.lock"
 PENDING_FILE = "promote.pending.json"  # what the guard undoes if the promotion dies before its commit
 GUARD_LOG = "promote-guard.log"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this escalate package
 PAUSE_ENV = "ESCALATE_PROMOTE_PAUSE_AT"  # test-only: wait at this step, for kill drills
 # Past the gateway's own bound on a request (its drain_s), this long for the last answers to be sent.
 DRAIN_MARGIN_S = 5.0
@@ -338,9 +339,11 @@ def arm(root: Path, registry: Registry, deployment: Deployment, previous: Deploy
         "promoter": os.getpid(), "deployment": deployment.path, "version": deployment.version,
         "previous": previous.path if previous else None, "gateway": asdict(gateway), "started_gateway": started,
         "registry": {"uri": registry.uri, "name": registry.name}, "serving": serving})
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))  # this escalate, not another
     with (root / SERVING_DIR / GUARD_LOG).open("ab") as log:
         return subprocess.Popen([sys.executable, "-m", "escalate.serving.promote_recover", str(root)],
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+                                env={**os.environ, "PYTHONPATH": path})
 
 
 def disarm(root: Path, guard: subprocess.Popen | None) -> None:
