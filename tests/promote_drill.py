@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,8 @@ def launch(deployment: Deployment, root: Path, timeout_s: float) -> Deployment:
     directory = Path(deployment.path).parent
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", str(directory)],
                               start_new_session=True)
+    while str(directory).encode() not in Path(f"/proc/{server.pid}/cmdline").read_bytes():
+        time.sleep(0.01)  # until exec, as launch waits for a real server to be healthy
     deployment.pids["slm"] = server.pid
     return deployment.save_to(directory)
 

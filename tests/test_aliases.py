@@ -220,6 +220,14 @@ def test_moves_wait_for_the_registry_lock_of_another_writer(store: tuple[str, Pa
     mover.join(30)
     assert not errors and registry.aliases()[SERVING] == "2"
 
+    with registry._locked():  # this object's own write, in this thread: another thread sharing it waits too
+        mover = threading.Thread(target=lambda: registry.move_alias(SERVING, "1", expected="2"))
+        mover.start()
+        time.sleep(0.5)
+        assert mover.is_alive() and registry.aliases()[SERVING] == "2"
+    mover.join(30)
+    assert registry.aliases()[SERVING] == "1"
+
 
 class FailsOn(MlflowClient):
     """A client whose write of one alias, or one tag, raises: a failure between two writes of a commit."""

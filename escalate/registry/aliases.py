@@ -40,6 +40,7 @@ import json
 import math
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,7 +208,7 @@ class Registry:
     def __init__(self, tracking_uri: str, name: str = DEFAULT_NAME, client: MlflowClient | None = None) -> None:
         disable_telemetry()
         self.uri, self.name = tracking_uri, name
-        self._locked_here = False  # this object holds registry_lock (writes nest inside one another)
+        self._lock_owner: int | None = None  # the thread holding registry_lock through this object (writes nest)
         try:
             self.client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except Exception as exc:
@@ -577,8 +578,9 @@ class Registry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """Hold registry_lock for a write (re-entrant within this object: promote's move nests in it)."""
-        if self._locked_here:
+        """Hold registry_lock for a write; re-entrant in the thread holding it (promote's move nests in
+        promote), while another thread, even sharing this object, waits for it like another process."""
+        if self._lock_owner == threading.get_ident():
             yield
             return
         lock = registry_lock(self.uri, self.name)
@@ -590,11 +592,11 @@ class Registry:
         except OSError as exc:
             raise RegistryError(f"MLflow registry at {self.uri}: cannot take the registry lock {lock.path} "
                                 f"(nothing was changed): {exc}; make its directory writable") from exc
-        self._locked_here = True
+        self._lock_owner = threading.get_ident()
         try:
             yield
         finally:
-            self._locked_here = False
+            self._lock_owner = None
             lock.__exit__()
 
     def _move(self, moves: Mapping[str, str | None], before: Mapping[str, str], what: str,
