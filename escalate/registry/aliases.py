@@ -34,6 +34,7 @@ client) is not held off, and is only detected when the read-back finds an alias 
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import json
@@ -46,7 +47,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pandas as pd
 from mlflow.artifacts import download_artifacts
@@ -77,6 +78,7 @@ HEADLINE = {"accuracy": "accuracy", "normalized_cost": "normalized cost", "savin
             "auroc": "AUROC", "ece": "ECE"}  # the figures a version's description leads with
 LOCK_WAIT_S = 60.0  # how long a registry write waits for another escalate process's to finish
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class RegistryError(RuntimeError):
@@ -179,6 +181,15 @@ def _cell(value: float | None) -> str:
 
 def _not_found(exc: Exception) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
+
+
+def _under_lock(method: Callable[Concatenate[Registry, P], T]) -> Callable[Concatenate[Registry, P], T]:
+    """A Registry write that reads, checks and moves holding registry_lock, so two never interleave."""
+    @functools.wraps(method)
+    def locked(self: Registry, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._locked():
+            return method(self, *args, **kwargs)
+    return locked
 
 
 def registry_lock(uri: str, name: str) -> FileLock:
@@ -319,16 +330,12 @@ class Registry:
                                   f"{self.name}@{CHAMPION} (version {champion.version})")
 
     # ---- writes ------------------------------------------------------------------------------
-    def register(self, model_uri: str, gates: Sequence[GateResult], **kwargs: Any) -> Registration:
-        """_register under the registry's lock: two registrations never interleave their reads and moves."""
-        with self._locked():
-            return self._register(model_uri, gates, **kwargs)
-
-    def _register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
-                  model_id: str | None = None, tags: Mapping[str, str] | None = None,
-                  lineage: Mapping[str, str] | None = None, figures: Mapping[str, float] | None = None,
-                  report: str | None = None, description: str | None = None,
-                  may_take_champion: bool = True) -> Registration:
+    @_under_lock
+    def register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
+                 model_id: str | None = None, tags: Mapping[str, str] | None = None,
+                 lineage: Mapping[str, str] | None = None, figures: Mapping[str, float] | None = None,
+                 report: str | None = None, description: str | None = None,
+                 may_take_champion: bool = True) -> Registration:
         """Register a candidate with its gate results; move @challenger to it, @champion only if all gates passed.
 
         may_take_champion=False registers a candidate the run's objective did not pick: it keeps its
@@ -386,12 +393,9 @@ class Registry:
                             champion=str(mv.version) if takes_champion else (str(champion) if champion else None),
                             previous_champion=str(champion) if champion else None, failed=failed)
 
+    @_under_lock
     def promote(self, version: str | int, by: str | None = None, reason: str | None = None) -> Registration:
         """Move @champion to `version` by hand; refused for a missing version or one that failed its gates."""
-        with self._locked():
-            return self._promote(version, by, reason)
-
-    def _promote(self, version: str | int, by: str | None, reason: str | None) -> Registration:
         self.check()
         mv = self.version(version)
         if mv is None:
@@ -412,15 +416,12 @@ class Registry:
             "escalate.promoted_at": _now(), "escalate.promote_reason": reason or "manual promotion"}})
         return Registration(str(mv.version), True, str(mv.version), str(current) if current else None)
 
+    @_under_lock
     def rollback(self, reason: str | None = None, by: str | None = None) -> tuple[str, str]:
         """Move @champion back to the champion it replaced; tag both versions with who, when and why.
 
         Returns (from_version, to_version).
         """
-        with self._locked():
-            return self._rollback(reason, by)
-
-    def _rollback(self, reason: str | None, by: str | None) -> tuple[str, str]:
         self.check()
         before = self.aliases()
         current = before.get(CHAMPION)
@@ -454,12 +455,11 @@ class Registry:
                    tags: Mapping[str, str] | None = None) -> None:
         """Compare-and-swap: point @alias at `version` (None: unset it; `tags` go on `version`) only if
         @alias points at `expected` now (None: unset); AliasConflict, nothing changed, when it does not."""
-        with self._locked():
-            self.check()
-            self._move({alias: None if version is None else str(version)},
-                       {alias: expected} if expected is not None else {},
-                       f"move @{alias} to version {version}" if version is not None else f"unset @{alias}",
-                       tags={version: tags} if tags and version is not None else None)
+        self.check()
+        self._move({alias: None if version is None else str(version)},
+                   {alias: expected} if expected is not None else {},
+                   f"move @{alias} to version {version}" if version is not None else f"unset @{alias}",
+                   tags={version: tags} if tags and version is not None else None)
 
     def mark_serving(self, version: str | int, tags: Mapping[str, str], expected: str | None = None) -> None:
         """Record a deployment on the version (tags) and move @serving to it, together or not at all;
