@@ -272,12 +272,12 @@ def _promote(registry: Registry, root: Path, alias: str, timeout_s: float, by: s
              signals: Signals) -> Promotion:
     orphans = retire_orphans(root)
     previous = current(root)
-    serving = registry.aliases().get(SERVING)  # what the record step's compare-and-swap expects @serving at
     step, deployment, switched, started, guard = "export", None, False, None, None
     gateway = gateway_process.running(root)
     admin = gateway_process.admin_key(root)
     try:
         _at(step)
+        serving = registry.aliases().get(SERVING)  # where the record step's compare-and-swap expects @serving
         deployment = export(registry, alias, root)
         step = _at("launch")
         deployment = launch(deployment, root, timeout_s)
