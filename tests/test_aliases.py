@@ -254,7 +254,7 @@ def test_serving_tags_and_the_serving_alias_move_together_or_not_at_all(store: t
     registry = Registry(store[0], name)
     add(registry, store, "d1", 0.85, PASS)
     add(registry, store, "d2", 0.90, PASS)
-    registry.mark_serving(1, {"escalate.serving.at": "t1", "escalate.serving.by": "alice"})
+    registry.mark_serving(1, {"escalate.serving.at": "t1", "escalate.serving.by": "alice"}, expected=None)
     registry.client.set_model_version_tag(name, "2", "escalate.serving.at", "an older deployment of version 2")
     before_aliases, before_tags = registry.aliases(), registry.show(2)["tags"]
 

@@ -32,7 +32,7 @@ def killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         source = tmp_path / "models" / name
         source.mkdir(parents=True)
         registry.register(str(source), PASS, run_id=client.create_run(experiment).info.run_id)
-    registry.mark_serving(1, {"escalate.serving.at": "t1"})
+    registry.mark_serving(1, {"escalate.serving.at": "t1"}, expected=None)
     old, new = deployment_in(tmp_path, "old"), deployment_in(tmp_path, "new")
     mark_current(tmp_path, Path(old.path).parent)
     registry.mark_serving(2, {"escalate.serving.at": "t2"}, expected="1")  # the record step ran; the commit did not

@@ -461,7 +461,7 @@ class Registry:
                    f"move @{alias} to version {version}" if version is not None else f"unset @{alias}",
                    tags={version: tags} if tags and version is not None else None)
 
-    def mark_serving(self, version: str | int, tags: Mapping[str, str], expected: str | None = None) -> None:
+    def mark_serving(self, version: str | int, tags: Mapping[str, str], *, expected: str | None) -> None:
         """Record a deployment on the version (tags) and move @serving to it, together or not at all;
         `expected`: the version @serving must still point at (None: unset), read when the promotion began."""
         self.move_alias(SERVING, version, expected, tags)
