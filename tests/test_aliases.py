@@ -1,7 +1,10 @@
-"""Aliases against a real SQLite MLflow registry: gates decide @champion, rollback and promote obey them."""
+"""Aliases against a real SQLite MLflow registry: gates decide @champion, rollback and promote obey them;
+alias moves are compare-and-swap under the registry's lock, and a move commits with its tags or not at all."""
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,12 +14,15 @@ from escalate.registry import cli
 from escalate.registry.aliases import (
     CHALLENGER,
     CHAMPION,
+    SERVING,
+    AliasConflict,
     PromotionRefused,
     Registration,
     Registry,
     RegistryError,
     RegistryUnavailable,
     lineage_tags,
+    registry_lock,
 )
 from escalate.registry.gates import GateResult
 
@@ -168,3 +174,121 @@ def test_the_same_bundle_registers_once(store: tuple[str, Path]) -> None:
     assert "unchanged" in again.summary() and len(registry.list_versions()) == 1
     other = add(registry, store, "v2", 0.86, PASS, tags={"escalate.content": "new"})
     assert not other.unchanged and other.version != first.version and len(registry.list_versions()) == 2
+
+
+def test_a_move_from_a_stale_read_is_refused_and_changes_nothing(store: tuple[str, Path]) -> None:
+    registry, other = Registry(store[0], "cas"), Registry(store[0], "cas")
+    add(registry, store, "s1", 0.85, PASS)
+    add(registry, store, "s2", 0.90, PASS)
+    add(registry, store, "s3", 0.70, FAIL)
+    seen = registry.aliases()[CHAMPION]
+    assert seen == "2"
+    other.rollback(reason="a concurrent operator")  # @champion: 2 -> 1 behind our back
+    with pytest.raises(AliasConflict, match=r"@champion was expected at version 2 but is at version 1 .*"
+                                            r"nothing was changed"):
+        registry.move_alias(CHAMPION, "3", expected=seen, tags={"escalate.note": "stale"})
+    assert registry.aliases() == {CHAMPION: "1", CHALLENGER: "3"}
+    assert "escalate.note" not in registry.show(3)["tags"]
+
+    registry.mark_serving(1, {"escalate.serving.at": "t1"}, expected=None)
+    with pytest.raises(AliasConflict, match=r"@serving was expected at version \(unset\) but is at version 1"):
+        other.mark_serving(2, {"escalate.serving.at": "t2"}, expected=None)  # it read @serving before the first
+    assert registry.aliases()[SERVING] == "1" and "escalate.serving.at" not in registry.show(2)["tags"]
+    registry.move_alias(SERVING, 2, expected="1")  # the expected version: it moves
+    assert registry.aliases()[SERVING] == "2"
+
+
+def test_moves_wait_for_the_registry_lock_of_another_writer(store: tuple[str, Path]) -> None:
+    registry = Registry(store[0], "locked")
+    add(registry, store, "l1", 0.85, PASS)
+    add(registry, store, "l2", 0.90, PASS)
+    lock = registry_lock(store[0], "locked")
+    assert lock.path.parent == store[1]  # beside the SQLite database: every process using the store sees it
+    errors: list[BaseException] = []
+
+    def move() -> None:
+        try:
+            registry.move_alias(SERVING, "2", expected=None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    with lock:  # another escalate process in the middle of its read-check-write
+        mover = threading.Thread(target=move)
+        mover.start()
+        time.sleep(0.5)
+        assert mover.is_alive() and SERVING not in registry.aliases()  # waits, writes nothing
+    mover.join(30)
+    assert not errors and registry.aliases()[SERVING] == "2"
+
+    with registry._locked():  # this object's own write, in this thread: another thread sharing it waits too
+        mover = threading.Thread(target=lambda: registry.move_alias(SERVING, "1", expected="2"))
+        mover.start()
+        time.sleep(0.5)
+        assert mover.is_alive() and registry.aliases()[SERVING] == "2"
+    mover.join(30)
+    assert registry.aliases()[SERVING] == "1"
+
+
+class FailsOn(MlflowClient):
+    """A client whose write of one alias, or one tag, raises: a failure between two writes of a commit."""
+
+    def __init__(self, uri: str, alias: str | None = None, tag: str | None = None) -> None:
+        super().__init__(tracking_uri=uri, registry_uri=uri)
+        self.alias, self.tag = alias, tag
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        if alias == self.alias:
+            raise ConnectionError("registry went away")
+        super().set_registered_model_alias(name, alias, version)
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        if key == self.tag:
+            raise ConnectionError("registry went away")
+        super().set_model_version_tag(name, version, key, value)
+
+
+@pytest.mark.parametrize("fail", [{"alias": SERVING}, {"tag": "escalate.serving.gateway"}])
+def test_serving_tags_and_the_serving_alias_move_together_or_not_at_all(store: tuple[str, Path],
+                                                                        fail: dict[str, str]) -> None:
+    name = f"serving-{next(iter(fail))}"
+    registry = Registry(store[0], name)
+    add(registry, store, "d1", 0.85, PASS)
+    add(registry, store, "d2", 0.90, PASS)
+    registry.mark_serving(1, {"escalate.serving.at": "t1", "escalate.serving.by": "alice"}, expected=None)
+    registry.client.set_model_version_tag(name, "2", "escalate.serving.at", "an older deployment of version 2")
+    before_aliases, before_tags = registry.aliases(), registry.show(2)["tags"]
+
+    flaky = Registry(store[0], name, client=FailsOn(store[0], **fail))
+    with pytest.raises(RegistryError, match=r"moving aliases failed \(restored version 2's tags\)"):
+        flaky.mark_serving(2, {"escalate.serving.at": "t2", "escalate.serving.by": "bob",
+                               "escalate.serving.gateway": "http://127.0.0.1:8000/v1"}, expected="1")
+    assert registry.aliases() == before_aliases and before_aliases[SERVING] == "1"
+    assert registry.show(2)["tags"] == before_tags  # the older value back, the new keys gone
+
+    registry.mark_serving(2, {"escalate.serving.at": "t2"}, expected="1")  # the same commit, working: both land
+    assert registry.aliases()[SERVING] == "2" and registry.show(2)["tags"]["escalate.serving.at"] == "t2"
+
+
+def test_a_failed_promote_leaves_no_promotion_tags(store: tuple[str, Path]) -> None:
+    registry = Registry(store[0], "promote-tags")
+    add(registry, store, "t1", 0.85, PASS)
+    add(registry, store, "t2", 0.70, PASS, may_take_champion=False)
+    flaky = Registry(store[0], "promote-tags", client=FailsOn(store[0], alias=CHAMPION))
+    with pytest.raises(RegistryError, match="promote version 2: moving aliases failed"):
+        flaky.promote(2, by="erin")
+    assert registry.aliases()[CHAMPION] == "1" and "escalate.promoted_by" not in registry.show(2)["tags"]
+
+
+def test_a_move_overwritten_outside_the_lock_is_detected_on_read_back(store: tuple[str, Path]) -> None:
+    registry = Registry(store[0], "readback")
+    add(registry, store, "r1", 0.85, PASS)
+    add(registry, store, "r2", 0.90, PASS)
+
+    class Racing(MlflowClient):  # e.g. the MLflow UI moving @serving right after our write
+        def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+            super().set_registered_model_alias(name, alias, version)
+            MlflowClient(tracking_uri=store[0]).set_registered_model_alias(name, alias, "1")
+
+    racing = Registry(store[0], "readback", client=Racing(tracking_uri=store[0], registry_uri=store[0]))
+    with pytest.raises(AliasConflict, match=r"read back, @serving is at version 1 .*outside escalate's registry lock"):
+        racing.move_alias(SERVING, "2", expected=None)

@@ -42,3 +42,12 @@ def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
         except Busy:
             assert time.monotonic() < deadline, "the killed holder's lock was never released"
             time.sleep(0.05)
+
+
+def test_a_waiting_lock_gives_up_after_its_wait_naming_the_holder(tmp_path: Path) -> None:
+    lock = tmp_path / "registry.lock"
+    with FileLock(lock, "registry write"):
+        start = time.monotonic()
+        with pytest.raises(Busy, match=rf"another registry write is running \(pid {os.getpid()}"):
+            FileLock(lock, "registry write", wait_s=0.3).__enter__()
+        assert time.monotonic() - start >= 0.3

@@ -72,7 +72,10 @@ class Fakes:
         self.marked: list[str] = []
         self.launched: list[int] = []
         self.running = FakeGateway(URL, 1, "log") if running else None
-        self.name = "escalate-cascade"
+        self.name, self.uri = "escalate-cascade", "sqlite:///unused.db"
+
+    def aliases(self) -> dict[str, str]:
+        return {}
 
     def step(self, name: str) -> None:
         if self.fail == name:
@@ -115,7 +118,7 @@ class Fakes:
         self.step("smoke")
         return []
 
-    def mark_serving(self, version: str, tags: dict) -> None:
+    def mark_serving(self, version: str, tags: dict, expected: str | None = None) -> None:
         self.step("record")
         self.marked.append(version)
 
@@ -290,3 +293,15 @@ def test_a_switch_the_gateway_refused_is_not_switched_back(tmp_path: Path, insta
     with pytest.raises(PromotionFailed, match="failed at step 'switch': the gateway refused"):
         promote_alias(fakes, tmp_path)
     assert fakes.switched == ["new"] and all(not alive(pid) for pid in fakes.launched)
+
+
+def test_the_record_step_moves_serving_from_where_it_was_when_the_promotion_began(tmp_path: Path,
+                                                                                   install: Any) -> None:
+    fakes = install()
+    fakes.aliases = lambda: {"serving": "7"}
+    moves: list[tuple[str, str | None]] = []
+    fakes.mark_serving = lambda version, tags, expected=None: moves.append((version, expected))
+    promotion = promote_alias(fakes, tmp_path)
+    assert moves == [("new", "7")]  # a compare-and-swap from @serving as read before the first step
+    assert not (tmp_path / SERVING_DIR / promote.PENDING_FILE).exists()  # committed: its guard was stood down
+    retire(Deployment.load(promotion.deployment))

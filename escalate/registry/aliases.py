@@ -19,20 +19,35 @@ visible in the UI.
 Everything is read and checked before any alias moves: an unreachable registry raises
 RegistryUnavailable and moves nothing, and when one alias move fails the ones already made are put
 back. `promote` refuses, naming the reason, a version that does not exist or failed its gates.
+
+Alias moves are compare-and-swap. MLflow has none server-side, so each move is a read-check-write
+under the registered model's lock (`registry_lock`, a FileLock beside a SQLite or file store, else in
+the temp directory, keyed on the store's URI and the model's name): the aliases are read again, every
+alias to move must still point where the caller expects (AliasConflict, naming the alias, the expected
+and the actual version, and nothing changed, when it does not), then the version tags and aliases are
+written and the aliases read back. A move and the tags that describe it (promote's, rollback's,
+mark_serving's) are one commit: a failure part way restores the tags and aliases as they were. The
+guarantee holds among escalate processes that share the store and see the same lock file (one host,
+or a filesystem whose flock works across hosts); a writer outside escalate (the MLflow UI, another
+client) is not held off, and is only detected when the read-back finds an alias elsewhere.
 """
 
 from __future__ import annotations
 
+import functools
 import getpass
+import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import pandas as pd
 from mlflow.artifacts import download_artifacts
@@ -41,6 +56,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from escalate.config import Profile, load_profile
+from escalate.locks import Busy, FileLock
 from escalate.registry.gates import ChampionPairs, GateResult, all_passed, pair_with_champion
 from escalate.telemetry import disable_telemetry
 from escalate.tracking import dvc_hashes, git_commit, resolve_uri
@@ -60,7 +76,9 @@ GATES_FILE, LINEAGE_FILE = "gates.json", "lineage.json"
 FILTER_LINEAGE = ("git.commit", "escalate.profile")  # lineage keys also kept as version tags, for search
 HEADLINE = {"accuracy": "accuracy", "normalized_cost": "normalized cost", "saving": "saving",
             "auroc": "AUROC", "ece": "ECE"}  # the figures a version's description leads with
+LOCK_WAIT_S = 60.0  # how long a registry write waits for another escalate process's to finish
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class RegistryError(RuntimeError):
@@ -69,6 +87,10 @@ class RegistryError(RuntimeError):
 
 class RegistryUnavailable(RegistryError):
     """The registry could not be reached or read; nothing was changed."""
+
+
+class AliasConflict(RegistryError):
+    """An alias was not where the caller expected it: someone moved it meanwhile; nothing was changed."""
 
 
 class PromotionRefused(RegistryError):
@@ -161,6 +183,28 @@ def _not_found(exc: Exception) -> bool:
     return isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST"
 
 
+def _under_lock(method: Callable[Concatenate[Registry, P], T]) -> Callable[Concatenate[Registry, P], T]:
+    """A Registry write that reads, checks and moves holding registry_lock, so two never interleave."""
+    @functools.wraps(method)
+    def locked(self: Registry, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._locked():
+            return method(self, *args, **kwargs)
+    return locked
+
+
+def registry_lock(uri: str, name: str) -> FileLock:
+    """The lock escalate's writes to registered model `name` in store `uri` take: beside a SQLite
+    database or inside a file store (processes sharing the store share it), else in the temp directory."""
+    digest = hashlib.sha256(f"{uri}\0{name}".encode()).hexdigest()[:16]
+    local = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else \
+        uri.removeprefix("file://") if uri.startswith("file://") or "://" not in uri else None
+    if local and local != ":memory:":
+        place = Path(local).parent if uri.startswith("sqlite:") else Path(local)
+    else:
+        place = Path(tempfile.gettempdir()) / "escalate-registry-locks"
+    return FileLock(place / f".escalate-registry-{digest}.lock", f"registry write to {name}", wait_s=LOCK_WAIT_S)
+
+
 def profile_registry(profile: Profile | str, root: Path | str, tracking_uri: str | None = None,
                      name: str | None = None) -> Registry:
     """The registry a profile registers into: its tracking URI (or `tracking_uri`) and its own registered
@@ -175,6 +219,7 @@ class Registry:
     def __init__(self, tracking_uri: str, name: str = DEFAULT_NAME, client: MlflowClient | None = None) -> None:
         disable_telemetry()
         self.uri, self.name = tracking_uri, name
+        self._lock_owner: int | None = None  # the thread holding registry_lock through this object (writes nest)
         try:
             self.client = client or MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except Exception as exc:
@@ -285,6 +330,7 @@ class Registry:
                                   f"{self.name}@{CHAMPION} (version {champion.version})")
 
     # ---- writes ------------------------------------------------------------------------------
+    @_under_lock
     def register(self, model_uri: str, gates: Sequence[GateResult], *, run_id: str | None = None,
                  model_id: str | None = None, tags: Mapping[str, str] | None = None,
                  lineage: Mapping[str, str] | None = None, figures: Mapping[str, float] | None = None,
@@ -347,6 +393,7 @@ class Registry:
                             champion=str(mv.version) if takes_champion else (str(champion) if champion else None),
                             previous_champion=str(champion) if champion else None, failed=failed)
 
+    @_under_lock
     def promote(self, version: str | int, by: str | None = None, reason: str | None = None) -> Registration:
         """Move @champion to `version` by hand; refused for a missing version or one that failed its gates."""
         self.check()
@@ -364,12 +411,12 @@ class Registry:
         current = before.get(CHAMPION)
         if current is not None and str(current) == str(mv.version):
             return Registration(str(mv.version), True, str(mv.version), str(current))
-        self._write("tag the promoted version (no alias moved)", lambda: self._tag(mv.version, {
+        self._move({CHAMPION: mv.version}, before, f"promote version {mv.version}", tags={mv.version: {
             TAG_PREVIOUS: str(current) if current else NONE, "escalate.promoted_by": who(by),
-            "escalate.promoted_at": _now(), "escalate.promote_reason": reason or "manual promotion"}))
-        self._move({CHAMPION: mv.version}, before, f"promote version {mv.version}")
+            "escalate.promoted_at": _now(), "escalate.promote_reason": reason or "manual promotion"}})
         return Registration(str(mv.version), True, str(mv.version), str(current) if current else None)
 
+    @_under_lock
     def rollback(self, reason: str | None = None, by: str | None = None) -> tuple[str, str]:
         """Move @champion back to the champion it replaced; tag both versions with who, when and why.
 
@@ -389,12 +436,11 @@ class Registry:
             raise RegistryError(f"{self.name} version {current}'s previous champion, version {previous}, no longer "
                                 "exists; promote a version explicitly")
         actor, when, why = who(by), _now(), reason or "no reason given"
-        self._write("tag the rollback (no alias moved)", lambda: (
-            self._tag(current, {"escalate.rolled_back_by": actor, "escalate.rolled_back_at": when,
-                                "escalate.rolled_back_reason": why, "escalate.rolled_back_to": str(previous)}),
-            self._tag(previous, {"escalate.restored_by": actor, "escalate.restored_at": when,
-                                 "escalate.restored_reason": why, "escalate.restored_from": str(current)})))
-        self._move({CHAMPION: str(previous)}, before, f"roll back to version {previous}")
+        self._move({CHAMPION: str(previous)}, before, f"roll back to version {previous}", tags={
+            current: {"escalate.rolled_back_by": actor, "escalate.rolled_back_at": when,
+                      "escalate.rolled_back_reason": why, "escalate.rolled_back_to": str(previous)},
+            previous: {"escalate.restored_by": actor, "escalate.restored_at": when,
+                       "escalate.restored_reason": why, "escalate.restored_from": str(current)}})
         return str(current), str(previous)
 
     def resolve(self, alias: str) -> ModelVersion:
@@ -405,11 +451,20 @@ class Registry:
             raise RegistryError(f"{self.name} has no @{alias} (aliases: {known})")
         return mv
 
-    def mark_serving(self, version: str | int, tags: Mapping[str, str]) -> None:
-        """Record a deployment on the version (tags) and move @serving to it."""
-        before = self.aliases()
-        self._write(f"tag version {version}'s deployment (no alias moved)", lambda: self._tag(version, tags))
-        self._move({SERVING: str(version)}, before, f"move @serving to version {version}")
+    def move_alias(self, alias: str, version: str | int | None, expected: str | None,
+                   tags: Mapping[str, str] | None = None) -> None:
+        """Compare-and-swap: point @alias at `version` (None: unset it; `tags` go on `version`) only if
+        @alias points at `expected` now (None: unset); AliasConflict, nothing changed, when it does not."""
+        self.check()
+        self._move({alias: None if version is None else str(version)},
+                   {alias: expected} if expected is not None else {},
+                   f"move @{alias} to version {version}" if version is not None else f"unset @{alias}",
+                   tags={version: tags} if tags and version is not None else None)
+
+    def mark_serving(self, version: str | int, tags: Mapping[str, str], *, expected: str | None) -> None:
+        """Record a deployment on the version (tags) and move @serving to it, together or not at all;
+        `expected`: the version @serving must still point at (None: unset), read when the promotion began."""
+        self.move_alias(SERVING, version, expected, tags)
 
     # ---- helpers -----------------------------------------------------------------------------
     def _registered_model(self) -> Any:
@@ -521,29 +576,98 @@ class Registry:
                 metrics.update({m.key: m.value for m in (logged.metrics or [])})
         return params, metrics
 
-    def _move(self, moves: Mapping[str, str], before: Mapping[str, str], what: str) -> None:
-        """Set every alias in `moves`, or none: on a failure, aliases already moved go back to `before`."""
-        done: list[str] = []
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold registry_lock for a write; re-entrant in the thread holding it (promote's move nests in
+        promote), while another thread, even sharing this object, waits for it like another process."""
+        if self._lock_owner == threading.get_ident():
+            yield
+            return
+        lock = registry_lock(self.uri, self.name)
         try:
-            for alias, version in moves.items():
-                self.client.set_registered_model_alias(self.name, alias, str(version))
-                done.append(alias)
-        except Exception as exc:
-            restored, lost = [], []
-            for alias in reversed(done):
-                try:
-                    if alias in before:
-                        self.client.set_registered_model_alias(self.name, alias, str(before[alias]))
-                    else:
+            lock.__enter__()
+        except Busy as exc:
+            raise RegistryError(f"MLflow registry at {self.uri}: waited {LOCK_WAIT_S:.0f} s to write to {self.name} "
+                                f"and gave up (nothing was changed): {exc}") from None
+        except OSError as exc:
+            raise RegistryError(f"MLflow registry at {self.uri}: cannot take the registry lock {lock.path} "
+                                f"(nothing was changed): {exc}; make its directory writable") from exc
+        self._lock_owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._lock_owner = None
+            lock.__exit__()
+
+    def _move(self, moves: Mapping[str, str | None], before: Mapping[str, str], what: str,
+              tags: Mapping[str | int, Mapping[str, str]] | None = None) -> None:
+        """Compare-and-swap: under the registry's lock, check every alias in `moves` still points where
+        `before` says (absent: unset), then set `tags` (version -> tags) and the aliases (None: unset), and read them
+        back. All or none: on a failure, tags and aliases already written go back to what they were."""
+        with self._locked():
+            now = self.aliases()
+            for alias in moves:
+                if now.get(alias) != before.get(alias):
+                    raise AliasConflict(
+                        f"{self.name}: {what} refused: @{alias} was expected at version {before.get(alias) or '(unset)'} "
+                        f"but is at version {now.get(alias) or '(unset)'} (moved meanwhile by another process); "
+                        "nothing was changed; read the aliases again and retry if the move still stands")
+            old_tags = {str(v): self._read(f"read version {v}'s tags", lambda v=v, t=t: self._tag_values(v, t))
+                        for v, t in (tags or {}).items()}
+            done: list[str] = []
+            tagged: list[str] = []
+            try:
+                for version, values in (tags or {}).items():
+                    tagged.append(str(version))
+                    self._tag(version, values)
+                for alias, version in moves.items():
+                    if version is None:
                         self.client.delete_registered_model_alias(self.name, alias)
-                    restored.append(alias)
-                except Exception:
-                    lost.append(alias)
-            state = (f"restored @{', @'.join(restored)}" if restored else "no alias had moved")
-            if lost:
-                state += f"; could NOT restore @{', @'.join(lost)} (was {[before.get(a) for a in lost]})"
-            raise RegistryError(f"MLflow registry at {self.uri}: {what}: moving aliases failed ({state}): "
-                                f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+                    else:
+                        self.client.set_registered_model_alias(self.name, alias, str(version))
+                    done.append(alias)
+            except Exception as exc:
+                state = self._undo(done, before, {v: old_tags[v] for v in tagged})
+                raise RegistryError(f"MLflow registry at {self.uri}: {what}: moving aliases failed ({state}): "
+                                    f"{type(exc).__name__}: {str(exc)[:500]}") from exc
+            after = self.aliases()
+            elsewhere = {alias: after.get(alias) for alias, version in moves.items()
+                         if after.get(alias) != (None if version is None else str(version))}
+            if elsewhere:
+                raise AliasConflict(f"{self.name}: {what}: read back, " + ", ".join(
+                    f"@{a} is at version {v or '(unset)'}" for a, v in elsewhere.items()) +
+                    " — a writer outside escalate's registry lock moved it meanwhile; left as found")
+
+    def _tag_values(self, version: str | int, tags: Mapping[str, str]) -> dict[str, str | None]:
+        """The current values of `tags`' keys on a version (None: not set), to restore on a failed commit."""
+        have = self._require(version).tags or {}
+        return {key: have.get(key) for key in tags}
+
+    def _undo(self, done: Sequence[str], before: Mapping[str, str],
+              old_tags: Mapping[str, Mapping[str, str | None]]) -> str:
+        """Put back the aliases in `done` and the tags in `old_tags`; say what was restored and what not."""
+        restored, lost = [], []
+        for alias in reversed(done):
+            try:
+                if alias in before:
+                    self.client.set_registered_model_alias(self.name, alias, str(before[alias]))
+                else:
+                    self.client.delete_registered_model_alias(self.name, alias)
+                restored.append(f"@{alias}")
+            except Exception:
+                lost.append(f"@{alias} (was {before.get(alias)})")
+        for version, values in old_tags.items():
+            try:
+                for key, value in values.items():
+                    if value is None:
+                        self.client.delete_model_version_tag(self.name, version, key)
+                    else:
+                        self.client.set_model_version_tag(self.name, version, key, value)
+                restored.append(f"version {version}'s tags")
+            except Exception:
+                lost.append(f"version {version}'s tags {sorted(values)}")
+        state = f"restored {', '.join(restored)}" if restored else "no alias had moved"
+        return state + (f"; could NOT restore {', '.join(lost)}" if lost else "")
 
     def _read(self, what: str, fn: Callable[[], T]) -> T:
         try:

@@ -11,16 +11,27 @@ nothing serves nothing again), serving/current.json and the registry aliases sta
 and PromotionFailed says which step failed and why. One promotion runs at a time (promote_guard).
 Servers are stopped only once the gateway has no request in flight on them (`retire`). A promotion
 killed outright (SIGKILL) cannot clean up: its lock goes with it, and the next promotion (or
-`escalate serve --stop`) stops the servers it left (`retire_orphans`).
+`escalate serve --stop`) stops the servers it left (`retire_orphans`). From the switch on, a guard
+process (serving/promote_recover.py) waits beside the promotion on its lock: if the promotion dies
+before its commit (serving/current.json naming the new deployment), the guard switches the gateway
+back, stops the new servers and puts @serving back. The record step is a compare-and-swap of @serving
+from the version it pointed at when the promotion began (Registry.mark_serving), tags and alias together.
+
+Kill drills (tests/test_promote_kill.py) use one test-only hook: $ESCALATE_PROMOTE_PAUSE_AT=<step>
+makes the promotion say `promote: paused at <step>` on stderr as that step starts and wait there until
+a signal ends it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
+import subprocess
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +51,7 @@ from escalate.serving.deployment import (
     export_bundle,
     mark_current,
     new_deployment_dir,
+    write_json,
 )
 from escalate.serving.gateway_process import GatewayProcess
 from escalate.serving.promote_guard import PromotionLock, Signals
@@ -51,6 +63,10 @@ SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva ha
 FULL_VOCAB_LOGPROBS_UP_TO = 4096
 DEFAULT_TOP_LOGPROBS = 20
 LOCK_FILE = "promote.lock"
+PENDING_FILE = "promote.pending.json"  # what the guard undoes if the promotion dies before its commit
+GUARD_LOG = "promote-guard.log"
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this escalate package
+PAUSE_ENV = "ESCALATE_PROMOTE_PAUSE_AT"  # test-only: wait at this step, for kill drills
 # Past the gateway's own bound on a request (its drain_s), this long for the last answers to be sent.
 DRAIN_MARGIN_S = 5.0
 DRAIN_POLL_S = 0.2
@@ -256,37 +272,41 @@ def _promote(registry: Registry, root: Path, alias: str, timeout_s: float, by: s
              signals: Signals) -> Promotion:
     orphans = retire_orphans(root)
     previous = current(root)
-    step, deployment, switched, started = "export", None, False, None
+    step, deployment, switched, started, guard = "export", None, False, None, None
     gateway = gateway_process.running(root)
     admin = gateway_process.admin_key(root)
     try:
+        _at(step)
+        serving = registry.aliases().get(SERVING)  # where the record step's compare-and-swap expects @serving
         deployment = export(registry, alias, root)
-        step = "launch"
+        step = _at("launch")
         deployment = launch(deployment, root, timeout_s)
-        step = "gateway"
+        step = _at("gateway")
         if gateway is None:
             gateway = started = gateway_process.start(root)
         key = gateway_process.api_key(root)
-        step = "switch"
+        guard = arm(root, registry, deployment, previous, gateway, started is not None, serving)
+        step = _at("switch")
         switched = True  # before the call: a signal during it may land after the gateway swapped
         try:
             switch(gateway.url, admin, deployment, timeout_s)
         except PromotionFailed:  # refused: the gateway kept what it served
             switched = False
             raise
-        step = "smoke"
+        step = _at("smoke")
         answers = smoke(gateway.url, key, deployment.model_name)
-        step = "record"
+        step = _at("record")
         signals.defer()  # the commit: a signal now waits until the promotion is whole
         registry.mark_serving(deployment.version, {
             "escalate.serving.at": deployment.created_at, "escalate.serving.by": who(by),
             "escalate.serving.gateway": f"{gateway.url}/v1",
             "escalate.serving.endpoints": json.dumps(deployment.endpoints),
-            "escalate.serving.deployment": deployment.path})
+            "escalate.serving.deployment": deployment.path}, expected=serving)
     except BaseException as exc:
         signals.defer()
         _roll_back(exc, root, gateway, started, admin, previous, deployment if switched else None, timeout_s)
         retire(deployment, None if started or not switched else gateway.url, admin)
+        disarm(root, guard)
         if isinstance(exc, KeyboardInterrupt):
             raise
         label = f"@{alias}" + (f" (v{deployment.version})" if deployment else "")
@@ -294,11 +314,46 @@ def _promote(registry: Registry, root: Path, alias: str, timeout_s: float, by: s
         held = f" ({signal.Signals(signals.held).name} received meanwhile)" if signals.held else ""
         raise PromotionFailed(f"promoting {label} failed at step '{step}': {exc}\n{state}; @{SERVING} was not "
                               f"moved; the servers this run started were stopped{held}") from exc
-    mark_current(root, Path(deployment.path).parent)
+    mark_current(root, Path(deployment.path).parent)  # the commit point the guard checks
+    disarm(root, guard)
     if previous is not None and previous.path != deployment.path:
         retire(previous, gateway.url, admin)
     return Promotion(deployment.version, alias, Path(deployment.path), gateway.url,
                      previous.label if previous else None, answers, orphans)
+
+
+def _at(step: str) -> str:
+    """The step starting now; with $ESCALATE_PROMOTE_PAUSE_AT=<step> (test-only) say so and wait for a signal."""
+    if os.environ.get(PAUSE_ENV) == step:
+        print(f"promote: paused at {step} (pid {os.getpid()})", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(60)
+    return step
+
+
+def arm(root: Path, registry: Registry, deployment: Deployment, previous: Deployment | None,
+        gateway: GatewayProcess, started: bool, serving: str | None) -> subprocess.Popen:
+    """Write serving/promote.pending.json and start the guard that undoes it if this process dies
+    before the commit: in its own session, so a kill of this process's group spares it."""
+    write_json(root / SERVING_DIR / PENDING_FILE, {
+        "promoter": os.getpid(), "deployment": deployment.path, "version": deployment.version,
+        "previous": previous.path if previous else None, "gateway": asdict(gateway), "started_gateway": started,
+        "registry": {"uri": registry.uri, "name": registry.name}, "serving": serving})
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))  # this escalate, not another
+    with (root / SERVING_DIR / GUARD_LOG).open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "escalate.serving.promote_recover", str(root)],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
+                                env={**os.environ, "PYTHONPATH": path})
+
+
+def disarm(root: Path, guard: subprocess.Popen | None) -> None:
+    """The promotion committed or undid itself: stop its guard (still waiting on the lock this
+    process holds), then drop the pending file."""
+    if guard is None:
+        return
+    guard.terminate()
+    guard.wait()
+    (root / SERVING_DIR / PENDING_FILE).unlink(missing_ok=True)
 
 
 def _roll_back(exc: BaseException, root: Path, gateway: GatewayProcess | None, started: GatewayProcess | None,
