@@ -1,0 +1,187 @@
+"""Drift watch: the drift decision (each limit crossed and not; unmeasured gauges never trigger), the
+/metrics page read over real HTTP, and (slow) the flow's event running the retrain deployment through
+prefect.yaml's trigger on a Prefect test server, the retrain run recording the reason."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+from escalate.drift_watch import (
+    CALIB_ACCEPT,
+    CALIB_RATE,
+    DRIFT,
+    DRIFT_EVENT,
+    GAUGES,
+    LIVE_RATE,
+    NO_DRIFT,
+    NO_VERDICT,
+    PSI,
+    SHADOW_HIGH,
+    SHADOW_LABELS,
+    DriftLimits,
+    drift_event,
+    figures,
+    judge,
+    parse_gauges,
+)
+from tasks.drift_watch import read_metrics
+from tests.test_gateway import StandInEngine, client
+
+ROOT = Path(__file__).resolve().parents[1]
+STEADY = {PSI: 0.05, SHADOW_HIGH: 0.97, SHADOW_LABELS: 400, CALIB_ACCEPT: 0.93, LIVE_RATE: 0.33, CALIB_RATE: 0.31}
+
+
+def page(gauges: dict[str, float]) -> str:
+    """A Prometheus text page as prometheus_client writes it (the gateway's own writer)."""
+    registry = CollectorRegistry()
+    for name, value in gauges.items():
+        Gauge(name, name, registry=registry).set(value)
+    return generate_latest(registry).decode()
+
+
+@contextmanager
+def metrics_server(body: list[str], status: int = 200) -> Iterator[str]:
+    """A loopback HTTP server answering GET /metrics with body[0] (a list, so a test can change the page)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = body[0].encode() if self.path == "/metrics" else b"not found"
+            self.send_response(status if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_steady_gauges_are_no_drift_and_say_each_figure_with_its_limit() -> None:
+    verdict = judge(parse_gauges(page(STEADY)))
+    assert verdict.status == NO_DRIFT and not verdict.drifted
+    assert [c.crossed for c in verdict.checks] == [False, False, False]
+    assert verdict.reason == ("no-drift: score PSI 0.050 <= limit 0.25; shadow accept-accuracy 95% upper bound 0.970 "
+                              "over 400 labels >= limit 0.930 (calib's 0.930 less margin 0); escalation rate 0.330 "
+                              "vs calib's 0.310: |difference| 0.020 <= limit 0.15")
+    assert "\n" not in verdict.reason
+
+
+@pytest.mark.parametrize(("moved", "check", "named"), [
+    ({PSI: 0.31}, "score_psi", "score PSI 0.310 > limit 0.25"),
+    ({SHADOW_HIGH: 0.9}, "accept_accuracy", "upper bound 0.900 over 400 labels < limit 0.930"),
+    ({LIVE_RATE: 0.52}, "escalation_rate", "escalation rate 0.520 vs calib's 0.310: |difference| 0.210 > limit 0.15"),
+    ({LIVE_RATE: 0.10}, "escalation_rate", "|difference| 0.210 > limit 0.15"),  # too few escalate: drift too
+])
+def test_each_limit_crossed_is_drift_and_the_reason_names_only_it(moved: dict, check: str, named: str) -> None:
+    verdict = judge({**STEADY, **moved})
+    assert verdict.status == DRIFT and verdict.drifted
+    assert [c.name for c in verdict.checks if c.crossed] == [check]
+    assert verdict.reason.startswith("drift: ") and named in verdict.reason and verdict.reason.count(";") == 0
+
+
+def test_limits_are_settings() -> None:
+    drifted = {**STEADY, PSI: 0.2, SHADOW_HIGH: 0.92, LIVE_RATE: 0.49}
+    assert judge(drifted).status == DRIFT  # the shadow bound and the rate cross the defaults
+    assert judge(drifted, DriftLimits(psi=0.1)).reason.count(";") == 2  # all three crossed
+    loose = DriftLimits(psi=0.3, accept_accuracy_margin=0.02, escalation_rate_delta=0.2)
+    assert judge(drifted, loose).status == NO_DRIFT
+    assert "limit 0.910 (calib's 0.930 less margin 0.02)" in judge(drifted, loose).reason
+
+
+@pytest.mark.parametrize("missing", [PSI, SHADOW_HIGH, CALIB_ACCEPT, LIVE_RATE, CALIB_RATE])
+def test_a_missing_or_nan_gauge_gives_its_limit_no_verdict_never_a_trigger(missing: str) -> None:
+    crossing = {PSI: 9.0, SHADOW_HIGH: 0.1, LIVE_RATE: 0.99}  # every figure far over its limit
+    for gauges in ({k: v for k, v in {**STEADY, **crossing}.items() if k != missing},
+                   {**STEADY, **crossing, missing: math.nan}):
+        verdict = judge(gauges)
+        unmeasured = [c for c in verdict.checks if c.crossed is None]
+        assert len(unmeasured) == 1 and missing in unmeasured[0].detail and "not measured" in unmeasured[0].detail
+        assert verdict.status == DRIFT  # the other two, measured, still count
+    nothing = judge({k: math.nan for k in GAUGES})
+    assert nothing.status == NO_VERDICT and not nothing.drifted
+    assert judge({}).status == NO_VERDICT and judge({}).reason.count("not measured") == 3
+
+
+def test_a_fresh_gateway_exports_every_gauge_the_watch_reads_and_is_no_verdict() -> None:
+    text = client(StandInEngine()).get("/metrics").text
+    gauges = parse_gauges(text, "the gateway")
+    assert set(GAUGES) <= set(gauges)  # the names the watch reads are the names the gateway writes
+    assert judge(gauges).status == NO_VERDICT and figures(gauges) == {SHADOW_LABELS: 0.0}
+
+
+def test_figures_keep_only_measured_drift_gauges() -> None:
+    assert figures({**STEADY, PSI: math.nan, "escalate_requests_total": 3.0}) == {
+        k: v for k, v in STEADY.items() if k != PSI}
+
+
+@pytest.mark.parametrize(("limits", "named"), [
+    (dict(psi=0), "psi_limit"), (dict(psi=math.nan), "psi_limit"), (dict(accept_accuracy_margin=-0.1), "margin"),
+    (dict(escalation_rate_delta=0), "escalation_rate_delta"), (dict(escalation_rate_delta=1.5), "escalation_rate_delta"),
+])
+def test_bad_limits_are_refused_naming_the_setting(limits: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        DriftLimits(**limits)
+
+
+def test_a_page_that_is_not_prometheus_text_names_the_setting() -> None:
+    with pytest.raises(ValueError, match=r"http://x/metrics is not a Prometheus text page .*metrics_url"):
+        parse_gauges("<html>\n<body>gateway</body> oops\n", "http://x/metrics")
+
+
+def test_read_metrics_over_real_http_and_a_clear_error_when_the_gateway_is_not_there() -> None:
+    body = [page(STEADY)]
+    with metrics_server(body) as url:
+        assert judge(parse_gauges(read_metrics.fn(url, 5.0), url)).status == NO_DRIFT
+        body[0] = page({**STEADY, PSI: 0.4})
+        assert judge(parse_gauges(read_metrics.fn(url, 5.0), url)).status == DRIFT
+        with pytest.raises(RuntimeError, match=r"/nope answered HTTP 404; set metrics_url"):
+            read_metrics.fn(url.replace("/metrics", "/nope"), 5.0)
+    with pytest.raises(RuntimeError, match=rf"cannot read {url} .*is the gateway up\? set metrics_url"):
+        read_metrics.fn(url, 1.0)  # the server is gone
+
+
+def test_prefect_yaml_trigger_parses_into_prefects_model_and_covers_the_emitted_event() -> None:
+    from prefect.events import DeploymentEventTrigger  # Prefect's own schemas: the CLI's and the server's
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from prefect.server.events.schemas.automations import EventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
+    from pydantic import TypeAdapter
+
+    spec = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    nightly, watch = spec["nightly"], spec["every-15-minutes"]
+    assert nightly["entrypoint"] == "flows/retrain.py:retrain" and nightly["parameters"]["reason"] == "scheduled"
+    (trigger,) = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in nightly["triggers"]]
+    assert isinstance(trigger, DeploymentEventTrigger) and trigger.enabled
+    assert trigger.expect == {DRIFT_EVENT} and trigger.parameters == {"reason": "{{ event.payload.reason }}"}
+    trigger.set_deployment_id(uuid4())
+    served = EventTrigger.model_validate(trigger.as_automation().trigger.model_dump(mode="json"))  # as the server holds it
+
+    def event(profile: str, **changes: str) -> ReceivedEvent:
+        gauges = {**STEADY, PSI: 0.4}
+        emitted = drift_event(judge(gauges), profile, "http://127.0.0.1:8000/metrics", gauges)  # what the flow emits
+        return ReceivedEvent(**{**emitted, **changes}, occurred=datetime.now(UTC), id=uuid4())
+
+    profile = watch["parameters"]["profile"]
+    assert served.covers(event(profile)) and event(profile).payload["reason"].startswith("drift: score PSI 0.400")
+    assert not served.covers(event("smoke"))  # another profile's drift does not retrain tiny
+    assert not served.covers(event(profile, event="escalate.drift.cleared"))
+    assert watch["entrypoint"] == "flows/drift_watch.py:drift_watch" and watch["schedules"][0]["cron"] == "*/15 * * * *"
