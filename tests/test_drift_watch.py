@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -185,3 +186,77 @@ def test_prefect_yaml_trigger_parses_into_prefects_model_and_covers_the_emitted_
     assert not served.covers(event("smoke"))  # another profile's drift does not retrain tiny
     assert not served.covers(event(profile, event="escalate.drift.cleared"))
     assert watch["entrypoint"] == "flows/drift_watch.py:drift_watch" and watch["schedules"][0]["cron"] == "*/15 * * * *"
+
+
+def test_the_alert_rules_fire_where_the_drift_watch_retrains() -> None:
+    rules = yaml.safe_load((ROOT / "infra/prometheus/alerts.yml").read_text())
+    exprs = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    limits = DriftLimits()
+    assert exprs["EscalateScoreDrift"] == f"{PSI} > {limits.psi}"
+    assert exprs["EscalateShadowAccuracyBelowCalib"] == f"{SHADOW_HIGH} < {CALIB_ACCEPT}"
+    assert exprs["EscalateEscalationRateOffCalib"] == f"abs({LIVE_RATE} - {CALIB_RATE}) > {limits.escalation_rate_delta}"
+
+
+@pytest.mark.slow
+def test_drift_on_the_gateway_runs_the_retrain_deployment_with_its_reason(
+    prefect_harness: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events.schemas.deployment_triggers import DeploymentTriggerTypes
+    from prefect.flows import load_flow_from_entrypoint
+    from pydantic import TypeAdapter
+
+    from flows.drift_watch import drift_watch  # Prefect: imported by the tests that run the flow
+
+    nightly = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}["nightly"]
+    monkeypatch.chdir(ROOT)
+    triggers = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in nightly["triggers"]]
+    deployment = load_flow_from_entrypoint(nightly["entrypoint"]).to_deployment(
+        name=nightly["name"], parameters=nightly["parameters"], triggers=triggers)
+    deployment_id = deployment.apply()  # creates the trigger's automation, as `prefect deploy` does
+
+    def triggered_runs() -> list:
+        with get_client(sync_client=True) as api:
+            return api.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
+
+    body = [page(STEADY)]
+    with metrics_server(body) as url:
+        steady = drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))
+        assert steady["status"] == NO_DRIFT and steady["event_id"] is None
+        body[0] = page({k: math.nan for k in GAUGES})  # a fresh gateway: nothing measured yet
+        assert drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))["event_id"] is None
+        body[0] = page({**STEADY, PSI: 0.41})  # the score distribution moved
+        drifted = drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))
+    assert drifted["status"] == DRIFT and drifted["event_id"]
+    assert drifted["reason"] == "drift: score PSI 0.410 > limit 0.25"
+    deadline = time.monotonic() + 120
+    while not (runs := triggered_runs()) and time.monotonic() < deadline:
+        time.sleep(1)
+    (run,) = runs  # one run: the steady and unmeasured pages emitted nothing
+    assert run.parameters["reason"] == drifted["reason"]
+    assert run.parameters["profile"] == "tiny" and run.parameters["skip_if_unchanged"] is True
+
+
+@pytest.mark.slow
+def test_retrain_records_why_it_ran(prefect_harness: None, mlflow_uri: str, tmp_path: Path) -> None:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import RETRAIN_REASON, retrain
+    from tests.conftest import make_project
+
+    with pytest.raises(ValueError, match="reason must say why"):
+        retrain(profile="smoke", root=str(tmp_path), tracking_uri=mlflow_uri, reason=" ")
+    project = make_project(tmp_path)  # data the questions stage refuses: the run starts, tags, and stops there
+    pd.DataFrame({"q": ["What is 1+1?", ""], "a": ["2", "6"]}).to_csv(project / "bad.csv", index=False)
+    profile = yaml.safe_load((project / "configs/smoke.yaml").read_text())
+    profile["data"] = {"adapter": "table", "path": "bad.csv", "task": "arith", "columns": {"question": "q", "answer": "a"}}
+    (project / "configs/smoke.yaml").write_text(yaml.safe_dump(profile))
+    reason = "drift: score PSI 0.410 > limit 0.25"
+    with pytest.raises(Exception, match="questions@smoke failed"):
+        retrain(profile="smoke", root=str(project), tracking_uri=mlflow_uri, reason=reason)
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("escalate").experiment_id],
+                              filter_string="attributes.run_name = 'retrain-smoke'", order_by=["attributes.start_time DESC"])
+    assert runs[0].data.tags[RETRAIN_REASON] == reason
