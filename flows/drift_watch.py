@@ -2,6 +2,8 @@
 
     python -m flows.drift_watch --metrics-url http://127.0.0.1:8000/metrics --profile tiny
 
+Run it against the Prefect server the deployments live on (PREFECT_API_URL), or its event reaches no trigger.
+
 escalate.drift_watch judges the gauges against the limits (this flow's parameters); when one is crossed
 the flow emits `escalate.drift.detected` for the profile's gateway with the reason in its payload, and
 the trigger on the `retrain` deployment (prefect.yaml) runs it with that reason, which the retrain run
@@ -50,9 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-url", default="http://127.0.0.1:8000/metrics", help="the gateway's /metrics")
     parser.add_argument("--profile", default="tiny", help="the profile the gateway serves (the one retrained)")
     parser.add_argument("--root", default=".", help="project root (configs/)")
-    parser.add_argument("--psi-limit", type=float, default=DEFAULTS.psi)
-    parser.add_argument("--accept-accuracy-margin", type=float, default=DEFAULTS.accept_accuracy_margin)
-    parser.add_argument("--escalation-rate-delta", type=float, default=DEFAULTS.escalation_rate_delta)
+    parser.add_argument("--psi-limit", type=float, default=DEFAULTS.psi,
+                        help="drift when escalate_score_psi is above this (default: %(default)s)")
+    parser.add_argument("--accept-accuracy-margin", type=float, default=DEFAULTS.accept_accuracy_margin,
+                        help="drift when the shadow accept-accuracy's 95%% upper bound is below calib's less this "
+                             "(default: %(default)s)")
+    parser.add_argument("--escalation-rate-delta", type=float, default=DEFAULTS.escalation_rate_delta,
+                        help="drift when the live escalation rate is further than this from calib's (default: %(default)s)")
     args = parser.parse_args(argv)
     result = drift_watch(metrics_url=args.metrics_url, profile=args.profile, root=args.root, psi_limit=args.psi_limit,
                          accept_accuracy_margin=args.accept_accuracy_margin,

@@ -197,6 +197,14 @@ def test_the_alert_rules_fire_where_the_drift_watch_retrains() -> None:
     assert exprs["EscalateEscalationRateOffCalib"] == f"abs({LIVE_RATE} - {CALIB_RATE}) > {limits.escalation_rate_delta}"
 
 
+def test_the_flow_has_a_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from flows.drift_watch import main  # Prefect: imported by the tests that run the flow
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0 and "--escalation-rate-delta" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_drift_on_the_gateway_runs_the_retrain_deployment_with_its_reason(
     prefect_harness: None, monkeypatch: pytest.MonkeyPatch
