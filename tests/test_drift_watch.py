@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from uuid import uuid4
 
 import pytest
@@ -36,8 +37,10 @@ from escalate.drift_watch import (
     judge,
     parse_gauges,
 )
+from escalate.serving.drift import MIN_LIVE, REFERENCE
+from escalate.serving.vllm_server import free_port
 from tasks.drift_watch import read_metrics
-from tests.test_gateway import StandInEngine, client
+from tests.test_gateway import StandInEngine, chat, client, result, served
 
 ROOT = Path(__file__).resolve().parents[1]
 STEADY = {PSI: 0.05, SHADOW_HIGH: 0.97, SHADOW_LABELS: 400, CALIB_ACCEPT: 0.93, LIVE_RATE: 0.33, CALIB_RATE: 0.31}
@@ -205,8 +208,26 @@ def test_the_flow_has_a_command_line(capsys: pytest.CaptureFixture[str]) -> None
     assert exit_.value.code == 0 and "--escalation-rate-delta" in capsys.readouterr().out
 
 
+@contextmanager
+def gateway_on_loopback(app: Any) -> Iterator[str]:
+    """The gateway app served by uvicorn on a loopback port (where /metrics answers without a key)."""
+    import uvicorn  # the gateway's own server, as `escalate serve` runs it
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), lifespan="off", log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}/metrics"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
 @pytest.mark.slow
-def test_drift_on_the_gateway_runs_the_retrain_deployment_with_its_reason(
+def test_drift_injected_into_traffic_runs_the_retrain_deployment_with_its_reason(
     prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.client.orchestration import get_client
@@ -228,20 +249,30 @@ def test_drift_on_the_gateway_runs_the_retrain_deployment_with_its_reason(
         with get_client(sync_client=True) as api:
             return api.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
-    body = [page(STEADY)]
-    with metrics_server(body) as url:
-        steady = drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))
+    scores = [0.9] * (REFERENCE + MIN_LIVE) + [0.1] * 2 * MIN_LIVE  # then the traffic shifts: low scores escalate
+    c = client(StandInEngine(lambda q: served({**result("llm" if scores[0] < 0.5 else "slm"), "confidence": scores.pop(0)})))
+    c.app.state.gateway.metrics.set_calib({"accept_accuracy": 0.93, "escalation_rate": 0.0})  # what calib said
+
+    def watch() -> dict:
+        return drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))
+
+    with gateway_on_loopback(c.app) as url:
+        fresh = watch()
+        assert fresh["status"] == NO_VERDICT and fresh["event_id"] is None  # nothing measured yet
+        for _ in range(REFERENCE + MIN_LIVE):
+            assert chat(c).status_code == 200
+        steady = watch()
         assert steady["status"] == NO_DRIFT and steady["event_id"] is None
-        body[0] = page({k: math.nan for k in GAUGES})  # a fresh gateway: nothing measured yet
-        assert drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))["event_id"] is None
-        body[0] = page({**STEADY, PSI: 0.41})  # the score distribution moved
-        drifted = drift_watch(metrics_url=url, profile="tiny", root=str(ROOT))
+        while scores:
+            assert chat(c).status_code == 200
+        drifted = watch()
     assert drifted["status"] == DRIFT and drifted["event_id"]
-    assert drifted["reason"] == "drift: score PSI 0.410 > limit 0.25"
+    assert drifted["reason"].startswith("drift: score PSI ")
+    assert drifted["reason"].endswith("; escalation rate 0.200 vs calib's 0.000: |difference| 0.200 > limit 0.15")
     deadline = time.monotonic() + 120
     while not (runs := triggered_runs()) and time.monotonic() < deadline:
         time.sleep(1)
-    (run,) = runs  # one run: the steady and unmeasured pages emitted nothing
+    (run,) = runs  # one run: the fresh and steady gateway emitted nothing
     assert run.parameters["reason"] == drifted["reason"]
     assert run.parameters["profile"] == "tiny" and run.parameters["skip_if_unchanged"] is True
 
