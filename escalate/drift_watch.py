@@ -56,6 +56,9 @@ class DriftLimits:
                              f"got {self.escalation_rate_delta}")
 
 
+DEFAULT_LIMITS = DriftLimits()
+
+
 @dataclass(frozen=True)
 class Check:
     """One limit: crossed (True/False), or None when a gauge it needs is missing or NaN."""
@@ -118,9 +121,6 @@ def _measured(gauges: Mapping[str, float], *names: str) -> list[float] | None:
 
 def _unmeasured(name: str, what: str, *gauges: str) -> Check:
     return Check(name, None, f"{what} not measured ({' or '.join(gauges)} missing or NaN)")
-
-
-DEFAULT_LIMITS = DriftLimits()
 
 
 def judge(gauges: Mapping[str, float], limits: DriftLimits = DEFAULT_LIMITS) -> DriftVerdict:
