@@ -40,31 +40,38 @@ from tasks.stages import run_stage  # noqa: E402
 from tasks.tracking import log_stage  # noqa: E402
 
 RETRAIN_LOCK = ".retrain.lock"  # under artifacts/<profile>/: one retrain of a profile at a time
+RETRAIN_REASON = "escalate.retrain_reason"  # the run's tag saying why it ran
 
 
 @flow(name="retrain", log_prints=True)
 def retrain(
-    profile: str = "tiny", root: str = ".", tracking_uri: str | None = None, skip_if_unchanged: bool = False
+    profile: str = "tiny", root: str = ".", tracking_uri: str | None = None, skip_if_unchanged: bool = False,
+    reason: str = "manual",
 ) -> dict:
     """Run every stage of `profile`, log it to MLflow, and gate and register every candidate cascade.
 
     skip_if_unchanged (scheduled runs): when the questions' DVC hash equals the one the current
     champion was trained on, record "no change" and stop.
+    reason: why this run happened, the run's `escalate.retrain_reason` tag ("scheduled" from the nightly
+    deployment, the drift verdict's line when the drift trigger ran it).
     """
+    if not reason.strip():  # e.g. a trigger whose template found no reason in its event
+        raise ValueError('reason must say why this retrain runs (default "manual"); got an empty one')
     root_path = Path(root).resolve()
     cfg = load_profile(profile, root_path)  # a bad profile fails here, before any work
     tracker = Tracker(tracking_uri or cfg.tracking.uri, cfg.tracking.experiment, root_path)
     registry = Registry(tracker.uri, cfg.tracking.registered_model)  # its own model: gates compare within a profile
     registry.check()  # an unreachable registry fails now, before hours of work
     with FileLock(cfg.artifacts(root_path) / RETRAIN_LOCK, f"retrain of profile {profile}"):  # else Busy, at once
-        return run_locked(profile, cfg, root_path, tracker, registry, skip_if_unchanged)
+        return run_locked(profile, cfg, root_path, tracker, registry, skip_if_unchanged, reason)
 
 
 def run_locked(profile: str, cfg: Profile, root_path: Path, tracker: Tracker, registry: Registry,
-               skip_if_unchanged: bool) -> dict:
+               skip_if_unchanged: bool, reason: str = "manual") -> dict:
     """The run itself, under the profile's lock: runs of the profile left RUNNING by a killed process are
     marked failed first (the lock proves nobody is writing them)."""
-    run_id = tracker.start(f"retrain-{profile}", tags={"escalate.profile": profile, **git_commit(root_path)})
+    run_id = tracker.start(f"retrain-{profile}", tags={"escalate.profile": profile, RETRAIN_REASON: reason,
+                                                       **git_commit(root_path)})
     for stale in tracker.fail_abandoned(profile, run_id):
         print(f"run {stale} was left RUNNING by a process that died; marked FAILED")
     tracker.params(run_id, {"profile": profile, **asdict(cfg)})

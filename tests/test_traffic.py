@@ -197,5 +197,6 @@ def test_alert_rules_watch_gauges_the_gateway_exports() -> None:
     rules = yaml.safe_load((Path(__file__).resolve().parents[1] / "infra/prometheus/alerts.yml").read_text())
     exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     exported = {f.name for f in text_string_to_metric_families(client(StandInEngine()).get("/metrics").text)}
-    watched = {re.match(r"\w+", expr).group() for expr in exprs}
-    assert watched == {"escalate_score_psi", "escalate_live_escalation_rate"} and watched <= exported
+    watched = {name for expr in exprs for name in re.findall(r"escalate_\w+", expr)}
+    assert watched == {"escalate_score_psi", "escalate_live_escalation_rate", "escalate_shadow_accept_accuracy_high",
+                       "escalate_calib_accept_accuracy", "escalate_calib_escalation_rate"} and watched <= exported
