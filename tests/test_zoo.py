@@ -24,7 +24,7 @@ from escalate.config import (
 )
 from escalate.models import zoo
 from escalate.stages.questions import QuestionsStage
-from escalate.stages.zoo import ShippedZooError, ZooGateError, ZooStage, gate_failures, ship
+from escalate.stages.zoo import ShippedZooError, ZooGateError, ZooStage, gate_failures, install, recipe, ship
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -281,3 +281,16 @@ def test_zoo_ship_command(smoke_zoo, tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "junk" / "notes.txt").write_text("mine")
     assert main(["zoo", "ship", "--profile", "smoke", "--root", str(root), "--to", str(tmp_path / "junk")]) == 2
     assert "not a shipped zoo" in capsys.readouterr().err
+
+
+def test_the_shipped_tiny_zoo_is_intact_built_from_tiny_s_recipe_and_inside_its_band(tmp_path: Path) -> None:
+    """What `make demo` starts from: every file matches its SHA-256, the recipe is tiny.yaml's (a changed zoo
+    setting without a rebuild fails here, naming the setting), and the shipped models pass tiny's own gate."""
+    profile = load_profile("tiny", root=ROOT)
+    assert profile.zoo is not None and profile.zoo.shipped == "zoo/tiny"
+    summary = install(ROOT / profile.zoo.shipped, tmp_path, recipe(profile))
+    assert gate_failures(profile.zoo, summary) == []
+    from transformers import AutoModelForCausalLM  # seconds to import, as in test_build_zoo_saves_hf_checkpoints
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "slm")
+    assert sum(p.numel() for p in loaded.parameters()) == summary["models"]["slm"]["n_params"]
