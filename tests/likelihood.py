@@ -1,4 +1,4 @@
-"""What a checkpoint says about a completion: its summed log-probability after a prompt, and greedy output.
+"""What a checkpoint says about a completion: its summed log-probability after a prompt; greedy and sampled output.
 
 The training tests read a method's effect through these, so a regression that still "trains" but moves
 the model the wrong way fails. Prompt and completion are tokenized apart and joined, as TRL does, after
@@ -41,4 +41,18 @@ def greedy(path: Path, prompts: list[str], max_new_tokens: int) -> list[str]:
         new = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
         texts.append(tokenizer.decode(new, skip_special_tokens=True))
+    return texts
+
+
+@torch.inference_mode()
+def sample(path: Path, prompts: list[str], n: int, max_new_tokens: int, seed: int = 0) -> list[str]:
+    """n continuations of each prompt at temperature 1 (as GRPO samples them), seeded; decoded without specials."""
+    model, tokenizer = load(path)
+    torch.manual_seed(seed)
+    texts = []
+    for prompt in prompts:
+        ids = torch.tensor([tokenizer(f"{tokenizer.bos_token}{prompt}", add_special_tokens=False)["input_ids"]] * n)
+        new = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=True, temperature=1.0, top_k=0,
+                             pad_token_id=tokenizer.pad_token_id)[:, ids.shape[1]:]
+        texts += tokenizer.batch_decode(new, skip_special_tokens=True)
     return texts
