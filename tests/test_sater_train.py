@@ -11,12 +11,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from escalate.config import ConfigError, from_dict
 from escalate.sater.config import SaterDPOConfig, SaterRefusalConfig
 from escalate.sater.dpo import train_dpo
 from escalate.sater.preferences import REFUSAL_COMPLETION
 from escalate.sater.refusal_sft import add_refusal_token, train_refusal
+from escalate.train.loop import train_on_completions
 from tests.checkpoints import weights_changed
 from tests.likelihood import completion_logprob, greedy
 
@@ -74,6 +76,29 @@ def test_dpo_with_an_nll_anchor_on_chosen_trains_and_weighs_both_losses(base_mod
     pairs = list(zip(prefs["prompt"], prefs["chosen"]))
     base, anchored, unanchored = (completion_logprob(m, pairs) for m in (base_model, tmp_path / "rpo", tmp_path / "plain"))
     assert all(a > b + 0.3 and a > u + 0.3 for a, b, u in zip(anchored, base, unanchored)), (anchored, base, unanchored)
+
+
+def test_stage_one_turns_a_verbose_slm_s_greedy_answers_short(base_model: Path, tmp_path: Path) -> None:
+    """SATER's premise on a small fixture: an SLM fine-tuned until its greedy answers are the long worked style
+    is trained by stage I (DPO + the NLL anchor, as the tiny profile sets it) on short-over-worked pairs; its
+    greedy answers become the short style, on held-out prompts too (mostly 48 tokens, the cap, to 9 here)."""
+    verbose = tmp_path / "verbose"
+    sft = pd.DataFrame({"prompt": PROMPTS, "completion": [worked(n) for n in range(4)]})
+    train_on_completions(base_model, sft, SaterRefusalConfig(learning_rate=1e-2, steps=100, batch_size=4,
+                                                             max_length=128), verbose)
+    prefs = pd.DataFrame({"id": [f"q{i}" for i in range(4)], "prompt": PROMPTS,
+                          "chosen": [short(n) for n in range(4)], "rejected": [worked(n) for n in range(4)]})
+    cfg = SaterDPOConfig(learning_rate=1e-3, steps=20, batch_size=4, max_length=128, beta=0.1, sft_weight=1.0)
+    train_dpo(verbose, prefs, cfg, tmp_path / "dpo")
+    tokenizer = AutoTokenizer.from_pretrained(verbose)
+
+    def lengths(model: Path) -> list[int]:
+        return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in greedy(model, PROMPTS + HELD_OUT, 48)]
+
+    before, after = lengths(verbose), lengths(tmp_path / "dpo")
+    assert min(before) > 15, before  # the worked style: past "Ann starts with n cups. Then buys 2"
+    assert all(a <= 0.6 * b for a, b in zip(after, before)), (before, after)
+    assert all(t.startswith(" The answer is") for t in greedy(tmp_path / "dpo", HELD_OUT, 48))
 
 
 def test_refusal_sft_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_path: Path) -> None:
