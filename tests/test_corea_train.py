@@ -5,6 +5,7 @@ run from the same start); configs reject bad values."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def warmed(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def expected_confidence(model: Path, question, ns: list[int]) -> list[float]:
+def expected_confidence(model: Path, question: Callable[[int], str], ns: list[int]) -> list[float]:
     """Per question(n): the mean of the confidences 0.0, 0.1 ... 1.0 after the answer, weighted by the model's
     likelihood of each."""
     pairs = [(format_prompt(question(n)), with_confidence(f" The answer is {n}.", c)) for n in ns for c in GRID]
@@ -124,7 +125,7 @@ def test_the_calibration_reward_lowers_stated_confidence_where_every_answer_is_w
                                                                                        tmp_path: Path) -> None:
     """No answer can be right (the gold is 99), so correctness is 0 throughout and only the calibration reward,
     1 − c², tells confidences apart: COREA's run states far less confidence than RLVR's from the same start, same
-    seed (here about 0.07 against 0.57; 0.64 before GRPO), while both still write the format."""
+    seed (here about 0.04 against 0.57; 0.64 before GRPO), while both still write the format."""
     wrong = pd.DataFrame({"id": [f"g{n}" for n in range(1, 9)], "question": [easy(n) for n in range(1, 9)],
                           "answer": "99", "split": "train", "choices": None})
     cfg = CoreaGRPOConfig(steps=16, batch_size=16, num_generations=8, max_length=32, learning_rate=5e-4)

@@ -1,10 +1,11 @@
-"""SATER's two training stages run a few real steps on a tiny Llama, and move it the way each stage means to:
+"""SATER's two training stages run real steps on a tiny Llama, and move it the way each stage means to:
 stage I towards the short correct answer, stage II to refuse where its target refused and not elsewhere."""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from escalate.sater.config import SaterDPOConfig, SaterRefusalConfig
 from escalate.sater.dpo import train_dpo
 from escalate.sater.preferences import REFUSAL_COMPLETION
 from escalate.sater.refusal_sft import add_refusal_token, train_refusal
+from escalate.train.config import LoopConfig
 from escalate.train.loop import train_on_completions
 from tests.checkpoints import weights_changed
 from tests.likelihood import completion_logprob, greedy
@@ -53,7 +55,7 @@ def test_dpo_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_pat
     assert weights_changed(base_model, tmp_path / "dpo")
     assert json.loads((tmp_path / "dpo" / "tokenizer_config.json").read_text())["eos_token"] == "</s>"
     # the mechanism: the short correct answer gains on the long one, on the trained prompts and on held-out ones
-    # (about +14 nats here, summed over the completion's tokens)
+    # (about +12 nats here, summed over the completion's tokens)
     gains = [a - b for a, b in zip(margins(tmp_path / "dpo"), margins(base_model))]
     assert min(gains) > 5, gains
 
@@ -84,21 +86,19 @@ def test_stage_one_turns_a_verbose_slm_s_greedy_answers_short(base_model: Path, 
     greedy answers become the short style, on held-out prompts too (mostly 48 tokens, the cap, to 9 here)."""
     verbose = tmp_path / "verbose"
     sft = pd.DataFrame({"prompt": PROMPTS, "completion": [worked(n) for n in range(4)]})
-    train_on_completions(base_model, sft, SaterRefusalConfig(learning_rate=1e-2, steps=100, batch_size=4,
-                                                             max_length=128), verbose)
+    train_on_completions(base_model, sft, LoopConfig(learning_rate=1e-2, steps=100, batch_size=4, max_length=128),
+                         verbose)
     prefs = pd.DataFrame({"id": [f"q{i}" for i in range(4)], "prompt": PROMPTS,
                           "chosen": [short(n) for n in range(4)], "rejected": [worked(n) for n in range(4)]})
     cfg = SaterDPOConfig(learning_rate=1e-3, steps=20, batch_size=4, max_length=128, beta=0.1, sft_weight=1.0)
     train_dpo(verbose, prefs, cfg, tmp_path / "dpo")
     tokenizer = AutoTokenizer.from_pretrained(verbose)
-
-    def lengths(model: Path) -> list[int]:
-        return [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in greedy(model, PROMPTS + HELD_OUT, 48)]
-
-    before, after = lengths(verbose), lengths(tmp_path / "dpo")
+    replies = {m: greedy(m, PROMPTS + HELD_OUT, 48) for m in (verbose, tmp_path / "dpo")}
+    before, after = ([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in replies[m]]
+                     for m in (verbose, tmp_path / "dpo"))
     assert min(before) > 15, before  # the worked style: past "Ann starts with n cups. Then buys 2"
     assert all(a <= 0.6 * b for a, b in zip(after, before)), (before, after)
-    assert all(t.startswith(" The answer is") for t in greedy(tmp_path / "dpo", HELD_OUT, 48))
+    assert all(t.startswith(" The answer is") for t in replies[tmp_path / "dpo"]), replies
 
 
 def test_refusal_sft_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_refusal_sft_refuses_where_its_targets_refused_and_answers_elsewhere(bas
     train_refusal(base_model, table, cfg, tmp_path / "sft")
     start = add_refusal_token(base_model, tmp_path / "start")  # the same one-token refusal, untrained
 
-    def refusal(model: Path, prompt) -> list[float]:
+    def refusal(model: Path, prompt: Callable[[int], str]) -> list[float]:
         return completion_logprob(model, [(prompt(n), REFUSAL_COMPLETION) for n in trained + held])
 
     hard, easy = refusal(tmp_path / "sft", three_steps), refusal(tmp_path / "sft", one_step)
