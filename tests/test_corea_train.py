@@ -1,19 +1,26 @@
-"""COREA's warm-up and GRPO run a few real steps on a tiny Llama and change its weights; configs reject bad values."""
+"""COREA's warm-up and GRPO run real steps on a tiny Llama and move its stated confidence the way each means to:
+the warm-up towards each question's p̂, the calibration reward down where every answer is wrong (against RLVR's
+run from the same start); configs reject bad values."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import fields, replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from escalate.config import ConfigError, from_dict, load_profile
+from escalate.corea.confidence import parse_confidence, with_confidence
 from escalate.corea.config import CoreaConfig, CoreaGRPOConfig, CoreaWarmupConfig
 from escalate.corea.grpo import grpo_dataset, train_grpo
 from escalate.corea.warmup import train_warmup, warmup_targets
+from escalate.prompts import format_prompt
 from tests.checkpoints import weights_changed
+from tests.likelihood import completion_logprob, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = pd.DataFrame({
@@ -22,6 +29,48 @@ QUESTIONS = pd.DataFrame({
     "answer": [str(n + 2) for n in range(4)],
     "split": "train", "choices": None,
 })
+TRAINED, HELD_OUT = [1, 3, 5, 7], [2, 4, 6, 8]
+GRID = [c / 10 for c in range(11)]
+P_HATS = [0.6, 0.7, 0.8, 0.9, 0.1, 0.2, 0.3, 0.4]  # the warm-up's targets: easy questions, then hard ones
+
+
+def easy(n: int) -> str:
+    return f"Ann has {n} cups. How many cups does Ann have?"
+
+
+def hard(n: int) -> str:
+    return f"Ann has {n} cups. Then gets 3 more. Then gives away 2. Then the pile grows 2 times. How many cups does Ann have now?"
+
+
+@pytest.fixture(scope="module")
+def warmed(base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The warm-up trained to a plateau on easy questions whose p̂ is 0.6-0.9 and hard ones whose p̂ is 0.1-0.4:
+    the start both GRPO runs share, as in the corea stage. Within each kind the targets spread, so sampled
+    confidences differ within a GRPO group and the rewards have something to compare."""
+    table = pd.DataFrame({
+        "id": [f"w{i}" for i in range(8)],
+        "prompt": [format_prompt(easy(n)) for n in TRAINED] + [format_prompt(hard(n)) for n in TRAINED],
+        "completion": [with_confidence(f" The answer is {n}.", p) for n, p in zip(TRAINED * 2, P_HATS)],
+        "p_correct": P_HATS,
+    })
+    out = tmp_path_factory.mktemp("corea") / "warmup"
+    train_warmup(base_model, table, CoreaWarmupConfig(steps=150, batch_size=4, max_length=128, learning_rate=1e-2), out)
+    return out
+
+
+def expected_confidence(model: Path, question: Callable[[int], str], ns: list[int]) -> list[float]:
+    """Per question(n): the mean of the confidences 0.0, 0.1 ... 1.0 after the answer, weighted by the model's
+    likelihood of each."""
+    pairs = [(format_prompt(question(n)), with_confidence(f" The answer is {n}.", c)) for n in ns for c in GRID]
+    logp = torch.tensor(completion_logprob(model, pairs)).view(len(ns), len(GRID))
+    return (torch.softmax(logp, 1) * torch.tensor(GRID)).sum(1).tolist()
+
+
+def stated(model: Path, questions: list[str]) -> tuple[float, float]:
+    """The readable share of 16 sampled responses per question, and their mean stated confidence."""
+    found = [parse_confidence(t) for t in sample(model, [format_prompt(q) for q in questions], 16, 32)]
+    ok = [s.value for s in found if s.status == "ok"]
+    return len(ok) / len(found), sum(ok) / max(len(ok), 1)
 
 
 def test_warmup_targets_append_the_sampled_accuracy_to_the_greedy_response() -> None:
@@ -61,6 +110,34 @@ def test_warmup_trains_real_steps_and_changes_the_weights(base_model: Path, tmp_
     summary = train_warmup(base_model, table, CoreaWarmupConfig(steps=3, batch_size=2, max_length=96), tmp_path / "w")
     assert summary["steps"] == 3 and all(math.isfinite(x) for x in summary["losses"])
     assert weights_changed(base_model, tmp_path / "w")
+
+
+def test_warmup_states_the_confidence_of_each_question_s_p_hat(base_model: Path, warmed: Path) -> None:
+    """Higher stated confidence where the targets' p̂ was higher: trained and held-out questions alike
+    (about 0.70 on easy and 0.30 on hard ones here, from 0.50 untrained)."""
+    before = expected_confidence(base_model, easy, TRAINED + HELD_OUT) + expected_confidence(base_model, hard, HELD_OUT)
+    assert all(abs(b - 0.5) < 0.05 for b in before), before
+    high, low = (expected_confidence(warmed, q, TRAINED + HELD_OUT) for q in (easy, hard))
+    assert min(high) > 0.6 and max(low) < 0.4 and min(high) - max(low) > 0.25, (high, low)
+
+
+def test_the_calibration_reward_lowers_stated_confidence_where_every_answer_is_wrong(warmed: Path,
+                                                                                       tmp_path: Path) -> None:
+    """No answer can be right (the gold is 99), so correctness is 0 throughout and only the calibration reward,
+    1 − c², tells confidences apart: COREA's run states far less confidence than RLVR's from the same start, same
+    seed (here about 0.04 against 0.57; 0.64 before GRPO), while both still write the format."""
+    wrong = pd.DataFrame({"id": [f"g{n}" for n in range(1, 9)], "question": [easy(n) for n in range(1, 9)],
+                          "answer": "99", "split": "train", "choices": None})
+    cfg = CoreaGRPOConfig(steps=16, batch_size=16, num_generations=8, max_length=32, learning_rate=5e-4)
+    runs = {}
+    for calibrated in (True, False):
+        summary = train_grpo(warmed, wrong, replace(cfg, calibration=calibrated), tmp_path / str(calibrated))
+        assert summary["rewards"]["correctness"] == [0.0] * cfg.steps
+        runs[calibrated] = stated(tmp_path / str(calibrated), [easy(n) for n in HELD_OUT])
+    start = stated(warmed, [easy(n) for n in HELD_OUT])
+    (corea_ok, corea), (rlvr_ok, rlvr) = runs[True], runs[False]
+    assert min(corea_ok, rlvr_ok, start[0]) > 0.5, (runs, start)
+    assert corea < rlvr - 0.25 and corea < start[1] - 0.25, (runs, start)
 
 
 @pytest.mark.parametrize("calibrated", [True, False])
