@@ -42,13 +42,18 @@ STRATEGIES = (
 NOT_A_ROUTER = {"evaluate": ("eval.oracle", "eval.random")}  # left out of "the best query-level strategy"
 COLUMNS = {"accuracy": "accuracy", "cost": "cost", "call_rate": "call rate", "apgr": "APGR", "togr": "ToGR",
            "saving_at_iso_accuracy": "saving at acc ≥ LLM − δ", "auroc": "AUROC", "ece": "ECE"}
+COUNTS = {"distinct_confidences"}  # figures that count things: shown as integers
 COREA_COLUMNS = {"accuracy": "cascade_accuracy", "cost": "cascade_cost"}  # COREA's rows name the SLM's own "accuracy"
 
 
 def load(profile: str, root: Path | str = ".") -> Figures:
     """Every stage's published figures for `profile`; a stage that has not published is absent."""
     where = Path(root) / "metrics" / profile
-    return {path.stem: json.loads(path.read_text()) for path in sorted(where.glob("*.json"))}
+    figures = {path.stem: json.loads(path.read_text()) for path in sorted(where.glob("*.json"))}
+    timing = Path(root) / "bench" / "results" / f"demo_timing_{profile}.json"  # bench/demo_timing.py's record
+    if timing.is_file():
+        figures["demo_timing"] = {f"seconds.{k}": v for k, v in json.loads(timing.read_text())["seconds"].items()}
+    return figures
 
 
 def figure(figures: Figures, stage: str, key: str) -> float:
@@ -161,7 +166,8 @@ def targets_table(figures: Figures) -> str:
     """Issue 15's targets with their figures and verdicts; an unmet one in bold."""
     verdicts = target_verdicts(testbed_figures(figures), TARGETS)
     best, label = best_query_level_saving(figures)
-    rows = [{"target": name, "figure": t["figure"], "measured": format_cell(t["value"]),
+    rows = [{"target": name, "figure": t["figure"],
+             "measured": whole(t["value"]) if isinstance(t["limit"], int) else format_cell(t["value"]),
              "needs": f"{t['relation']} {format_cell(t['limit'])}", "": "met" if t["met"] else "**missed**"}
             for name, t in verdicts.items()]
     met = sum(t["met"] for t in verdicts.values())
@@ -174,8 +180,12 @@ def rows_table(figures: Figures, stage: str, rows: list[tuple[str, str]], column
     """One row per (label, key prefix) of a stage's figures, one column per (key, header); a row the stage has
     not published is left out."""
     found = [(label, prefix) for label, prefix in rows if any(k.startswith(prefix + "/") for k in figures.get(stage, {}))]
-    return markdown_table([{"": label, **{header: format_cell(figure(figures, stage, f"{prefix}/{key}"))
-                                          for key, header in columns.items()}} for label, prefix in found])
+    def cell(prefix: str, key: str) -> str:
+        value = figure(figures, stage, f"{prefix}/{key}")
+        return whole(value) if key in COUNTS else format_cell(value)
+
+    return markdown_table([{"": label, **{header: cell(prefix, key) for key, header in columns.items()}}
+                           for label, prefix in found])
 
 
 def sater_table(figures: Figures) -> str:
@@ -212,7 +222,21 @@ def citer_table(figures: Figures) -> str:
     return rows_table(figures, "citer", [("CITER round 1", "citer/r1"), ("CITER round 2", "citer/r2")], columns)
 
 
-BLOCKS: dict[str, Callable[[Figures], str]] = {"zoo": zoo_table, "candidates": candidates_table,
+DEMO_TARGETS_MIN = {"clean": ("a clean `make demo` after install", 20), "first_table": ("its first results table", 5),
+                    "rerun": ("a rerun with nothing changed", 2)}  # issue 15's speed targets, minutes
+
+
+def timing_table(figures: Figures) -> str:
+    """bench/demo_timing.py's measured wall times against issue 15's speed targets."""
+    rows = []
+    for key, (label, limit) in DEMO_TARGETS_MIN.items():
+        minutes = figure(figures, "demo_timing", f"seconds.{key}") / 60
+        rows.append({"": label, "measured (min)": f"{minutes:.1f}", "target (min)": f"≤ {limit}",
+                     "verdict": "met" if minutes <= limit else "**missed**"})
+    return markdown_table(rows)
+
+
+BLOCKS: dict[str, Callable[[Figures], str]] = {"timing": timing_table, "zoo": zoo_table, "candidates": candidates_table,
                                                "targets": targets_table, "sater": sater_table, "corea": corea_table,
                                                "citer": citer_table}
 BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.DOTALL)
