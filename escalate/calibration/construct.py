@@ -70,11 +70,17 @@ def build_sets(profile: Profile, settings: CalibrateSettings) -> dict[str, pd.Da
     return sets
 
 
-def sample_sets(profile: Profile, questions: pd.DataFrame, root: Path | str, seed: int) -> pd.DataFrame:
-    """Both models' samples (K per question, sample 0 greedy, as the profile samples) on `questions`."""
+def zoo_dir(profile: Profile, root: Path | str) -> Path:
+    """The profile's built zoo, or an error naming the command that builds it."""
     zoo = paths(profile, root)["zoo"]
     if not (zoo / "manifest.json").is_file():
         raise FileNotFoundError(f"{zoo}: no built zoo; run `escalate zoo build --profile {profile.name}` first")
+    return zoo
+
+
+def sample_sets(profile: Profile, questions: pd.DataFrame, root: Path | str, seed: int) -> pd.DataFrame:
+    """Both models' samples (K per question, sample 0 greedy, as the profile samples) on `questions`."""
+    zoo = zoo_dir(profile, root)
     return pd.concat([sample_once(profile.models[role], role, zoo, questions, profile.sampling, seed)
                       for role in ("slm", "llm")], ignore_index=True)
 

@@ -11,7 +11,15 @@ from pathlib import Path
 import pandas as pd
 
 from escalate.calibration import transfer
-from escalate.calibration.construct import CONSTRUCTED, TARGET, CalibrateSettings, build_sets, calib_split, sample_sets
+from escalate.calibration.construct import (
+    CONSTRUCTED,
+    TARGET,
+    CalibrateSettings,
+    build_sets,
+    calib_split,
+    sample_sets,
+    zoo_dir,
+)
 from escalate.config import Profile
 from escalate.evaluation import curves
 from escalate.evaluation.records import build_records, fit_latency_model
@@ -36,13 +44,14 @@ def inputs(questions: pd.DataFrame, samples: pd.DataFrame) -> tuple[RouterInputs
 
 def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = ".") -> dict:
     """The whole command; returns the metrics it wrote."""
+    zoo_dir(profile, root)  # before any set is built: a missing zoo fails in a second, naming the fix
     ev = eval_settings(profile)
     out = profile.artifacts(root) / "calibration"
     out.mkdir(parents=True, exist_ok=True)
+    calib_q, calib_s = calib_split(profile, root, settings.seed)
     sets = build_sets(profile, settings)
     questions = pd.concat(sets.values(), ignore_index=True)
     samples = sample_sets(profile, questions, root, settings.seed)
-    calib_q, calib_s = calib_split(profile, root, settings.seed)
     sets["calib"] = calib_q
     all_samples = pd.concat([samples, calib_s], ignore_index=True)
     questions.to_parquet(out / "questions.parquet", index=False)
