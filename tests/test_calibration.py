@@ -22,6 +22,7 @@ from escalate.evaluation.thresholds import Outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ArithConfig(n_train=10, n_calib=10, n_test=10, min_steps=1, max_steps=4, max_operand=9)
+HOW = shifts.ShiftConfig()
 N, SEED = 60, 3
 BASE_PHRASES = ("Then gets", "Then gives away", "Then the pile grows", "How many")
 
@@ -31,11 +32,11 @@ def numbers(text: str) -> list[int]:
 
 
 def base_items() -> list[shifts.Item]:
-    return shifts.base(N, SEED, CFG)
+    return shifts.base(N, SEED, CFG, HOW)
 
 
 def test_names_shift_only_renames():
-    for shifted, base in zip(shifts.names(N, SEED, CFG), base_items()):
+    for shifted, base in zip(shifts.names(N, SEED, CFG, HOW), base_items()):
         name = shifted.question.split(" ")[0]
         assert name in shifts.NEW_NAMES and name not in arith.NAMES
         assert shifted.question.replace(name, base.question.split(" ")[0]) == base.question
@@ -43,7 +44,7 @@ def test_names_shift_only_renames():
 
 
 def test_phrasing_shift_rewords_every_sentence_and_keeps_the_answer():
-    for shifted, base in zip(shifts.phrasing(N, SEED, CFG), base_items()):
+    for shifted, base in zip(shifts.phrasing(N, SEED, CFG, HOW), base_items()):
         assert not any(phrase in shifted.question for phrase in BASE_PHRASES)
         assert not any(name in shifted.question.split() for name in arith.NAMES)
         assert numbers(shifted.question) == numbers(base.question)
@@ -51,9 +52,9 @@ def test_phrasing_shift_rewords_every_sentence_and_keeps_the_answer():
 
 
 def test_operand_shift_keeps_the_text_and_grows_the_operands():
-    items = shifts.operands(N, SEED, CFG)
+    items = shifts.operands(N, SEED, CFG, HOW)
     largest = max(max(numbers(i.question)) for i in items)
-    assert CFG.max_operand < largest <= shifts.OPERAND_FACTOR * CFG.max_operand
+    assert CFG.max_operand < largest <= HOW.max_operand(CFG) == round(1.5 * CFG.max_operand)
     template = re.compile(r"^\w+ has \d+ \w+\.( Then (gets \d+ more|gives away \d+|the pile grows \d+ times)\.)+ "
                           r"How many \w+ does \w+ have now\?$")
     assert all(template.match(i.question) for i in items)
@@ -61,8 +62,8 @@ def test_operand_shift_keeps_the_text_and_grows_the_operands():
 
 
 def test_long_shift_has_more_steps_than_the_profile():
-    items = shifts.long_chains(N, SEED, CFG)
-    assert {i.difficulty for i in items} == set(range(CFG.max_steps + 1, CFG.max_steps + shifts.EXTRA_STEPS + 1))
+    items = shifts.long_chains(N, SEED, CFG, HOW)
+    assert {i.difficulty for i in items} == set(range(CFG.max_steps + 1, CFG.max_steps + HOW.extra_steps + 1))
     assert all(i.question.count(" Then ") == i.difficulty for i in items)
 
 
@@ -70,10 +71,10 @@ def test_distractor_shift_only_inserts_irrelevant_sentences():
     patterns = [re.compile("^" + re.escape(t).replace(r"\{other\}", r"\w+").replace(r"\{k\}", r"\d+")
                            .replace(r"\{other_item\}", r"\w+").replace(r"\{weather\}", r"\w+") + "$")
                 for t in shifts.DISTRACTORS]
-    for shifted, base in zip(shifts.distractors(N, SEED, CFG), base_items()):
+    for shifted, base in zip(shifts.distractors(N, SEED, CFG, HOW), base_items()):
         parts = shifts.sentences(shifted.question)
         extra = [i for i, s in enumerate(parts) if i > 0 and any(p.match(s) for p in patterns)]  # never first
-        assert 1 <= len(extra) <= 2
+        assert 1 <= len(extra) <= HOW.max_distractors
         assert " ".join(s for i, s in enumerate(parts) if i not in extra) == base.question
         assert shifted.answer == base.answer
 
@@ -130,6 +131,17 @@ def test_a_source_like_the_target_transfers_and_a_shifted_one_does_not():
     assert rates["single"]["success_rate"] == pytest.approx(np.mean([r["met"] for r in single]))
 
 
+def test_a_target_the_slm_alone_meets_is_not_informative():
+    target, same, _ = synthetic()
+    easy = outcomes(np.linspace(0.0, 1.0, 200), np.ones(200, bool))
+    rows = transfer.transfer_rows("s", {"same": same, "easy": easy}, same, {"t": target, "easy": easy}, 0.02, 101, 0)
+    assert {r["target"]: r["trivial"] for r in rows} == {"t": False, "easy": True}
+    single = {r["kind"]: r for r in transfer.success_rates(rows)}["single"]
+    assert (single["cases"], single["informative_cases"]) == (2, 1)
+    # "easy" as a source keeps everything, which fails on "t"; on "easy" itself anything meets the target.
+    assert single["success_rate"] == 0.5 and single["informative_success_rate"] == 0.0
+
+
 def test_leave_one_shift_out_never_fits_on_the_target():
     target, same, shifted = synthetic()
     sets = {"a": target, "b": same, "c": shifted}
@@ -152,12 +164,22 @@ def test_bad_settings_name_the_flag(kwargs, fix):
         CalibrateSettings(**kwargs)
 
 
+@pytest.mark.parametrize(("kwargs", "flag"), [({"operand_factor": 1.0}, "--operand-factor"),
+                                             ({"extra_steps": 0}, "--extra-steps"),
+                                             ({"max_distractors": 0}, "--max-distractors")])
+def test_shift_settings_that_shift_nothing_name_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        shifts.ShiftConfig(**kwargs)
+
+
 def test_cli_errors_name_the_fix(tmp_path, capsys):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     assert main(["calibrate", "--profile", "smoke", "--root", str(tmp_path), "--shifts", "names,bogus"]) == 2
     assert "choose from names" in capsys.readouterr().err
     assert main(["calibrate", "--profile", "smoke", "--root", str(tmp_path)]) == 2
     assert "escalate zoo build --profile smoke" in capsys.readouterr().err
+    assert main(["calibrate", "--profile", "smoke", "--root", str(tmp_path), "--operand-factor", "0.5"]) == 2
+    assert "--operand-factor must be > 1" in capsys.readouterr().err
 
 
 def test_help_says_what_it_measures(capsys):

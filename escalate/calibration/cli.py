@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from escalate.calibration.construct import STRATEGIES, CalibrateSettings
-from escalate.calibration.shifts import SHIFTS
+from escalate.calibration.shifts import SHIFTS, ShiftConfig
 from escalate.config import load_profile
 
 
@@ -41,6 +41,13 @@ def add_calibrate_command(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--strategies", type=_names, default=STRATEGIES,
                         help=f"comma-separated strategies (default: {','.join(STRATEGIES)})")
     parser.add_argument("--seed", type=int, default=0, help="question generation and sampling seed (default: 0)")
+    how = ShiftConfig()
+    parser.add_argument("--operand-factor", type=float, default=how.operand_factor,
+                        help=f"operands shift: up to this times the profile's max_operand (default: {how.operand_factor:g})")
+    parser.add_argument("--extra-steps", type=int, default=how.extra_steps,
+                        help=f"long shift: up to this many steps beyond the profile's max_steps (default: {how.extra_steps})")
+    parser.add_argument("--max-distractors", type=int, default=how.max_distractors,
+                        help=f"distractors shift: 1 to this many irrelevant sentences (default: {how.max_distractors})")
     parser.set_defaults(handler=run_calibrate)
     return parser
 
@@ -49,7 +56,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     # matplotlib, scikit-learn and torch come with the routers and backends: seconds to import, only for this command
     from escalate.calibration.run import calibrate, summary_text
 
-    settings = CalibrateSettings(n=args.n, shifts=args.shifts, strategies=args.strategies, seed=args.seed)
+    how = ShiftConfig(args.operand_factor, args.extra_steps, args.max_distractors)
+    settings = CalibrateSettings(n=args.n, shifts=args.shifts, strategies=args.strategies, seed=args.seed, how=how)
     profile = load_profile(args.profile, args.root)
     metrics = calibrate(profile, settings, args.root)
     print(summary_text(metrics, profile.artifacts(args.root) / "calibration"))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from escalate.calibration.shifts import BASE, BUILDERS, SHIFTS, questions_table
+from escalate.calibration.shifts import BASE, BUILDERS, SHIFTS, ShiftConfig, questions_table
 from escalate.config import ConfigError, Profile
 from escalate.stages.base import load_questions, load_samples, paths, question_rules, sample_once
 
@@ -28,6 +28,7 @@ class CalibrateSettings:
     shifts: tuple[str, ...] = tuple(SHIFTS)
     strategies: tuple[str, ...] = STRATEGIES
     seed: int = 0
+    how: ShiftConfig = ShiftConfig()
     parts: tuple[str, ...] = field(init=False)  # the constructed set's parts: the base distribution, then each shift
 
     def __post_init__(self) -> None:
@@ -57,10 +58,12 @@ def build_sets(profile: Profile, settings: CalibrateSettings) -> dict[str, pd.Da
     """
     per_part = math.ceil(settings.n / len(settings.parts))
     sets = {f"{CONSTRUCTED}/{part}": questions_table(part, per_part, _seed(settings, CONSTRUCTED, part),
-                                                     profile.data.arith, "calib", CONSTRUCTED)
+                                                     profile.data.arith, "calib", CONSTRUCTED,
+                                                     settings.how)
             for part in settings.parts}
     sets.update({f"{TARGET}/{shift}": questions_table(shift, settings.n, _seed(settings, TARGET, shift),
-                                                      profile.data.arith, "test", TARGET)
+                                                      profile.data.arith, "test", TARGET,
+                                                      settings.how)
                  for shift in settings.parts[1:]})
     from escalate.data.validation import ensure_valid  # great_expectations: seconds to import, see stages.base
 

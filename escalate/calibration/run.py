@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from escalate.calibration import transfer
@@ -29,10 +30,10 @@ from escalate.evaluation.thresholds import Outcomes
 from escalate.routers.base import RouterInputs
 from escalate.stages.base import cost_model, eval_settings
 
-BENCHMARK_COLUMNS = ("strategy", "target", "n", "slm_accuracy", "llm_accuracy", "auroc", "ece", "apgr",
+BENCHMARK_COLUMNS = ("strategy", "target", "n", "slm_accuracy", "llm_accuracy", "trivial", "auroc", "ece", "apgr",
                      "constructed_met", "constructed_saving", "calib_met", "calib_saving", "single_met",
                      "single_saving")
-RATE_COLUMNS = ("kind", "cases", "success_rate", "mean_saving")
+RATE_COLUMNS = ("kind", "cases", "success_rate", "mean_saving", "informative_cases", "informative_success_rate")
 
 
 def inputs(questions: pd.DataFrame, samples: pd.DataFrame) -> tuple[RouterInputs, pd.DataFrame]:
@@ -75,7 +76,8 @@ def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = 
             summary = curves.summarize(part, router.mode, a_slm=a_slm, a_llm=a_llm, delta=ev.delta,
                                        n_points=ev.n_points, is_probability=router.is_probability)
             benchmark.append({"strategy": name, "target": shift, "n": len(part), "slm_accuracy": a_slm,
-                              "llm_accuracy": a_llm, **{k: summary[k] for k in ("auroc", "ece", "apgr")}})
+                              "llm_accuracy": a_llm, "trivial": transfer.meets(shifted[shift], -np.inf, ev.delta)[1],
+                              **{k: summary[k] for k in ("auroc", "ece", "apgr")}})
     cells = transfer.per_target(rows)
     for row in benchmark:
         row.update(cells[(row["strategy"], row["target"])])
@@ -118,5 +120,7 @@ on a source and applied, without the target's labels, to each shifted dataset. S
 balanced mixture of the constructed set's parts (the profile's own distribution and every shift) with the
 target's shift left out; `calib`, the profile's calib split; `single`, each other shifted dataset alone.
 `*_met` is the share of sources for which the target kept accuracy >= its LLM-only - delta, `*_saving` the mean
-cost saving (1 - normalized cost) there. AUROC, ECE (probability scores only) and APGR are the strategy's on the
+cost saving (1 - normalized cost) there. A `trivial` target is met by never escalating (its SLM-only accuracy is
+within delta of LLM-only): success there says nothing about the threshold, so the informative success rate
+leaves those targets out. AUROC, ECE (probability scores only) and APGR are the strategy's on the
 target, against that target's own SLM-only and LLM-only accuracies."""

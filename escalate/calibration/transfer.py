@@ -20,8 +20,6 @@ from escalate.evaluation import thresholds
 from escalate.evaluation.thresholds import Outcomes
 
 KINDS = ("constructed", "calib", "single")
-TRANSFER_COLUMNS = ("strategy", "target", "kind", "source", "threshold", "call_rate", "accuracy", "llm_accuracy",
-                    "saving", "met")
 
 
 @dataclass(frozen=True)
@@ -51,12 +49,20 @@ def sources_for(target: str, constructed: dict[str, Outcomes], calib: Outcomes, 
     return sources
 
 
-def apply_threshold(target: Outcomes, threshold: float, delta: float) -> dict[str, float | bool]:
-    """A threshold fitted elsewhere, on the target: call rate, accuracy, saving and whether A >= A_LLM − δ held."""
+def meets(target: Outcomes, threshold: float, delta: float) -> tuple[dict[str, float], bool]:
     figures = thresholds.realized(target, threshold)
-    met = bool(thresholds.meets_accuracy(figures["accuracy"], target.a_llm, delta))
+    return figures, bool(thresholds.meets_accuracy(figures["accuracy"], target.a_llm, delta))
+
+
+def apply_threshold(target: Outcomes, threshold: float, delta: float) -> dict[str, float | bool]:
+    """A threshold fitted elsewhere, on the target: call rate, accuracy, saving and whether A >= A_LLM − δ held.
+
+    `trivial` marks a target where never escalating (−inf) meets it too: the SLM is within δ of the LLM
+    there, so meeting it says nothing about the threshold.
+    """
+    figures, met = meets(target, threshold, delta)
     return {"call_rate": figures["call_rate"], "accuracy": figures["accuracy"], "llm_accuracy": target.a_llm,
-            "saving": 1.0 - figures["cost"], "met": met}
+            "saving": 1.0 - figures["cost"], "met": met, "trivial": meets(target, -np.inf, delta)[1]}
 
 
 def transfer_rows(strategy: str, constructed: dict[str, Outcomes], calib: Outcomes, shifted: dict[str, Outcomes],
@@ -72,17 +78,23 @@ def transfer_rows(strategy: str, constructed: dict[str, Outcomes], calib: Outcom
     return rows
 
 
+def _rate(rows: list[dict]) -> float:
+    return float(np.mean([r["met"] for r in rows])) if rows else float("nan")
+
+
 def success_rates(rows: list[dict], by: tuple[str, ...] = ("kind",)) -> list[dict]:
-    """Per group (by default per source kind): cases, share meeting the accuracy target, mean saving."""
+    """Per group (by default per source kind): cases, share meeting the accuracy target, mean saving, and the
+    same share over the informative cases alone (targets where never escalating misses it)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault(tuple(row[k] for k in by), []).append(row)
     order = {kind: i for i, kind in enumerate(KINDS)}
     keys = sorted(groups, key=lambda key: tuple(order.get(v, len(order)) if k == "kind" else str(v)
                                                 for k, v in zip(by, key)))
-    return [{**dict(zip(by, key)), "cases": len(groups[key]),
-             "success_rate": float(np.mean([r["met"] for r in groups[key]])),
-             "mean_saving": float(np.mean([r["saving"] for r in groups[key]]))} for key in keys]
+    return [{**dict(zip(by, key)), "cases": len(groups[key]), "success_rate": _rate(groups[key]),
+             "mean_saving": float(np.mean([r["saving"] for r in groups[key]])),
+             "informative_cases": sum(not r["trivial"] for r in groups[key]),
+             "informative_success_rate": _rate([r for r in groups[key] if not r["trivial"]])} for key in keys]
 
 
 def per_target(rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
