@@ -29,8 +29,8 @@ def _names(text: str) -> tuple[str, ...]:
 
 def add_calibrate_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add `calibrate` to an argparse subparsers object; the handler is args.handler."""
-    parser = subparsers.add_parser("calibrate", help="do thresholds from a constructed calibration set transfer "
-                                   "to shifted data? (issue 17)", description=__doc__,
+    parser = subparsers.add_parser("calibrate", help="fit thresholds on a constructed calibration set, test "
+                                   "them on shifted data", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="tiny", help="profile name in configs/ or a YAML path (default: tiny)")
     parser.add_argument("--root", default=".", type=Path, help="project root holding configs/ and artifacts/")

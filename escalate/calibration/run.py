@@ -6,6 +6,7 @@ samples.parquet, metrics.json (the benchmark, every transfer case, the success r
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,8 @@ def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = 
         row.update(cells[(row["strategy"], row["target"])])
     rates = transfer.success_rates(rows)
     context = {"profile": profile.name, "seed": settings.seed, "n_per_set": settings.n, "delta": ev.delta,
-               "shifts": list(settings.shifts), "constructed_parts": list(settings.parts),
+               "shifts": list(settings.shifts), "shift_config": asdict(settings.how),
+               "constructed_parts": list(settings.parts),
                "calib_n": len(calib_q), "cost_model": cost.describe(), "policy": "accuracy (cheapest within delta)"}
     metrics = {"context": context, "success_rates": rates,
                "success_rates_by_strategy": transfer.success_rates(rows, ("strategy", "kind")),
@@ -97,7 +99,8 @@ def write_report(path: Path, metrics: dict) -> None:
     c = metrics["context"]
     lines = [f"# escalate calibrate: {c['profile']}", "",
              f"profile {c['profile']}, seed {c['seed']}, {c['n_per_set']} questions per shifted set and in the "
-             f"constructed set, calib split {c['calib_n']} questions, delta {c['delta']:g}, {c['cost_model']}.", "",
+             f"constructed set, calib split {c['calib_n']} questions, delta {c['delta']:g}, {c['cost_model']}; "
+             f"shifts {', '.join(c['shifts'])} ({', '.join(f'{k} {v:g}' for k, v in c['shift_config'].items())}).", "",
              GUIDE, "", "## Success rate per calibration source", "",
              markdown_table(metrics["success_rates"], RATE_COLUMNS), "",
              "## Per strategy and source", "",
