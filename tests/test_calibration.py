@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from escalate.calibration import shifts, transfer
+from escalate.calibration import construct, shifts, transfer
 from escalate.calibration.construct import CalibrateSettings, build_sets
 from escalate.cli import main
 from escalate.config import ArithConfig, ConfigError, load_profile
@@ -213,3 +214,23 @@ def test_calibrate_smoke_end_to_end(tmp_path):
     assert all(r["target"] not in r["fitted_on"] for r in metrics["transfer"])
     assert metrics["context"]["calib_n"] == 24
     assert "Success rate per calibration source" in (out / "report.md").read_text()
+
+
+def test_calib_split_reuses_the_samples_stage_and_samples_what_it_lacks(tmp_path, monkeypatch):
+    profile = load_profile("smoke", ROOT)
+    questions = pd.DataFrame({"id": ["c0", "c1", "t0"], "split": ["calib", "calib", "test"]})
+    stored = pd.DataFrame({"id": ["c0", "c1", "t0"], "model": ["slm", "slm", "slm"]})
+    fresh = pd.DataFrame({"id": ["c0", "c1"], "model": ["new", "new"]})
+    monkeypatch.setattr(construct, "load_questions", lambda p, root: questions)
+    monkeypatch.setattr(construct, "load_samples", lambda p, root: stored)
+    monkeypatch.setattr(construct, "sample_sets", lambda p, q, root, seed: fresh)
+    # No samples stage output: the calib split is sampled.
+    assert construct.calib_split(profile, tmp_path, 0)[1].equals(fresh)
+    samples = construct.paths(profile, tmp_path)["samples"]
+    samples.parent.mkdir(parents=True)
+    samples.touch()
+    _, reused = construct.calib_split(profile, tmp_path, 0)
+    assert list(reused["id"]) == ["c0", "c1"] and set(reused["model"]) == {"slm"}
+    # A samples table missing a calib question is not reused.
+    monkeypatch.setattr(construct, "load_samples", lambda p, root: stored.iloc[1:])
+    assert construct.calib_split(profile, tmp_path, 0)[1].equals(fresh)

@@ -40,8 +40,8 @@ RATE_COLUMNS = ("kind", "cases", "success_rate", "mean_saving", "informative_cas
 def inputs(questions: pd.DataFrame, samples: pd.DataFrame) -> tuple[RouterInputs, pd.DataFrame]:
     """Router inputs and LLM samples of one set."""
     s = samples[samples["id"].isin(questions["id"])]
-    return RouterInputs(questions.reset_index(drop=True), s[s["model"] == "slm"], s[s["model"] == "llm"]), \
-        s[s["model"] == "llm"]
+    llm = s[s["model"] == "llm"]
+    return RouterInputs(questions.reset_index(drop=True), s[s["model"] == "slm"], llm), llm
 
 
 def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = ".") -> dict:

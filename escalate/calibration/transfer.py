@@ -50,6 +50,7 @@ def sources_for(target: str, constructed: dict[str, Outcomes], calib: Outcomes, 
 
 
 def meets(target: Outcomes, threshold: float, delta: float) -> tuple[dict[str, float], bool]:
+    """The threshold's figures on `target` (thresholds.realized) and whether A >= A_LLM − δ held there."""
     figures = thresholds.realized(target, threshold)
     return figures, bool(thresholds.meets_accuracy(figures["accuracy"], target.a_llm, delta))
 
