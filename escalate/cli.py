@@ -15,6 +15,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from escalate.calibration.cli import add_calibrate_command
 from escalate.citer.stage import log_command
 from escalate.config import ConfigError, load_profile
 from escalate.config_help import SHOW_HELP, show
@@ -53,6 +54,7 @@ typical use:
   escalate registry rollback --reason ...   move @champion back to the previous champion
   escalate routers evaluate-cached --table FILE --prompt-col C --weak-col W --strong-col S
                                             pre-generation routers, k-fold, from cached correctness
+  escalate calibrate --profile tiny --n 150 thresholds from a constructed calibration set on shifted data
   escalate promote --alias champion         serve @champion: vLLM servers, gateway switch, smoke queries
   escalate serve --detach | --stop          the OpenAI-compatible gateway in the background, or stop serving
 
@@ -92,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_registry_commands(sub)
     add_router_commands(sub)
     add_serving_commands(sub)
+    add_calibrate_command(sub)
     return parser
 
 
@@ -137,7 +140,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate_file(args)
     if args.group == "registry":
         return args.handler(args)
-    if args.group in ("routers", "serve", "promote", "export"):
+    if args.group in ("routers", "serve", "promote", "export", "calibrate"):
         return args.handler(args)
     profile = load_profile(args.profile, args.root)
     os.chdir(args.root)
