@@ -38,7 +38,8 @@ def main() -> int:
     stages = {stage.name: stage.command for stage in enabled_stages(profile)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(ROOT / "configs", Path(tmp) / "configs")
+        for name in ("configs", "zoo"):  # the profiles, and the shipped zoos their zoo stage copies
+            shutil.copytree(ROOT / name, Path(tmp) / name)
         for stage, cmd in stages.items():
             start = time.perf_counter()
             subprocess.run([str(escalate), *cmd, "--profile", args.profile], cwd=tmp, check=True,
