@@ -22,7 +22,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-PROJECT_FILES = ("configs", "escalate", "dvc.yaml", "params.yaml")
+PROJECT_FILES = ("configs", "escalate", "zoo", "dvc.yaml", "params.yaml")
 
 
 @pytest.fixture(scope="session")
