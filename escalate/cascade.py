@@ -45,7 +45,9 @@ ONLINE_SPLIT = "online"
 ROW_COLUMNS = ("id", "model", "split", "sample_idx", "text", "parsed_answer", "correct", "n_prompt_tokens",
                "n_output_tokens", "token_logprobs", "answer_logprob", "mean_entropy", "latency_s")
 # What answer() gives per question, in this order (the bundle's output schema lists the same).
-RESULT_FIELDS = ("question", "answer", "parsed_answer", "model", "escalated", "confidence", "strategy",
+# confidence: P(the kept answer is right) where the router's score means that (Router.is_probability), else NaN;
+# score: the router's raw score, which the threshold compares (any scale: entropy's is a negated entropy)
+RESULT_FIELDS = ("question", "answer", "parsed_answer", "model", "escalated", "confidence", "score", "strategy",
                  "threshold", "cost_slm", "cost_llm", "cost_router", "cost", "latency_slm_s", "latency_router_s",
                  "latency_llm_s", "latency_s", "slm_prompt_tokens", "slm_output_tokens", "llm_prompt_tokens",
                  "llm_output_tokens")
@@ -174,7 +176,8 @@ class Cascade:
             results.append({
                 "question": q["question"], "answer": str(text).strip(), "parsed_answer": parsed,
                 "model": "llm" if escalated[i] else "slm", "escalated": bool(escalated[i]),
-                "confidence": float(scores[i]), "strategy": self.router.name, "threshold": self.threshold,
+                "confidence": float(scores[i]) if self.router.is_probability else math.nan,
+                "score": float(scores[i]), "strategy": self.router.name, "threshold": self.threshold,
                 "cost_slm": slm_cost, "cost_llm": llm_cost, "cost_router": float(route_cost[i]),
                 "cost": float(route_cost[i]) + slm_cost + llm_cost,
                 "latency_slm_s": slm_time, "latency_router_s": router_time, "latency_llm_s": llm_time,

@@ -79,7 +79,7 @@ def test_champion_bundle_answers_in_a_fresh_process(store: tuple[str, str], smok
     out = pd.DataFrame(json.loads(line.removeprefix("ANSWERS ")))
     assert len(out) == len(QUESTIONS) and out["answer"].map(lambda a: isinstance(a, str)).all()
     assert set(out["model"]) <= {"slm", "llm"} and (out["strategy"] == "mean_logprob").all()
-    assert list(out["model"] == "llm") == list(out["confidence"] < 0.04845)  # the bundle's threshold decides
+    assert list(out["model"] == "llm") == list(out["score"] < 0.04845)  # the bundle's threshold decides
     assert (out["cost"] > 0).all() and (out["latency_s"] > 0).all()
     assert np.allclose(out["cost"], out["cost_slm"] + out["cost_llm"])
 

@@ -74,6 +74,14 @@ def test_cascade_escalates_below_threshold_and_charges_both_models() -> None:
     assert llm_prompts == ["Question: unsure?\nAnswer:"] and llm_params.temperature == 0
 
 
+def test_a_score_that_is_not_a_probability_is_reported_as_a_score_not_a_confidence() -> None:
+    out = cascade("entropy", threshold=-math.inf).answer(list(SLM))
+    assert all(math.isnan(r["confidence"]) for r in out)  # a negated entropy is no P(right)
+    assert all(math.isfinite(r["score"]) and r["score"] <= 0 for r in out)
+    p_true = cascade("p_true_token", threshold=-math.inf).answer(list(SLM))
+    assert [r["confidence"] for r in p_true] == [r["score"] for r in p_true]  # where it is one, both say it
+
+
 def test_threshold_extremes_never_and_always_escalate() -> None:
     assert {r["model"] for r in cascade("p_true_token", -math.inf).answer(list(SLM))} == {"slm"}
     assert {r["model"] for r in cascade("p_true_token", math.inf).answer(list(SLM))} == {"llm"}
@@ -145,7 +153,7 @@ def test_cascade_reproduces_the_offline_samples_it_was_evaluated_on(smoke: Path)
                 make_router("mean_logprob"), threshold, cost, profile.sampling, profile.seed)
     out = pd.DataFrame(c.answer(list(questions["question"])))
 
-    assert np.allclose(out["confidence"], offline_score, rtol=0, atol=1e-7)
+    assert np.allclose(out["score"], offline_score, rtol=0, atol=1e-7)
     escalated = offline_score < threshold
     assert 0 < escalated.sum() < len(escalated)
     assert list(out["model"]) == ["llm" if e else "slm" for e in escalated]

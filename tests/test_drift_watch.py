@@ -250,7 +250,7 @@ def test_drift_injected_into_traffic_runs_the_retrain_deployment_with_its_reason
             return api.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
 
     scores = [0.9] * (REFERENCE + MIN_LIVE) + [0.1] * 2 * MIN_LIVE  # then the traffic shifts: low scores escalate
-    c = client(StandInEngine(lambda q: served({**result("llm" if scores[0] < 0.5 else "slm"), "confidence": scores.pop(0)})))
+    c = client(StandInEngine(lambda q: served({**result("llm" if scores[0] < 0.5 else "slm"), "score": scores.pop(0)})))
     c.app.state.gateway.metrics.set_calib({"accept_accuracy": 0.93, "escalation_rate": 0.0})  # what calib said
 
     def watch() -> dict:

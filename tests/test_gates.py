@@ -194,7 +194,7 @@ def test_load_gate_times_out(tmp_path: Path) -> None:
 
 def answered(uri: str = "models:/x@champion", **out: object) -> dict:
     """What the fresh process reports for a bundle that answered two questions well (unless `out` says otherwise)."""
-    return {"uri": uri, "rows": 2, "columns": ["answer", "model", "confidence", "cost", "latency_s"],
+    return {"uri": uri, "rows": 2, "columns": ["answer", "model", "confidence", "score", "cost", "latency_s"],
             "models": ["slm", "llm"], "answers": ["4", "5"], "costs": [1.0, 21.0], "load_s": 1.0, "predict_s": 0.5,
             **out}
 

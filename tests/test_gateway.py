@@ -30,7 +30,8 @@ QUESTION = "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"
 def result(model: str = "slm", answer: str = "6") -> dict[str, Any]:
     row = dict.fromkeys(RESULT_FIELDS, 0.0)
     row.update(question=QUESTION, answer=answer, parsed_answer=answer, model=model, escalated=model == "llm",
-               confidence=0.91, strategy="entropy", threshold=0.5, cost_slm=1.5, cost=1.5 + (20.0 if model == "llm" else 0),
+               confidence=0.91, score=-0.141, strategy="entropy", threshold=0.5, cost_slm=1.5,
+               cost=1.5 + (20.0 if model == "llm" else 0),
                cost_llm=20.0 if model == "llm" else 0.0, slm_prompt_tokens=30, slm_output_tokens=3,
                llm_prompt_tokens=30 if model == "llm" else 0, llm_output_tokens=3 if model == "llm" else 0,
                latency_slm_s=0.01, latency_llm_s=0.05 if model == "llm" else 0.0)
@@ -88,6 +89,7 @@ def test_chat_answer_says_who_answered_and_at_what_cost() -> None:
     e = body["escalate"]
     assert (e["model"], e["served_by"], e["escalated"], e["strategy"]) == ("slm", "v1-slm", False, "entropy")
     assert e["confidence"] == pytest.approx(0.91) and e["cost"]["total"] == pytest.approx(1.5)
+    assert e["score"] == pytest.approx(-0.141)  # the router's raw score, apart from the probability
     assert e["tokens"]["slm"] == {"prompt": 30, "output": 3} and e["latency_s"]["gateway"] > 0
     assert body["usage"] == {"prompt_tokens": 30, "completion_tokens": 3, "total_tokens": 33}
 

@@ -67,7 +67,7 @@ def test_every_answered_request_is_one_record_with_its_route_cost_and_latency(tm
     first = rows.iloc[0]
     assert (first.question, first.model, first.escalated, first.strategy) == (QUESTION, "llm", True, "entropy")
     assert (first.deployment_model, first.deployment_version, first.alias) == ("escalate-cascade", "1", "champion")
-    assert first.score == pytest.approx(0.91) and first.threshold == pytest.approx(0.5)
+    assert first.score == pytest.approx(-0.141) and first.threshold == pytest.approx(0.5)  # the raw score, not P(right)
     assert first.answer == "6" and first.parsed_answer == "6" and pd.isna(first.fallback) and first.served_by == "v1-llm"
     assert (first.slm_prompt_tokens, first.slm_output_tokens, first.llm_prompt_tokens) == (30, 3, 30)
     assert first.cost == pytest.approx(21.5) and first.cost_llm == pytest.approx(20.0)
@@ -146,7 +146,7 @@ def test_the_writer_deletes_partitions_past_retention(tmp_path: Path) -> None:
 
 
 def test_nan_score_and_infinite_threshold_are_logged_as_null(tmp_path: Path) -> None:
-    row = {**result("llm"), "confidence": math.nan, "threshold": math.inf}
+    row = {**result("llm"), "confidence": math.nan, "score": math.nan, "threshold": math.inf}
     with client(StandInEngine(lambda q: served(row, "slm_unscored")), traffic_dir=str(tmp_path)) as c:
         assert chat(c).status_code == 200
     [record] = read_parts(part_files(tmp_path)).to_dict("records")
@@ -166,7 +166,7 @@ def test_drift_gauges_on_metrics() -> None:
 
     def answer(q: str) -> Answer:
         score = next(scores)
-        return served({**result("llm" if score < 0.5 else "slm"), "confidence": score})
+        return served({**result("llm" if score < 0.5 else "slm"), "score": score})  # drift watches the raw score
 
     def gauges() -> dict[str, float]:
         families = text_string_to_metric_families(c.get("/metrics").text)

@@ -22,6 +22,7 @@ by token with one router between them. Each answer has escalate.cascade.RESULT_F
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,7 +130,10 @@ class TokenLevelCascade:
         return {
             "question": question["question"], "answer": gen.text.strip(),
             "parsed_answer": EXTRACTORS[grader_kind(question)](gen.text), "model": answered_by(gen.sources),
-            "escalated": "llm" in gen.sources, "confidence": 1.0 - max(gen.llm_scores), "strategy": self.strategy,
+            # score: 1 − the router's largest P(LLM needed) over the answer; a per-token router says nothing
+            # calibrated about the whole answer being right, so there is no confidence
+            "escalated": "llm" in gen.sources, "confidence": math.nan, "score": 1.0 - max(gen.llm_scores),
+            "strategy": self.strategy,
             "threshold": self.tau, "cost_slm": cost["slm"], "cost_llm": cost["llm"], "cost_router": 0.0,
             "cost": cost["slm"] + cost["llm"], "latency_slm_s": gen.seconds["slm"],
             "latency_router_s": gen.seconds["router"], "latency_llm_s": gen.seconds["llm"], "latency_s": gen.latency_s,

@@ -89,7 +89,7 @@ def _column_type(name: str) -> str:
         return "boolean"
     if name.endswith("_tokens"):
         return "long"
-    if name in ("confidence", "threshold") or name.startswith(("cost", "latency")):
+    if name in ("confidence", "score", "threshold") or name.startswith(("cost", "latency")):
         return "double"
     return "string"
 

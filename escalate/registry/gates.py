@@ -393,7 +393,7 @@ def _judge_answers(model_uri: str, out: dict[str, Any], n: int, elapsed: float) 
     problems = []
     if out["rows"] != n:
         problems.append(f"{out['rows']} rows for {n} questions")
-    missing = sorted({"answer", "model", "confidence", "cost", "latency_s"} - set(out["columns"]))
+    missing = sorted({"answer", "model", "confidence", "score", "cost", "latency_s"} - set(out["columns"]))
     if missing:
         problems.append(f"output lacks columns {missing}")
     unknown = sorted({m for m in out["models"] if m not in ANSWERED_BY})

@@ -258,7 +258,7 @@ class Engine:
                     self._slm_down_until = time.monotonic() + SLM_RETRY_AFTER_S
         result = self.fallback.answer([question])[0]
         if reason == "slm_unscored":  # no score: NaN, which escalates (decision.decide), not the fallback's 0
-            result = {**result, "confidence": math.nan, "threshold": self.cascade.threshold}
+            result = {**result, "confidence": math.nan, "score": math.nan, "threshold": self.cascade.threshold}
         return self._answer(result, reason)
 
     def llm_text(self, question: str, budget: Budget | None = None) -> str:

@@ -510,7 +510,8 @@ def escalate_object(answer: Answer, deployment: Deployment, gateway_s: float) ->
     result = answer.result
     return {
         "model": result["model"], "served_by": answer.served_by, "escalated": result["escalated"],
-        "fallback": answer.fallback, "confidence": _finite(result["confidence"]), "strategy": result["strategy"],
+        "fallback": answer.fallback, "confidence": _finite(result["confidence"]), "score": _finite(result["score"]),
+        "strategy": result["strategy"],
         "threshold": _finite(result["threshold"]), "parsed_answer": result["parsed_answer"],
         "deployment": {"model": deployment.model_name, "version": deployment.version, "alias": deployment.alias},
         "tokens": {r: {"prompt": int(result[f"{r}_prompt_tokens"]), "output": int(result[f"{r}_output_tokens"])}

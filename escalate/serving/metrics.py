@@ -69,7 +69,7 @@ class GatewayMetrics:
         if result["escalated"]:
             self.escalations.labels(fallback or "router").inc()
         self.cost.labels(model).observe(float(result["cost"]))
-        self.drift.observe(float(result["confidence"]), result["escalated"], (result["strategy"], result["threshold"]),
+        self.drift.observe(float(result["score"]), result["escalated"], (result["strategy"], result["threshold"]),
                            router_scored=fallback is None)
         for step in ("slm", "router", "llm"):
             seconds = float(result[f"latency_{step}_s"])

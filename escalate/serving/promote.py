@@ -97,7 +97,7 @@ class Promotion:
         for a in self.answers:
             e = a["escalate"]
             lines.append(f"  {a['question'][:60]!r} -> {a['answer']!r} by {e['model']} ({e['served_by']}), "
-                         f"confidence {e['confidence']:.3f}, cost {e['cost']['total']:.2f}")
+                         f"score {e['score']:.3f}, cost {e['cost']['total']:.2f}")
         return "\n".join(lines)
 
 

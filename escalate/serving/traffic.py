@@ -76,7 +76,7 @@ def row(entry: Mapping[str, Any], redactor: Callable[[str], str]) -> dict[str, A
     return {
         "time": datetime.fromtimestamp(entry["time"], UTC), "deployment_model": deployment["model"],
         "deployment_version": str(deployment["version"]), "alias": deployment["alias"],
-        "strategy": meta["strategy"], "score": meta["confidence"], "threshold": meta["threshold"],
+        "strategy": meta["strategy"], "score": meta["score"], "threshold": meta["threshold"],
         "model": meta["model"], "served_by": meta["served_by"], "escalated": bool(meta["escalated"]),
         "fallback": meta["fallback"], "question": redactor(entry["question"]), "answer": result["answer"],
         "parsed_answer": None if result["parsed_answer"] is None else str(result["parsed_answer"]),
