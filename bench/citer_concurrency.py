@@ -15,7 +15,7 @@ then leave and join the batch at any step). Answers run to eos or the profile's 
   worker threads do through InProcessEngine.answer.
 
 Every concurrent answer must equal its sequential one (text, sources, costs, tokens; the router's
-confidence to float tolerance), else the script exits 1. Torch's threads and the machine's load are
+score to float tolerance), else the script exits 1. Torch's threads and the machine's load are
 written beside the figures, since both set them.
 """
 
@@ -143,9 +143,9 @@ def concurrent(cascade: TokenLevelCascade, asked: list[str], clients: int) -> tu
 def differences(alone: list[dict], together: list[dict]) -> list[str]:
     bad = []
     for i, (a, b) in enumerate(zip(alone, together)):
-        keys = [k for k in a if k not in TIMING and k != "confidence" and a[k] != b[k]]
-        if keys or not np.isclose(a["confidence"], b["confidence"], rtol=1e-4, atol=1e-6):
-            bad.append(f"question {i}: {keys or ['confidence']}")
+        keys = [k for k in a if k not in TIMING and k not in ("confidence", "score") and a[k] != b[k]]
+        if keys or not np.isclose(a["score"], b["score"], rtol=1e-4, atol=1e-6):
+            bad.append(f"question {i}: {keys or ['score']}")
     return bad
 
 

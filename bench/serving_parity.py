@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     served = pd.DataFrame(served)
     route = float(np.mean(served["model"].to_numpy() == local["model"].to_numpy()))
     answer = float(np.mean(served["answer"].to_numpy() == local["answer"].str.strip().to_numpy()))
-    gap = np.abs(served["confidence"].astype(float).to_numpy() - local["confidence"].astype(float).to_numpy())
+    gap = np.abs(served["score"].astype(float).to_numpy() - local["score"].astype(float).to_numpy())
     lines = [f"# Serving parity: {deployment.label} (strategy {deployment.read()[0].strategy}), profile {profile.name}, "
              f"{len(questions)} {profile.evaluation.split} questions", "",
              "| measure | value |", "|---|---|",

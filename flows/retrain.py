@@ -137,7 +137,7 @@ def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates
         f"cost model {metrics['context']['cost_model']}\n{table}\n\nregistry ({registry.name}):\n{verdicts}"
     )
     if answers is not None:
-        shown = answers[["answer", "model", "confidence", "cost"]].assign(question=[q[:60] for q in asked])
+        shown = answers[["answer", "model", "score", "cost"]].assign(question=[q[:60] for q in asked])
         print(f"\n{registry.name}@champion answering:\n{format_table(shown.to_dict('records'))}")
     print(
         f"\nreport:    {p['eval'] / 'report.md'}\n"
