@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -25,6 +24,8 @@ import tempfile
 import time
 from datetime import date
 from pathlib import Path
+
+from machine import cpu_model  # bench/machine.py: the script's own directory is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS_S = {"clean": 20 * 60, "first_table": 5 * 60, "rerun": 2 * 60}
@@ -47,11 +48,6 @@ def timed(cmd: list[str], cwd: Path, env: dict, log: Path) -> tuple[float, float
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}); its output is in {log}")
     return time.perf_counter() - start, first_table
 
-
-def cpu_model() -> str:
-    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
-    return names[0] if names else platform.machine()
 
 
 def main() -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from machine import cpu_model  # bench/machine.py: the script's own directory is on sys.path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from escalate.config import load_profile
@@ -70,13 +71,6 @@ def worker(profile_name: str, threads: int, root: Path) -> dict:
             "test": zoo.accuracy(model, tokenizer, items, profile.sampling.max_new_tokens)}
     return result
 
-
-def cpu_model() -> str:
-    """The CPU's model name (what the issue's figures depend on), or the architecture where Linux does not say."""
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.is_file() else []
-    return names[0] if names else platform.machine()
 
 
 def report(profile: str, runs: list[dict], calib_questions: int, n_test: int) -> str:

@@ -21,25 +21,25 @@ from escalate.evaluation.report import format_cell, markdown_table, target_verdi
 
 Figures = dict[str, dict[str, float | None]]  # stage -> its published figures (flat key -> number, None: undefined)
 
-# What each query-level strategy is called in the README: (stage, key prefix of its row, label).
+# What each query-level strategy is called in the README: (stage, key prefix of its row, separator included, label).
 STRATEGIES = (
-    ("evaluate", "eval.p_true_token", "P(T) cascade"),
-    ("evaluate", "eval.mean_logprob", "mean log-prob cascade"),
-    ("evaluate", "eval.min_logprob", "min log-prob cascade"),
-    ("evaluate", "eval.entropy", "entropy cascade"),
-    ("evaluate", "eval.self_consistency", "self-consistency"),
-    ("evaluate", "eval.random", "random"),
-    ("evaluate", "eval.prompt_length", "prompt length (pre-generation)"),
-    ("evaluate", "eval.embedding_lr", "MiniLM embedding + LR (pre-generation)"),
-    ("evaluate", "eval.embedding_features", "MiniLM + question features (pre-generation)"),
-    ("evaluate", "eval.pik_probe", "P(IK) probe on SLM hidden states (pre-generation)"),
-    ("evaluate", "eval.joint_pik_pt", "joint P(IK)/P(T) cascade"),
-    ("sater", "sater/sater/sater_refusal", "SATER refusal cascade"),
-    ("sater", "sater/sater/sater_pregen", "SATER refusal probability (pre-generation)"),
-    ("sater", "sater/sater/sater_vote", "SATER weighted vote"),
-    ("corea", "corea/all", "COREA stated confidence"),
+    ("evaluate", "eval.p_true_token.", "P(T) cascade"),
+    ("evaluate", "eval.mean_logprob.", "mean log-prob cascade"),
+    ("evaluate", "eval.min_logprob.", "min log-prob cascade"),
+    ("evaluate", "eval.entropy.", "entropy cascade"),
+    ("evaluate", "eval.self_consistency.", "self-consistency"),
+    ("evaluate", "eval.random.", "random"),
+    ("evaluate", "eval.prompt_length.", "prompt length (pre-generation)"),
+    ("evaluate", "eval.embedding_lr.", "MiniLM embedding + LR (pre-generation)"),
+    ("evaluate", "eval.embedding_features.", "MiniLM + question features (pre-generation)"),
+    ("evaluate", "eval.pik_probe.", "P(IK) probe on SLM hidden states (pre-generation)"),
+    ("evaluate", "eval.joint_pik_pt.", "joint P(IK)/P(T) cascade"),
+    ("sater", "sater/sater/sater_refusal/", "SATER refusal cascade"),
+    ("sater", "sater/sater/sater_pregen/", "SATER refusal probability (pre-generation)"),
+    ("sater", "sater/sater/sater_vote/", "SATER weighted vote"),
+    ("corea", "corea/all/", "COREA stated confidence"),
 )
-NOT_A_ROUTER = {"evaluate": ("eval.oracle", "eval.random")}  # left out of "the best query-level strategy"
+NOT_A_ROUTER = {"evaluate": ("eval.oracle.", "eval.random.")}  # left out of "the best query-level strategy"
 COLUMNS = {"accuracy": "accuracy", "cost": "cost", "call_rate": "call rate", "apgr": "APGR", "togr": "ToGR",
            "saving_at_iso_accuracy": "saving at acc ≥ LLM − δ", "auroc": "AUROC", "ece": "ECE"}
 COUNTS = {"distinct_confidences"}  # figures that count things: shown as integers
@@ -64,7 +64,7 @@ def figure(figures: Figures, stage: str, key: str) -> float:
 
 def strategy_figure(figures: Figures, stage: str, prefix: str, column: str) -> float:
     key = COREA_COLUMNS.get(column, column) if stage == "corea" else column
-    return figure(figures, stage, f"{prefix}/{key}" if "/" in prefix else f"{prefix}.{key}")
+    return figure(figures, stage, prefix + key)
 
 
 def whole(value: float) -> str:
@@ -104,7 +104,7 @@ def candidates_table(figures: Figures) -> str:
         rows.append({"strategy": "CITER token-level", **{name: format_cell(figure(figures, "citer", citer[column]))
                                                          if column in citer else "—"
                                                          for column, name in COLUMNS.items()}})
-    rows.append({"strategy": "oracle", **{name: format_cell(strategy_figure(figures, "evaluate", "eval.oracle", column))
+    rows.append({"strategy": "oracle", **{name: format_cell(strategy_figure(figures, "evaluate", "eval.oracle.", column))
                                           for column, name in COLUMNS.items()}})
     refs = {column: " / ".join(format_cell(figure(figures, "evaluate", f"eval.{ref}.{column}"))
                                for ref in ("SLM-only", "LLM-only")) for column in ("accuracy", "cost", "call_rate")}

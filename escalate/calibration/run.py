@@ -26,22 +26,14 @@ from escalate.config import Profile
 from escalate.evaluation import curves
 from escalate.evaluation.records import build_records, fit_latency_model
 from escalate.evaluation.report import format_table, markdown_table
-from escalate.evaluation.run import build_router, to_json
+from escalate.evaluation.run import build_router, inputs_for, to_json
 from escalate.evaluation.thresholds import Outcomes
-from escalate.routers.base import RouterInputs
 from escalate.stages.base import cost_model, eval_settings
 
 BENCHMARK_COLUMNS = ("strategy", "target", "n", "slm_accuracy", "llm_accuracy", "trivial", "auroc", "ece", "apgr",
                      "constructed_met", "constructed_saving", "calib_met", "calib_saving", "single_met",
                      "single_saving")
 RATE_COLUMNS = ("kind", "cases", "success_rate", "mean_saving", "informative_cases", "informative_success_rate")
-
-
-def inputs(questions: pd.DataFrame, samples: pd.DataFrame) -> tuple[RouterInputs, pd.DataFrame]:
-    """Router inputs and LLM samples of one set."""
-    s = samples[samples["id"].isin(questions["id"])]
-    llm = s[s["model"] == "llm"]
-    return RouterInputs(questions.reset_index(drop=True), s[s["model"] == "slm"], llm), llm
 
 
 def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = ".") -> dict:
@@ -60,7 +52,7 @@ def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = 
     samples.to_parquet(out / "samples.parquet", index=False)
     # Batch-amortised sample timings: enough for the records' latency columns, which no figure here reads.
     cost, latency = cost_model(profile, root), fit_latency_model(all_samples)
-    set_inputs = {name: inputs(q, all_samples) for name, q in sets.items()}
+    set_inputs = {name: inputs_for(q, all_samples, q["split"].iloc[0]) for name, q in sets.items()}  # one split a set
 
     rows, benchmark = [], []
     for name in settings.strategies:
