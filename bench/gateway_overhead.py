@@ -190,9 +190,16 @@ def start(kind: str, *extra: str) -> tuple[subprocess.Popen, str]:
 
 # ---- the clients -----------------------------------------------------------------------------------------------
 
-async def cell(url: str, body: Any, clients: int, seconds: float, headers: dict[str, str], gateway: bool = True
-               ) -> dict[str, Any]:
-    """`clients` loops posting for `seconds`: per request its wall time and the gateway's escalate object."""
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU time so far (Linux /proc): the server's own work, whatever else shares the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def cell(url: str, body: Any, clients: int, seconds: float, headers: dict[str, str], gateway: bool = True,
+               server_pid: int | None = None) -> dict[str, Any]:
+    """`clients` loops posting for `seconds`: per request its wall time and the gateway's escalate object, and the
+    CPU time the server (`server_pid`) spent per answered request."""
     walls: list[float] = []
     own: list[float] = []
     router: list[float] = []
@@ -224,12 +231,15 @@ async def cell(url: str, body: Any, clients: int, seconds: float, headers: dict[
                     calls.append(1 + int(e["escalated"]))
 
         load = os.getloadavg()[0]
-        begun = time.perf_counter()
+        begun, cpu = time.perf_counter(), cpu_seconds(server_pid) if server_pid else math.nan
         await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - begun
+        cpu = (cpu_seconds(server_pid) - cpu) if server_pid else math.nan
     out = {"requests": len(walls), "p50_ms": pct(walls, 50), "p99_ms": pct(walls, 99),
            "rps": round(len(walls) / elapsed, 1), "errors": len(errors),
            "load_avg": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    if server_pid and walls:
+        out["server_cpu_ms"] = round(cpu / len(walls) * 1000, 3)
     if errors:
         out["first_error"] = errors[0]
     if own:
@@ -266,8 +276,10 @@ def run(strategy: str, threshold: float, top_logprobs: str, seconds: float, clie
         auth = {"Authorization": f"Bearer {KEY}"}
         for clients in client_counts:
             asyncio.run(cell(f"{gateway_url}/v1/completions", to_gateway, 1, 2.0, auth))  # warm-up, not recorded
-            g = asyncio.run(cell(f"{gateway_url}/v1/completions", to_gateway, clients, seconds, auth))
-            s = asyncio.run(cell(f"{stub_url}/v1/completions", to_stub, clients, seconds, {}, gateway=False))
+            g = asyncio.run(cell(f"{gateway_url}/v1/completions", to_gateway, clients, seconds, auth,
+                                 server_pid=gateway.pid))
+            s = asyncio.run(cell(f"{stub_url}/v1/completions", to_stub, clients, seconds, {}, gateway=False,
+                                 server_pid=stub.pid))
             g["minus_stub_p50_ms"] = round(g["p50_ms"] - s["p50_ms"], 2)
             result["clients"][str(clients)], result["stub"][str(clients)] = g, s
             print(f"{strategy} k={top_logprobs} clients={clients}: gateway {g} | stub {s}", flush=True)
@@ -335,10 +347,14 @@ def markdown(runs: dict[str, dict]) -> str:
              "mean_logprob rows were taken earlier with 3 repeating questions: nothing on their paths caches). "
              "before = the code before issue 21's items 1-3, asking both models for all 400 alternatives per token; "
              "strategy = what the router reads. "
-             "load = 1-min load average before/after the gateway cell (2 shared cores).",
+             "load = 1-min load average before/after the gateway cell (2 shared cores). "
+             "cpu = the server process's CPU time (user + system) per answered request: the gateway's for the "
+             "gateway, the stub's for the stub; unlike wall times it does not grow when other work shares the cores "
+             "(— where a run predates it).",
              "", "| run | clients | gateway p50 ms | gateway p99 ms | rps | errors | stub p50 ms | stub p99 ms | "
-             "stub rps | own p50 ms | own p99 ms | gw − stub p50 ms | router p50 ms | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "stub rps | own p50 ms | own p99 ms | gw − stub p50 ms | router p50 ms | gateway cpu ms | stub cpu ms | "
+             "load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in runs.items():
         if name == "entropy_topk":
             continue
@@ -346,8 +362,8 @@ def markdown(runs: dict[str, dict]) -> str:
             s = r["stub"][clients]
             lines.append(f"| {name} | {clients} | {g['p50_ms']} | {g['p99_ms']} | {g['rps']} | {g['errors']} | "
                          f"{s['p50_ms']} | {s['p99_ms']} | {s['rps']} | {g.get('own_p50_ms')} | {g.get('own_p99_ms')} | "
-                         f"{g['minus_stub_p50_ms']} | {g.get('router_p50_ms')} | "
-                         f"{'→'.join(map(str, g['load_avg']))} |")
+                         f"{g['minus_stub_p50_ms']} | {g.get('router_p50_ms')} | {g.get('server_cpu_ms', '—')} | "
+                         f"{s.get('server_cpu_ms', '—')} | {'→'.join(map(str, g['load_avg']))} |")
     extra = runs.get("entropy_topk")
     return "\n".join(lines) + "\n" + (entropy_markdown(extra) if extra else "")
 

@@ -14,6 +14,11 @@ router time only where the router runs the SLM (it is SLM time, AROL's summand).
 
     cascade = Cascade(slm, llm, make_router("p_true_token"), threshold=0.4, cost=cost, sampling=cfg)
     cascade.answer(["Eva has 7 cups. Then gives away 1. How many cups does Eva have now?"])
+
+The cascade's logic is written once, as a plan (`Cascade.plan`): a generator that yields each
+generation it needs (`Generate`) and is sent the generations back. `drive` runs a plan with blocking
+backends (offline, tests, the shadow labeller), `drive_async` with async ones (the gateway: no worker
+thread waits on a model server). A request is scored on plain rows (routers.base.RowInputs), not DataFrames.
 """
 
 from __future__ import annotations
@@ -21,19 +26,20 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import anyio
 import numpy as np
-import pandas as pd
 
 from escalate.config import SamplingConfig
 from escalate.evaluation import decision
 from escalate.evaluation.cost import CostModel
 from escalate.evaluation.records import read_cost
-from escalate.models.backends.base import GenerationBackend
+from escalate.models.backends.base import Generation, GenerationBackend, SamplingParams
 from escalate.prompts import format_prompt
-from escalate.routers.base import Router, RouterInputs
+from escalate.routers.base import QUESTION_COLUMNS, Router, RowInputs
 from escalate.sampling import generation_params, generation_rows
 
 ROLES = ("slm", "llm")
@@ -41,9 +47,6 @@ ROLES = ("slm", "llm")
 MIXED = "slm+llm"
 ANSWERED_BY = (*ROLES, MIXED)
 ONLINE_SPLIT = "online"
-# Columns of ungraded sample rows (sampling.generation_rows without a gold answer, plus `correct`).
-ROW_COLUMNS = ("id", "model", "split", "sample_idx", "text", "parsed_answer", "correct", "n_prompt_tokens",
-               "n_output_tokens", "token_logprobs", "answer_logprob", "mean_entropy", "latency_s")
 # What answer() gives per question, in this order (the bundle's output schema lists the same).
 # confidence: P(the kept answer is right) where the router's score means that (Router.is_probability), else NaN;
 # score: the router's raw score, which the threshold compares (any scale: entropy's is a negated entropy)
@@ -51,6 +54,7 @@ RESULT_FIELDS = ("question", "answer", "parsed_answer", "model", "escalated", "c
                  "threshold", "cost_slm", "cost_llm", "cost_router", "cost", "latency_slm_s", "latency_router_s",
                  "latency_llm_s", "latency_s", "slm_prompt_tokens", "slm_output_tokens", "llm_prompt_tokens",
                  "llm_output_tokens")
+T = TypeVar("T")
 
 
 class Answerer(Protocol):
@@ -62,8 +66,58 @@ class Answerer(Protocol):
     def close(self) -> None: ...
 
 
-def question_frame(questions: list[str], choices: list[Any] | None = None) -> pd.DataFrame:
-    """Online questions as the `questions` table routers read: positional ids, optional choices as JSON."""
+@dataclass(frozen=True)
+class Generate:
+    """A step of a plan: `role`'s generations for `prompts` (one list per prompt), which the driver sends back."""
+
+    role: str
+    prompts: list[str]
+    params: SamplingParams
+
+
+Plan = Generator[Generate, list[list[Generation]], T]
+
+
+def drive(plan: Plan[T], generate: Callable[[Generate], list[list[Generation]]]) -> T:
+    """Run a plan with a blocking `generate`; a generation's failure is raised inside the plan, where it may be handled."""
+    reply: tuple[bool, Any] = (True, None)
+    while True:
+        done, value = _advance(plan, reply)
+        if done:
+            return value
+        try:
+            reply = (True, generate(value))
+        except Exception as exc:  # the plan decides (a down SLM is bypassed); else it re-raises
+            reply = (False, exc)
+
+
+async def drive_async(plan: Plan[T], generate: Callable[[Generate], Awaitable[list[list[Generation]]]],
+                      inline: bool) -> T:
+    """drive() with an async `generate`. The plan's own steps (routing, parsing) run on the event loop when
+    `inline` (a cheap router: Router.cheap_to_score), else on a worker thread, so a router's model never
+    blocks the loop."""
+    reply: tuple[bool, Any] = (True, None)
+    while True:
+        done, value = _advance(plan, reply) if inline else await anyio.to_thread.run_sync(_advance, plan, reply)
+        if done:
+            return value
+        try:
+            reply = (True, await generate(value))
+        except Exception as exc:
+            reply = (False, exc)
+
+
+def _advance(plan: Plan[Any], reply: tuple[bool, Any]) -> tuple[bool, Any]:
+    """Send a plan the last reply (a value, or an exception to raise there): (True, its result) when it
+    returns, else (False, its next step). StopIteration stays in here: it may not cross a thread's future."""
+    try:
+        return False, plan.send(reply[1]) if reply[0] else plan.throw(reply[1])
+    except StopIteration as stop:
+        return True, stop.value
+
+
+def question_rows(questions: list[str], choices: list[Any] | None = None) -> list[dict]:
+    """Online questions as rows of the `questions` table routers read: positional ids, optional choices as JSON."""
     if isinstance(questions, str):
         raise TypeError("questions must be a list of strings, not one string")
     if choices is not None and len(choices) != len(questions):
@@ -72,12 +126,8 @@ def question_frame(questions: list[str], choices: list[Any] | None = None) -> pd
     if bad:
         raise ValueError(f"questions must be non-empty strings; bad positions: {bad[:10]}")
     normalized = [_choices_json(c) for c in (choices or [None] * len(questions))]
-    return pd.DataFrame({
-        "id": [f"q{i:06d}" for i in range(len(questions))],
-        "question": list(questions),
-        "choices": normalized,
-        "split": ONLINE_SPLIT,
-    })
+    return [dict(zip(QUESTION_COLUMNS, (f"q{i:06d}", q, c, ONLINE_SPLIT)))
+            for i, (q, c) in enumerate(zip(questions, normalized))]
 
 
 def _choices_json(choices: Any) -> str | None:
@@ -88,15 +138,6 @@ def _choices_json(choices: Any) -> str | None:
         return json.dumps(list(choices)) if choices else None
     text = str(choices)
     return text if text.strip() else None
-
-
-def _empty_rows() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype=object) for c in ROW_COLUMNS})
-
-
-def _rows_frame(rows: list[dict]) -> pd.DataFrame:
-    """Sample rows as the `slm_samples` table routers read."""
-    return pd.DataFrame(rows, columns=list(ROW_COLUMNS)) if rows else _empty_rows()
 
 
 def _by_id(rows: list[dict]) -> dict[str, list[dict]]:
@@ -136,31 +177,42 @@ class Cascade:
             self.cost.cost(role, 0, 0)
 
     def answer(self, questions: list[str], choices: list[Any] | None = None) -> list[dict]:
-        """One dict per question (RESULT_FIELDS): the answer, who gave it, the score, cost and latency.
+        """One dict per question (RESULT_FIELDS): the answer, who gave it, the score, cost and latency."""
+        return drive(self.plan(questions, choices), self.generate)
 
-        The gateway calls this once per request, so pandas appears only where routers read it (their
-        RouterInputs); the rest works on plain rows, which for one question costs a fraction of DataFrame ops.
-        """
-        frame = question_frame(questions, choices)
-        if frame.empty:
+    async def answer_async(self, questions: list[str], choices: list[Any] | None = None) -> list[dict]:
+        """answer() over the backends' async generation."""
+        return await drive_async(self.plan(questions, choices), self.agenerate, self.router.cheap_to_score)
+
+    def backend(self, role: str) -> GenerationBackend:
+        return self.slm if role == "slm" else self.llm
+
+    def generate(self, step: Generate) -> list[list[Generation]]:
+        return self.backend(step.role).generate(step.prompts, step.params)
+
+    async def agenerate(self, step: Generate) -> list[list[Generation]]:
+        return await self.backend(step.role).agenerate(step.prompts, step.params)
+
+    def plan(self, questions: list[str], choices: list[Any] | None = None) -> Plan[list[dict]]:
+        """answer()'s logic, yielding each generation it needs: the one place the cascade's rule is written."""
+        records = question_rows(questions, choices)
+        if not records:
             return []
-        records = frame.to_dict("records")
         all_samples = self.router.uses_all_samples
         if self.router.mode == "pregen":
-            inputs = RouterInputs(frame, _empty_rows())
-            routing, scores, route_s, route_cost = self._route(inputs)
+            routing, scores, route_s, route_cost = self._route(RowInputs(records, []))
             paid = routing.slm_paid(self.router.mode)
-            slm_rows = self._generate(self.slm, "slm", [q for q, p in zip(records, paid) if p], all_samples)
-            inputs = RouterInputs(frame, _rows_frame(slm_rows))
+            slm_rows = yield from self._generate("slm", [q for q, p in zip(records, paid) if p], all_samples)
+            inputs = RowInputs(records, slm_rows)
         else:
-            slm_rows = self._generate(self.slm, "slm", records, all_samples)
-            inputs = RouterInputs(frame, _rows_frame(slm_rows))
+            slm_rows = yield from self._generate("slm", records, all_samples)
+            inputs = RowInputs(records, slm_rows)
             routing, scores, route_s, route_cost = self._route(inputs)
         answers = self._strategy_answers(inputs, ~routing.routed)
         # The same rule again, now that the kept queries' SLM answers (and refusals) are known.
         refused = np.array([answers.get(q["id"], (None, False))[1] for q in records], dtype=bool)
         escalated = decision.escalates(scores, self.threshold, refused)
-        llm_rows = self._generate(self.llm, "llm", [q for q, e in zip(records, escalated) if e], all_samples=False)
+        llm_rows = yield from self._generate("llm", [q for q, e in zip(records, escalated) if e], all_samples=False)
         by_id = {"slm": _by_id(slm_rows), "llm": _by_id(llm_rows)}
         results = []
         for i, q in enumerate(records):
@@ -172,7 +224,7 @@ class Cascade:
                 text, parsed = self._slm_answer(slm_part, _none_if_nan(answers[q["id"]][0]))
             slm_cost, slm_time, slm_tokens = self._usage("slm", slm_part)
             llm_cost, llm_time, llm_tokens = self._usage("llm", llm_part)
-            router_time = route_s / len(frame)  # scoring is batched: its time is shared evenly
+            router_time = route_s / len(records)  # scoring is batched: its time is shared evenly
             results.append({
                 "question": q["question"], "answer": str(text).strip(), "parsed_answer": parsed,
                 "model": "llm" if escalated[i] else "slm", "escalated": bool(escalated[i]),
@@ -191,33 +243,31 @@ class Cascade:
         for backend in (self.slm, self.llm):
             backend.close()
 
-    def _generate(self, backend: GenerationBackend, role: str, part: list[dict], all_samples: bool) -> list[dict]:
+    def _generate(self, role: str, part: list[dict], all_samples: bool) -> Plan[list[dict]]:
         """Ungraded sample rows for `part`: greedy sample 0, and samples 1..K-1 when the strategy pays for them."""
         if not part:
             return []
         greedy, sampled = generation_params(self.sampling, self.seed)
         prompts = [format_prompt(q["question"], q["choices"]) for q in part]
-        first = backend.generate(prompts, greedy)
-        rest = backend.generate(prompts, sampled) if all_samples and sampled else [[] for _ in prompts]
+        first = yield Generate(role, prompts, greedy)
+        rest = (yield Generate(role, prompts, sampled)) if all_samples and sampled else [[] for _ in prompts]
         rows: list[dict] = []
         for question, g0, gk in zip(part, first, rest):
             rows += generation_rows(question, role, g0 + gk, 0)
         # Serving has no gold answer: `correct` is unknown (None), which routers only read for offline figures.
         return [{**row, "correct": None} for row in rows]
 
-    def _strategy_answers(self, inputs: RouterInputs, kept: np.ndarray) -> dict[str, tuple]:
-        """Per kept question id, the strategy's SLM answer and whether it is the refusal (router.slm_answers)."""
+    def _strategy_answers(self, inputs: RowInputs, kept: np.ndarray) -> dict[str, tuple]:
+        """Per kept question id, the strategy's SLM answer and whether it is the refusal (router.slm_answer_rows)."""
         if not kept.any():
             return {}
         if not kept.all():  # else the scoring inputs serve as they are (one request: one question, kept)
-            questions = inputs.questions[kept].reset_index(drop=True)
-            samples = inputs.slm_samples
-            inputs = RouterInputs(questions, samples[samples["id"].isin(questions["id"])].reset_index(drop=True))
-        answers = self.router.slm_answers(inputs)
-        return {qid: (answer, bool(refused)) for qid, answer, refused
-                in zip(answers["id"], answers["answer"], answers["refused"])}
+            rows = [q for q, k in zip(inputs.rows, kept) if k]
+            ids = {q["id"] for q in rows}
+            inputs = RowInputs(rows, [r for r in inputs.sample_rows if r["id"] in ids])
+        return {a["id"]: (a["answer"], a["refused"]) for a in self.router.slm_answer_rows(inputs)}
 
-    def _route(self, inputs: RouterInputs) -> tuple[decision.Decision, np.ndarray, float, np.ndarray]:
+    def _route(self, inputs: RowInputs) -> tuple[decision.Decision, np.ndarray, float, np.ndarray]:
         """Which questions the score sends to the LLM (before any SLM answer) and the score per question, the
         time they took, and what scoring cost per question (the SLM tokens a router that runs the SLM reads,
         priced as SLM input)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 from hypothesis import strategies as st
 
 from escalate.cascade import RESULT_FIELDS
@@ -113,7 +114,18 @@ def stub_result(question: str) -> dict[str, Any]:
     return row
 
 
-class StubEngine:
+class BlockingEngine:
+    """A stand-in engine's async face: its blocking `answer` on a worker thread, abandoned when the gateway
+    gives up on the request (so a stand-in that sleeps exercises the gateway's queue and deadline)."""
+
+    def answer(self, question: str, budget: Any = None) -> Answer:
+        raise NotImplementedError
+
+    async def answer_async(self, question: str, budget: Any = None) -> Answer:
+        return await anyio.to_thread.run_sync(self.answer, question, budget, abandon_on_cancel=True)
+
+
+class StubEngine(BlockingEngine):
     """Duck-types serving.engine.Engine without servers: answers every question with the SLM, except one
     longer than a small model's context, which the SLM's server refuses (as vLLM does: a 4xx)."""
 

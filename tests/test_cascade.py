@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
+import anyio
 import numpy as np
 import pandas as pd
 import pytest
 
-from escalate.cascade import RESULT_FIELDS, Cascade, question_frame
+from escalate.cascade import RESULT_FIELDS, Cascade, question_rows
 from escalate.config import SamplingConfig
 from escalate.evaluation import decision, metrics, thresholds
 from escalate.evaluation.cost import TokenPriceCost
@@ -117,8 +120,8 @@ def test_pregen_router_never_calls_the_slm_for_escalated_queries() -> None:
 
 
 def test_choices_become_lettered_prompts_and_bad_input_is_refused() -> None:
-    frame = question_frame(["Pick one?"], [["red", "blue"]])
-    assert frame.loc[0, "choices"] == '["red", "blue"]'
+    rows = question_rows(["Pick one?"], [["red", "blue"]])
+    assert rows[0]["choices"] == '["red", "blue"]'
     c = cascade("p_true_token", threshold=0.5)
     c.answer(["Pick one?"], [["red", "blue"]])
     assert c.slm.calls[0][0] == ["Question: Pick one?\nA. red\nB. blue\nAnswer:"]
@@ -275,3 +278,35 @@ def test_a_nan_score_fails_closed_online_as_the_rule_says(router: type[Router]) 
         online = [r["escalated"] for r in c.answer(questions)]
         assert online == decision.escalates([0.9, math.nan], threshold).tolist()
         assert online == [threshold == math.inf, threshold > -math.inf]
+
+
+def without_latency(results: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("latency")} for r in results]
+
+
+@pytest.mark.parametrize(("router", "threshold"), [("p_true_token", 0.5), ("self_consistency", 0.7),
+                                                   ("random", 0.5), ("sater_refusal", 0.5)])
+def test_the_async_answer_is_the_blocking_answer(router: str, threshold: float) -> None:
+    """One plan, two drivers: the gateway's async path routes, answers and prices as the blocking one."""
+    questions = [*SLM, "other?"]
+    blocking = cascade(router, threshold, sampled="4").answer(questions)
+    awaited = asyncio.run(cascade(router, threshold, sampled="4").answer_async(questions))
+    assert without_latency(awaited) == without_latency(blocking)
+    assert {r["model"] for r in blocking} == {"slm", "llm"}  # both branches of the plan ran
+
+
+@pytest.mark.parametrize(("router", "on_thread"), [("p_true_token", False), ("entropy", False), ("random", True)])
+def test_a_cheap_router_is_scored_on_the_event_loop_and_others_on_a_thread(
+        router: str, on_thread: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Router.cheap_to_score keeps the gateway's loop free of thread hops; a router with a model of its own
+    (not cheap: random stands in for one here) is scored on a worker thread, so it cannot stall the loop."""
+    hops: list[str] = []
+    real = anyio.to_thread.run_sync
+
+    async def spy(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", str(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", spy)
+    asyncio.run(cascade(router, 0.5).answer_async(list(SLM)))
+    assert ("_advance" in hops) == on_thread

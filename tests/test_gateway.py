@@ -21,6 +21,7 @@ from escalate.serving import gateway as gateway_module
 from escalate.serving.deployment import Deployment
 from escalate.serving.engine import Answer, EngineHolder, ModelDown
 from escalate.serving.gateway import GatewaySettings, create_app
+from tests.gateway_requests import BlockingEngine
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -46,7 +47,7 @@ def served(row: dict[str, Any], fallback: str | None = None) -> Answer:
     return Answer(row, fallback, SERVED[row["model"]])
 
 
-class StandInEngine:
+class StandInEngine(BlockingEngine):
     """Duck-types serving.engine.Engine; `behaviour` decides each answer."""
 
     def __init__(self, behaviour: Any = None, version: str = "1") -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import socket
@@ -325,3 +326,43 @@ def test_top_k_entropies_equal_the_per_step_reference_for_ragged_and_missing_ste
     assert openai_http.top_k_entropies([STEP_TOP], 3)[0] == pytest.approx(entropy_from_logprobs(list(STEP_TOP.values())))
     assert openai_http.top_k_entropies([None, None], 5).tolist() == pytest.approx([math.nan] * 2, nan_ok=True)
 
+
+
+def test_async_generation_equals_blocking_and_keeps_the_bound() -> None:
+    """The gateway's agenerate gives the generations generate gives, at most max_concurrency requests at once."""
+    fake = FakeServer(ok, delay_s=0.05)
+    prompts = [f"p{i}" for i in range(6)]
+    params = SamplingParams(max_new_tokens=2, n=2)
+    with serve(fake) as url:
+        backend = OpenAIBackend(url, "tiny-slm", max_concurrency=2, top_logprobs=2)
+        blocking = backend.generate(prompts, params)
+        awaited = asyncio.run(backend.agenerate(prompts, params))
+        backend.close()
+    strip = [[(g.text, g.token_ids, g.token_logprobs, g.token_entropies, g.n_prompt_tokens) for g in gens]
+             for gens in blocking]
+    assert strip == [[(g.text, g.token_ids, g.token_logprobs, g.token_entropies, g.n_prompt_tokens) for g in gens]
+                     for gens in awaited]
+    assert fake.max_in_flight == 2
+
+
+def test_async_failures_are_sorted_as_blocking_ones() -> None:
+    """Down after the retries, refused, a timeout within the caller's deadline: the same errors as generate's."""
+    down = OpenAIBackend(f"http://127.0.0.1:{free_port()}", "tiny-slm")
+    with pytest.raises(openai_http.BackendUnavailable, match="after 3 attempts"):
+        asyncio.run(down.agenerate(["hi"], SamplingParams()))
+    down.close()
+    replies = {"refused": (400, b'{"error": "too long"}')}
+    with serve(FakeServer(lambda body: replies.get(body["prompt"]) or ok(body), delay_s=0.3)) as url:
+        backend = OpenAIBackend(url, "tiny-slm", timeout_s=30)
+        with pytest.raises(openai_http.BackendRejected):
+            asyncio.run(backend.agenerate(["refused"], SamplingParams()))
+
+        async def within_deadline() -> None:
+            with openai_http.deadline(time.monotonic() + 0.1):
+                await backend.agenerate(["hi"], SamplingParams())
+
+        start = time.monotonic()
+        with pytest.raises(openai_http.BackendTimeout):
+            asyncio.run(within_deadline())
+        assert time.monotonic() - start < 0.25
+        backend.close()

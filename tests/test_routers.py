@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from escalate.evaluation.run import required_args
-from escalate.routers.base import Router, RouterInputs, majority
+from escalate.routers.base import Router, RouterInputs, RowInputs, majority
 from escalate.routers.registry import ROUTERS, make_router
 
 LN = math.log
@@ -177,3 +177,50 @@ def test_registry_names_match_classes() -> None:
                             "matrix_factorization"}
     for name, cls in ROUTERS.items():
         assert cls.name == name
+
+
+class TablesForbidden(RowInputs):
+    """Online inputs whose DataFrames may not be built: a cheap router must score on the rows alone."""
+
+    @property
+    def questions(self) -> pd.DataFrame:  # type: ignore[override]
+        raise AssertionError("a cheap router built the questions table")
+
+    @property
+    def slm_samples(self) -> pd.DataFrame:  # type: ignore[override]
+        raise AssertionError("a cheap router built the samples table")
+
+
+def as_rows(x: RouterInputs, cls: type[RowInputs] = RowInputs) -> RowInputs:
+    """The same inputs as the online cascade holds them: plain rows."""
+    return cls(x.questions.assign(choices=None).to_dict("records"), x.slm_samples.to_dict("records"))
+
+
+CHEAP = [n for n in SELF_CONTAINED if getattr(ROUTERS[n], "cheap_to_score", False)]
+
+
+@pytest.mark.parametrize("name", SELF_CONTAINED)
+@pytest.mark.parametrize("fixture", ["sure_vs_unsure", "votes"])
+def test_rows_and_tables_score_and_answer_alike(name: str, fixture: str, request: pytest.FixtureRequest) -> None:
+    """The gateway scores one request on rows, evaluation on tables: one rule, the same scores and answers."""
+    x = request.getfixturevalue(fixture)
+    router = make_router(name)
+    if router.mode == "pregen" and name != "random":
+        router.fit(x)
+    np.testing.assert_array_equal(router.score(as_rows(x)), router.score(x))
+    def answers(rows: list[dict]) -> list[dict]:  # a missing answer is None in rows, None or NaN in a table
+        return [{**row, "answer": plain([row["answer"]])[0]} for row in rows]
+
+    assert answers(router.slm_answer_rows(as_rows(x))) == answers(router.slm_answers(x).to_dict("records"))
+
+
+@pytest.mark.parametrize("name", CHEAP)
+def test_a_cheap_router_scores_without_building_a_table(name: str, sure_vs_unsure: RouterInputs) -> None:
+    router = make_router(name)
+    rows = as_rows(sure_vs_unsure, TablesForbidden)
+    assert len(router.score(rows)) == 2 and len(router.slm_answer_rows(rows)) == 2
+
+
+def test_the_cheap_routers_are_the_ones_that_read_only_samples() -> None:
+    assert set(CHEAP) >= {"mean_logprob", "min_logprob", "entropy", "p_true_token", "self_consistency", "sater_vote",
+                          "sater_refusal", "corea_confidence"}

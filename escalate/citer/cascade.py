@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from escalate.cascade import MIXED, ROLES, question_frame
+from escalate.cascade import MIXED, ROLES, question_rows
 from escalate.citer import STRATEGY
 from escalate.citer.decode import TokenLevelDecoder, TokenLevelGeneration, load_pair
 from escalate.config import ModelConfig, SamplingConfig
@@ -113,12 +113,12 @@ class TokenLevelCascade:
         `decode`: prompts to generations in their place, e.g. a server's escalate.serving.batcher.DecodeBatcher,
         which decodes them beside other requests' to the same tokens; by default this decoder, alone.
         """
-        frame = question_frame(questions, choices)
-        if frame.empty:
+        rows = question_rows(questions, choices)
+        if not rows:
             return []
-        prompts = [format_prompt(q, c) for q, c in zip(frame["question"], frame["choices"])]
+        prompts = [format_prompt(q["question"], q["choices"]) for q in rows]
         gens = decode(prompts) if decode else self.decoder.generate(prompts, self.max_new_tokens)
-        return [self._result(row, gen) for (_, row), gen in zip(frame.iterrows(), gens)]
+        return [self._result(row, gen) for row, gen in zip(rows, gens)]
 
     def close(self) -> None:
         """Drop the models, so a deployment swapped out frees their memory once its last request ends."""

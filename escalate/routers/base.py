@@ -12,13 +12,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass
-from typing import ClassVar
+from functools import cached_property
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from escalate.data.schema import is_refusal
 from escalate.evaluation.decision import escalates
+
+# The columns of the online tables (the cascade's question rows and ungraded sample rows), for routers
+# that read RowInputs as DataFrames.
+QUESTION_COLUMNS = ("id", "question", "choices", "split")
+SAMPLE_COLUMNS = ("id", "model", "split", "sample_idx", "text", "parsed_answer", "correct", "n_prompt_tokens",
+                  "n_output_tokens", "token_logprobs", "answer_logprob", "mean_entropy", "latency_s")
+ANSWER_COLUMNS = ("id", "answer", "correct", "refused")
+REQUIRED = object()  # greedy_column's default: a missing column is a KeyError
 
 
 @dataclass
@@ -27,16 +36,37 @@ class RouterInputs:
 
     A calib split may also carry the LLM's samples, so a learned router can learn what escalating
     gains (the LLM right where the SLM is wrong), not only whether the SLM is right; scoring never does.
+    Routers read through the accessors below where they can, so that one request's inputs (RowInputs,
+    the gateway's path) are scored on plain rows without building a DataFrame.
     """
 
     questions: pd.DataFrame
     slm_samples: pd.DataFrame
     llm_samples: pd.DataFrame | None = None
 
+    @property
+    def n_questions(self) -> int:
+        return len(self.questions)
+
+    def question_texts(self) -> list[str]:
+        return self.questions["question"].astype(str).tolist()
+
     def greedy(self) -> pd.DataFrame:
         """The SLM's greedy sample per question, in question order."""
         g = self.slm_samples[self.slm_samples["sample_idx"] == 0].set_index("id")
         return g.loc[self.questions["id"]].reset_index()
+
+    def greedy_column(self, name: str, default: Any = REQUIRED) -> list:
+        """One column of the greedy samples, in question order; `default` for each where the samples lack it."""
+        if default is not REQUIRED and name not in self.slm_samples:
+            return [default] * self.n_questions
+        return self.greedy()[name].tolist()
+
+    def samples_by_question(self) -> list[tuple[str, list[dict]]]:
+        """Each question's id and its sample rows in sample_idx order, in question order."""
+        grouped = {qid: g.to_dict("records") for qid, g in
+                   self.slm_samples.sort_values("sample_idx").groupby("id", sort=False)}
+        return [(qid, grouped[qid]) for qid in self.questions["id"]]
 
     def llm_correct(self) -> np.ndarray | None:
         """The LLM's greedy correctness per question, in question order; None without LLM samples."""
@@ -49,6 +79,40 @@ class RouterInputs:
         return g.loc[self.questions["id"]].to_numpy(bool)
 
 
+class RowInputs(RouterInputs):
+    """One request's inputs as plain rows (the online cascade): the accessors read the rows, and the
+    DataFrames are built only for a router that reads them directly (a model router's own features)."""
+
+    def __init__(self, questions: list[dict], slm_rows: list[dict]) -> None:
+        self.rows, self.sample_rows, self.llm_samples = questions, slm_rows, None
+
+    @cached_property
+    def questions(self) -> pd.DataFrame:  # type: ignore[override]  # built on first direct read
+        return pd.DataFrame(self.rows, columns=list(QUESTION_COLUMNS))
+
+    @cached_property
+    def slm_samples(self) -> pd.DataFrame:  # type: ignore[override]
+        return pd.DataFrame(self.sample_rows, columns=list(SAMPLE_COLUMNS))
+
+    @property
+    def n_questions(self) -> int:
+        return len(self.rows)
+
+    def question_texts(self) -> list[str]:
+        return [str(q["question"]) for q in self.rows]
+
+    def greedy_column(self, name: str, default: Any = REQUIRED) -> list:
+        greedy = {r["id"]: r for r in self.sample_rows if r["sample_idx"] == 0}
+        rows = [greedy[q["id"]] for q in self.rows]
+        return [row[name] for row in rows] if default is REQUIRED else [row.get(name, default) for row in rows]
+
+    def samples_by_question(self) -> list[tuple[str, list[dict]]]:
+        grouped: dict[str, list[dict]] = {}
+        for row in sorted(self.sample_rows, key=lambda r: r["sample_idx"]):
+            grouped.setdefault(row["id"], []).append(row)
+        return [(q["id"], grouped[q["id"]]) for q in self.rows]
+
+
 class Router(ABC):
     """Scores queries; `mode` says whether the SLM attempt is paid before deciding (cascade) or not."""
 
@@ -59,6 +123,9 @@ class Router(ABC):
     # Alternatives per SLM token the score reads, all the gateway asks the server for: 1 (the chosen token's
     # log-probability), k (a top-k entropy), 0 (none); None: all the server gives (routers that do not say).
     top_logprobs_needed: ClassVar[int | None] = None
+    # Does scoring take well under a millisecond (arithmetic over the SLM's sample rows)? The gateway scores
+    # such routers on its event loop; the rest (a model's inference: embeddings, probes) on a worker thread.
+    cheap_to_score: ClassVar[bool] = False
 
     def fit(self, calib: RouterInputs) -> Router:
         """Learn from the calibration split; routers without parameters need not override."""
@@ -86,19 +153,22 @@ class Router(ABC):
         """Read the SLM from `checkpoint` from now on; routers that read the SLM's weights override this,
         so a bundle re-points them at its own copy of the SLM wherever it is loaded."""
 
+    def slm_answer_rows(self, inputs: RouterInputs) -> list[dict]:
+        """Per question (ANSWER_COLUMNS): the answer this strategy's SLM side gives, whether it is correct,
+        and whether it is the refusal (which escalates whatever the score)."""
+        columns = (inputs.greedy_column("id"), inputs.greedy_column("parsed_answer"),
+                   inputs.greedy_column("correct"), inputs.greedy_column("text", None))
+        return [{"id": qid, "answer": answer, "correct": bool(correct), "refused": is_refusal(text)}
+                for qid, answer, correct, text in zip(*columns)]
+
     def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
-        """Per question: the answer this strategy's SLM side gives, whether it is correct, and whether it
-        is the refusal (which escalates whatever the score)."""
-        g = inputs.greedy()
-        return pd.DataFrame({"id": g["id"], "answer": g["parsed_answer"], "correct": g["correct"].astype(bool),
-                             "refused": refused(g).to_numpy(bool)})
+        """slm_answer_rows as a table (offline records)."""
+        return pd.DataFrame(self.slm_answer_rows(inputs), columns=list(ANSWER_COLUMNS))
 
 
-def refused(samples: pd.DataFrame) -> pd.Series:
-    """Per sample row, whether its text is the refusal; a table without `text` holds no refusals."""
-    if "text" not in samples:
-        return pd.Series(False, index=samples.index)
-    return samples["text"].map(is_refusal).astype(bool)
+def refused_row(sample: dict) -> bool:
+    """Whether a sample row's text is the refusal (schema.is_refusal); a row without `text` is no refusal."""
+    return "text" in sample and is_refusal(sample["text"])
 
 
 def majority(answers: list) -> tuple[object, float]:
@@ -118,25 +188,25 @@ class VotingRouter(Router):
     """
 
     uses_all_samples: ClassVar[bool] = True
+    cheap_to_score: ClassVar[bool] = True
 
     @abstractmethod
-    def vote(self, samples: pd.DataFrame) -> tuple[object, float]:
-        """One question's samples (in sample_idx order) -> (voted answer or None, winning share)."""
+    def vote(self, samples: list[dict]) -> tuple[object, float]:
+        """One question's sample rows (in sample_idx order) -> (voted answer or None, winning share)."""
 
-    def _votes(self, inputs: RouterInputs) -> pd.DataFrame:
+    def _votes(self, inputs: RouterInputs) -> list[dict]:
         rows = []
-        for qid, g in inputs.slm_samples.sort_values("sample_idx").groupby("id", sort=False):
-            answer, share = self.vote(g)
-            correct = "correct" in g and bool(
-                answer is not None and (g["correct"].astype(bool) & (g["parsed_answer"] == answer)).any()
-            )
+        for qid, samples in inputs.samples_by_question():
+            answer, share = self.vote(samples)
+            correct = all("correct" in s for s in samples) and answer is not None and any(
+                bool(s["correct"]) and s["parsed_answer"] == answer for s in samples)
             # Only a unanimous refusal refuses: one answering sample gives the vote an answer to keep.
-            rows.append({"id": qid, "answer": answer, "share": share, "correct": correct,
-                         "refused": bool(refused(g).all())})
-        return pd.DataFrame(rows).set_index("id").loc[inputs.questions["id"]].reset_index()
+            rows.append({"id": qid, "answer": answer, "share": share, "correct": bool(correct),
+                         "refused": all(refused_row(s) for s in samples)})
+        return rows
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        return self._votes(inputs)["share"].to_numpy(dtype=float)
+        return np.asarray([row["share"] for row in self._votes(inputs)], dtype=float)
 
-    def slm_answers(self, inputs: RouterInputs) -> pd.DataFrame:
-        return self._votes(inputs)[["id", "answer", "correct", "refused"]]
+    def slm_answer_rows(self, inputs: RouterInputs) -> list[dict]:
+        return [{c: row[c] for c in ANSWER_COLUMNS} for row in self._votes(inputs)]

@@ -14,7 +14,7 @@ from functools import cache
 import numpy as np
 
 from escalate.routers.base import RouterInputs
-from escalate.routers.learned import ClassifierRouter, question_texts
+from escalate.routers.learned import ClassifierRouter
 from escalate.routers.memo import TextMemo
 
 
@@ -60,4 +60,4 @@ class EmbeddingRouter(ClassifierRouter):
         self.seed = seed
 
     def _features(self, inputs: RouterInputs) -> np.ndarray:
-        return get_encoder(self.model_path).encode(question_texts(inputs))
+        return get_encoder(self.model_path).encode(inputs.question_texts())

@@ -23,7 +23,6 @@ from sklearn.preprocessing import StandardScaler
 
 from escalate.routers.base import RouterInputs
 from escalate.routers.embedding import EmbeddingRouter
-from escalate.routers.learned import question_texts
 
 NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
 PATTERNS = tuple(re.compile(p, re.IGNORECASE) for p in (
@@ -56,7 +55,7 @@ class EmbeddingFeaturesRouter(EmbeddingRouter):
     name = "embedding_features"
 
     def _features(self, inputs: RouterInputs) -> np.ndarray:
-        counts = np.array([difficulty_features(t) for t in question_texts(inputs)], dtype=np.float32)
+        counts = np.array([difficulty_features(t) for t in inputs.question_texts()], dtype=np.float32)
         return np.hstack([super()._features(inputs), counts.reshape(-1, N_FEATURES)])
 
     def _classifier(self, n_train: int) -> GridSearchCV:

@@ -12,6 +12,7 @@ class EntropyRouter(Router):
     mode = "cascade"
     is_probability = False
     top_logprobs_needed = 20  # a top-20 entropy (bench/results/gateway_overhead.md: its error); "full" for parity
+    cheap_to_score = True
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        return -inputs.greedy()["mean_entropy"].astype(float).to_numpy()
+        return -np.asarray(inputs.greedy_column("mean_entropy"), dtype=float)

@@ -21,10 +21,6 @@ from escalate.routers.base import Router, RouterInputs
 Head = ClassifierMixin | float  # a fitted classifier, or the constant probability of a one-class label
 
 
-def question_texts(inputs: RouterInputs) -> list[str]:
-    return inputs.questions["question"].astype(str).tolist()
-
-
 class ClassifierRouter(Router):
     """Features of the question text -> a classifier per head -> a score; subclasses choose both."""
 
@@ -100,6 +96,6 @@ class ClassifierRouter(Router):
     def score(self, inputs: RouterInputs) -> np.ndarray:
         if self._heads is None or self.chosen is None:
             raise RuntimeError(f"router {self.name!r} must be fitted on a calib split before scoring")
-        n = len(inputs.questions)
+        n = inputs.n_questions
         learned = any(not isinstance(head, float) for head in self._heads.values())
         return self._score_heads(self.chosen, self._heads, self._features(inputs) if learned else None, n)

@@ -8,7 +8,7 @@ from escalate.routers.base import Router, RouterInputs
 
 
 def _reduce(inputs: RouterInputs, how: str) -> np.ndarray:
-    values = [getattr(np, how)(lps) if len(lps) else -np.inf for lps in inputs.greedy()["token_logprobs"]]
+    values = [getattr(np, how)(lps) if len(lps) else -np.inf for lps in inputs.greedy_column("token_logprobs")]
     return np.exp(np.asarray(values, dtype=float))
 
 
@@ -19,6 +19,7 @@ class MeanLogprobRouter(Router):
     mode = "cascade"
     is_probability = True
     top_logprobs_needed = 1
+    cheap_to_score = True
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return _reduce(inputs, "mean")
@@ -31,6 +32,7 @@ class MinLogprobRouter(Router):
     mode = "cascade"
     is_probability = True
     top_logprobs_needed = 1
+    cheap_to_score = True
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         return _reduce(inputs, "min")

@@ -21,7 +21,6 @@ import numpy as np
 
 from escalate.routers.base import Router, RouterInputs
 from escalate.routers.embedding import get_encoder
-from escalate.routers.learned import question_texts
 
 SLM, LLM = 0, 1
 
@@ -48,7 +47,7 @@ class MatrixFactorizationRouter(Router):
         self.lr, self.weight_decay, self.alpha = lr, weight_decay, alpha
 
     def _embed(self, inputs: RouterInputs) -> np.ndarray:
-        return get_encoder(self.model_path).encode(question_texts(inputs))
+        return get_encoder(self.model_path).encode(inputs.question_texts())
 
     def fit(self, calib: RouterInputs) -> MatrixFactorizationRouter:
         slm = calib.greedy()["correct"].to_numpy(bool)
@@ -94,7 +93,7 @@ class MatrixFactorizationRouter(Router):
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         if self._constant is not None:
-            return np.full(len(inputs.questions), self._constant)
+            return np.full(inputs.n_questions, self._constant)
         if self.projection is None or self.models is None or self.readout is None:
             raise RuntimeError(f"router {self.name!r} must be fitted on a calib split before scoring")
         emb = self.models / np.linalg.norm(self.models, axis=1, keepdims=True)

@@ -156,7 +156,7 @@ class PIKProbeRouter(Router):
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
         if self._constant is not None:
-            return np.full(len(inputs.questions), self._constant)
+            return np.full(inputs.n_questions, self._constant)
         if self._clf is None or self.selection is None:
             raise RuntimeError(f"router {self.name!r} must be fitted on a calib split before scoring")
         x = self.features(inputs)[:, POOLINGS.index(self.selection.pooling), self.selection.layer]

@@ -10,14 +10,14 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from escalate.routers.base import RouterInputs
-from escalate.routers.learned import ClassifierRouter, question_texts
+from escalate.routers.learned import ClassifierRouter
 
 
 class PromptLengthRouter(ClassifierRouter):
     name = "prompt_length"
 
     def _features(self, inputs: RouterInputs) -> np.ndarray:
-        return np.log1p([len(t) for t in question_texts(inputs)]).reshape(-1, 1)
+        return np.log1p([len(t) for t in inputs.question_texts()]).reshape(-1, 1)
 
     def _classifier(self, n_train: int) -> LogisticRegression:
         return LogisticRegression()

@@ -17,4 +17,4 @@ class RandomRouter(Router):
         self.seed = seed
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        return np.random.default_rng(self.seed).random(len(inputs.questions))
+        return np.random.default_rng(self.seed).random(inputs.n_questions)

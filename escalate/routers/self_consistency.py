@@ -5,8 +5,6 @@ The strategy answers with the majority answer and pays for all K samples.
 
 from __future__ import annotations
 
-import pandas as pd
-
 from escalate.routers.base import VotingRouter, majority
 
 
@@ -16,5 +14,5 @@ class SelfConsistencyRouter(VotingRouter):
     is_probability = True
     top_logprobs_needed = 0  # the parsed answers only
 
-    def vote(self, samples: pd.DataFrame) -> tuple[object, float]:
-        return majority(list(samples["parsed_answer"]))
+    def vote(self, samples: list[dict]) -> tuple[object, float]:
+        return majority([s["parsed_answer"] for s in samples])

@@ -12,8 +12,9 @@ class TokenProbRouter(Router):
     mode = "cascade"
     is_probability = True
     top_logprobs_needed = 1  # the answer tokens' own log-probabilities
+    cheap_to_score = True
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        lp = inputs.greedy()["answer_logprob"].astype(float).to_numpy()
+        lp = np.asarray(inputs.greedy_column("answer_logprob"), dtype=float)
         # No answer found in the response: nothing to trust, escalate first.
         return np.where(np.isnan(lp), 0.0, np.exp(np.nan_to_num(lp, nan=-np.inf)))

@@ -34,10 +34,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import anyio
 import httpx
 import numpy as np
 
-from escalate.cascade import Cascade
+from escalate.cascade import Cascade, Plan, drive, drive_async
 from escalate.kinds import KINDS
 from escalate.models.backends import openai_http
 from escalate.models.backends.base import BackendError, Generation, GenerationBackend, SamplingParams
@@ -114,10 +115,20 @@ class _RoleBackend(GenerationBackend):
         self.inner, self.role, self.name = inner, role, inner.name
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        with self._sorted_failures():
+            return self.inner.generate(prompts, params)
+
+    async def agenerate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        with self._sorted_failures():
+            return await self.inner.agenerate(prompts, params)
+
+    @contextmanager
+    def _sorted_failures(self) -> Iterator[None]:
+        """Within the role's budget; a backend's failure becomes what it means for the request."""
         until = getattr(_BUDGET.get() or Budget.unlimited(), f"{self.role}_until")
         try:
             with openai_http.deadline(None if math.isinf(until) else until):
-                return self.inner.generate(prompts, params)
+                yield
         except openai_http.BackendRejected as exc:
             raise RequestRejected(self.role, exc.status, str(exc)) from None
         except openai_http.BadCompletion as exc:
@@ -143,7 +154,7 @@ class LLMOnly(Router):
     top_logprobs_needed: ClassVar[int | None] = 0
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        return np.zeros(len(inputs.questions))  # below the fallback's threshold, +inf
+        return np.zeros(inputs.n_questions)  # below the fallback's threshold, +inf
 
 
 LOGPROBS = ("strategy", "full")
@@ -240,15 +251,24 @@ class Engine:
         down, RequestRejected when a server refuses it, DeadlineExceeded when the LLM runs out of time."""
         token = _BUDGET.set(budget)
         try:
-            return self._route(question)
+            return drive(self._route(question), self.cascade.generate)
         finally:
             _BUDGET.reset(token)
 
-    def _route(self, question: str) -> Answer:
+    async def answer_async(self, question: str, budget: Budget | None = None) -> Answer:
+        """answer() on the event loop: the model servers are awaited, not waited on by a thread."""
+        token = _BUDGET.set(budget)
+        try:
+            return await drive_async(self._route(question), self.cascade.agenerate, self.cascade.router.cheap_to_score)
+        finally:
+            _BUDGET.reset(token)
+
+    def _route(self, question: str) -> Plan[Answer]:
+        """The cascade's plan, and what to do when the SLM is down or cannot be scored."""
         reason = "slm_down"
         if not self.slm_skipped():
             try:
-                return self._answer(self.cascade.answer([question])[0], None)
+                return self._answer((yield from self.cascade.plan([question]))[0], None)
             except Unscored:
                 reason = "slm_unscored"  # this answer alone: the SLM itself is up
             except ModelDown as exc:
@@ -256,7 +276,7 @@ class Engine:
                     raise
                 with self._lock:
                     self._slm_down_until = time.monotonic() + SLM_RETRY_AFTER_S
-        result = self.fallback.answer([question])[0]
+        result = (yield from self.fallback.plan([question]))[0]
         if reason == "slm_unscored":  # no score: NaN, which escalates (decision.decide), not the fallback's 0
             result = {**result, "confidence": math.nan, "score": math.nan, "threshold": self.cascade.threshold}
         return self._answer(result, reason)
@@ -309,6 +329,10 @@ class InProcessEngine:
     def answer(self, question: str, budget: Budget | None = None) -> Answer:
         """Decoding in process cannot be interrupted: the gateway's own deadline answers 504 meanwhile."""
         return Answer(self.cascade.answer([question], decode=self.batcher.generate)[0], None, IN_PROCESS)
+
+    async def answer_async(self, question: str, budget: Budget | None = None) -> Answer:
+        """answer() on a worker thread: decoding computes, and the event loop must not wait on it."""
+        return await anyio.to_thread.run_sync(self.answer, question, budget)
 
     def close(self) -> None:
         """Stop the batcher's thread, then drop the models (the holder closes an engine once it is idle)."""

@@ -35,10 +35,10 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Depends, FastAPI, Request
@@ -74,6 +74,7 @@ METRICS_KEY_ENV = "ESCALATE_METRICS_KEY"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # Past the request's deadline the engine gives up on its own; this much later the gateway answers 504 anyway.
 DEADLINE_GRACE_S = 1.0
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class GatewaySettings:
 
     api_keys: tuple[str, ...]
     max_body_bytes: int = 64_000
-    max_concurrency: int = 8  # requests answered at once (worker threads)
+    max_concurrency: int = 8  # requests answered at once (awaiting their models, or decoding in process)
     max_queue: int = 64  # requests waiting for a worker before new ones get 429
     admin_keys: tuple[str, ...] = ()  # none: /admin/deploy does not exist
     metrics_keys: tuple[str, ...] = ()  # besides loopback clients, who may read /metrics
@@ -208,10 +209,9 @@ class Gateway:
                              self.traffic.log, lambda outcome: self.metrics.shadow_requests.labels(outcome).inc(),
                              self.metrics.acceptance)
 
-    async def run(self, fn: Any, *args: Any) -> Any:
-        """Run blocking work on a worker thread; 429 once max_concurrency answer and max_queue wait; 504
-        past the deadline (the thread, abandoned, stops at its own budget). Cancelling the caller (its
-        client left) frees its place at once."""
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Await `fn(*args)` once one of max_concurrency places is free; 429 once max_concurrency answer and
+        max_queue wait; 504 past the deadline. Cancelling the caller (its client left) frees its place at once."""
         capacity = self.settings.max_concurrency + self.settings.max_queue
         if self.admitted >= capacity:
             raise APIError(429, f"the gateway is at capacity ({self.settings.max_concurrency} answering, "
@@ -221,13 +221,23 @@ class Gateway:
         self.metrics.in_flight.inc()
         try:
             with anyio.move_on_after(self.settings.deadline_s + DEADLINE_GRACE_S):
-                return await anyio.to_thread.run_sync(fn, *args, limiter=self.limiter, abandon_on_cancel=True)
+                async with self.limiter:
+                    return await fn(*args)
             raise DeadlineExceeded("the gateway's deadline passed")
         finally:
             self.admitted -= 1
             self.metrics.in_flight.dec()
 
-    def answer(self, question: str, budget: Budget) -> tuple[Answer, Deployment]:
+    async def answer(self, question: str, budget: Budget) -> tuple[Answer, Deployment]:
+        """On the event loop where the engine awaits model servers; an in-process engine computes, so it
+        answers on a worker thread, which holds the engine until it is done (an abandoned request's thread,
+        past the deadline, finishes on the engine it started with and stops at its own budget)."""
+        if isinstance(self.holder.engine, InProcessEngine):
+            return await anyio.to_thread.run_sync(self.answer_blocking, question, budget, abandon_on_cancel=True)
+        with self.holder.use() as engine:
+            return await engine.answer_async(question, budget), engine.deployment
+
+    def answer_blocking(self, question: str, budget: Budget) -> tuple[Answer, Deployment]:
         with self.holder.use() as engine:
             return engine.answer(question, budget), engine.deployment
 

@@ -20,6 +20,7 @@ class CoreaConfidenceRouter(Router):
     name = "corea_confidence"
     mode = "cascade"
     is_probability = True  # trained by a proper scoring rule to be P(SLM correct)
+    cheap_to_score = True
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        return np.asarray([parse_confidence(t).value for t in inputs.greedy()["text"]], dtype=float)
+        return np.asarray([parse_confidence(t).value for t in inputs.greedy_column("text")], dtype=float)

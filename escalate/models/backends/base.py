@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import anyio
+
 
 class ModelSettings(Protocol):
     """What building a backend reads of a model's settings. escalate.config.ModelConfig is one; the profile
@@ -92,6 +94,11 @@ class GenerationBackend(ABC):
     @abstractmethod
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         """Return, for each prompt, `params.n` generations in order."""
+
+    async def agenerate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        """generate() for an event loop. In-process backends compute, so they compute on a worker thread;
+        an HTTP backend waits, and overrides this to wait without one."""
+        return await anyio.to_thread.run_sync(self.generate, prompts, params)
 
     def close(self) -> None:  # noqa: B027 (an optional hook with a no-op default, not abstract)
         """Release what the backend holds (servers, GPU memory); a no-op by default."""

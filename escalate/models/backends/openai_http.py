@@ -17,6 +17,7 @@ otherwise whole answer becomes NaN, which scores NaN and so escalates (evaluatio
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import math
 import os
@@ -48,6 +49,7 @@ START_HINT = (
     "Is the server running? Start one with `python -m vllm.entrypoints.openai.api_server "
     "--model <path> --port <port> --return-tokens-as-token-ids` (in .venv-serve), or fix base_url."
 )
+JSON_HEADERS = {"content-type": "application/json"}
 # time.monotonic() after which no request of this context may wait for an answer (None: timeout_s only).
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("openai_http_deadline", default=None)
 
@@ -208,7 +210,8 @@ class OpenAIBackend(GenerationBackend):
     """Sends one request per prompt, up to max_concurrency at once, over a shared connection pool.
 
     latency_s of each generation is the wall time of its prompt's request (the attempt that got an
-    answer), so all n generations of a prompt share it.
+    answer), so all n generations of a prompt share it. `generate` blocks on a thread pool; `agenerate`
+    (the gateway's) awaits an async client's pool, opened on first use in the caller's event loop.
     """
 
     name = "openai"
@@ -232,12 +235,10 @@ class OpenAIBackend(GenerationBackend):
         self.timeout_s = timeout_s
         self.top_logprobs = top_logprobs
         self.max_concurrency = max_concurrency
-        headers = {"Authorization": f"Bearer {read_api_key(api_key_env)}"} if api_key_env else {}
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=timeout_s,
-            limits=httpx.Limits(max_connections=max_concurrency),
-        )
+        self._headers = {"Authorization": f"Bearer {read_api_key(api_key_env)}"} if api_key_env else {}
+        self._client = httpx.Client(headers=self._headers, timeout=timeout_s,
+                                    limits=httpx.Limits(max_connections=max_concurrency))
+        self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         if not prompts:
@@ -252,11 +253,41 @@ class OpenAIBackend(GenerationBackend):
             # On the first failure, drop the prompts not yet sent instead of failing each in turn.
             pool.shutdown(cancel_futures=True)
 
+    async def agenerate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        if len(prompts) == 1:
+            return [await self._acomplete(prompts[0], params)]
+        return list(await asyncio.gather(*(self._acomplete(prompt, params) for prompt in prompts)))
+
     def close(self) -> None:
+        """Close the blocking pool; an async pool is closed here too when its loop is gone or idle, else by
+        `aclose` (the gateway's shutdown)."""
         self._client.close()
+        if self._async is not None:
+            loop, client = self._async
+            if loop.is_closed() or not loop.is_running():
+                self._async = None  # its loop cannot run aclose any more: drop the pool with the loop
+            else:
+                loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
 
     def _complete(self, prompt: str, params: SamplingParams) -> list[Generation]:
         response, latency_s = self._post(request_body(self.model, prompt, params, self.top_logprobs))
+        return self._generations(response, latency_s, params)
+
+    async def _acomplete(self, prompt: str, params: SamplingParams) -> list[Generation]:
+        response, latency_s = await self._apost(request_body(self.model, prompt, params, self.top_logprobs))
+        return self._generations(response, latency_s, params)
+
+    def _async_client(self) -> httpx.AsyncClient:
+        """The async pool of the running event loop (an httpx.AsyncClient belongs to the loop that opened it)."""
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s,
+                                       limits=httpx.Limits(max_connections=self.max_concurrency))
+            self._async = (loop, client)
+        return self._async[1]
+
+    def _generations(self, response: httpx.Response, latency_s: float, params: SamplingParams) -> list[Generation]:
+        """A response's generations, or the BackendError that says what was wrong with it."""
         if response.is_error:
             message = (f"{self.url} answered HTTP {response.status_code} for model {self.model!r}: "
                        f"{response.text[:300]!r}. {status_hint(response.status_code, self.api_key_env)}.")
@@ -276,31 +307,61 @@ class OpenAIBackend(GenerationBackend):
 
     def _post(self, body: dict[str, Any]) -> tuple[httpx.Response, float]:
         """POST with bounded retries on refused connections; transport failures become BackendErrors."""
-        attempt = 1
-        until = _DEADLINE.get()
-        while True:
-            start = time.perf_counter()
-            timeout = self.timeout_s if until is None else min(self.timeout_s, until - time.monotonic())
-            if timeout <= 0:
-                raise BackendTimeout(f"no time was left to ask {self.url} for model {self.model!r} before the deadline")
-            try:
-                response = self._client.post(self.url, json=body, timeout=timeout)
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            start, timeout = time.perf_counter(), self._timeout()
+            with self._transport_errors(timeout, attempt) as refused:
+                response = self._client.post(self.url, content=orjson.dumps(body), timeout=timeout,
+                                             headers=JSON_HEADERS)
                 return response, time.perf_counter() - start
-            except httpx.ConnectError as exc:
-                if attempt >= CONNECT_ATTEMPTS:
-                    raise BackendUnavailable(
-                        f"cannot connect to {self.url} for model {self.model!r} after {attempt} attempts "
-                        f"({exc}). {START_HINT}"
-                    ) from None
-                time.sleep(BACKOFF_S * attempt)
-                attempt += 1
-            except httpx.TimeoutException:
-                raise BackendTimeout(
-                    f"{self.url} did not answer within {round(timeout, 3)} s for model {self.model!r}; the "
-                    "server may be overloaded or still loading the model. Raise timeout_s or check its log."
-                ) from None
-            except httpx.HTTPError as exc:
+            time.sleep(refused.backoff_s)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    async def _apost(self, body: dict[str, Any]) -> tuple[httpx.Response, float]:
+        """_post on the async pool."""
+        for attempt in range(1, CONNECT_ATTEMPTS + 1):
+            start, timeout = time.perf_counter(), self._timeout()
+            with self._transport_errors(timeout, attempt) as refused:
+                response = await self._async_client().post(self.url, content=orjson.dumps(body), timeout=timeout,
+                                                           headers=JSON_HEADERS)
+                return response, time.perf_counter() - start
+            await asyncio.sleep(refused.backoff_s)
+        raise AssertionError("unreachable: the last attempt raises")
+
+    def _timeout(self) -> float:
+        """This attempt's timeout: timeout_s, or less where the caller's deadline comes first."""
+        until = _DEADLINE.get()
+        timeout = self.timeout_s if until is None else min(self.timeout_s, until - time.monotonic())
+        if timeout <= 0:
+            raise BackendTimeout(f"no time was left to ask {self.url} for model {self.model!r} before the deadline")
+        return timeout
+
+    @contextmanager
+    def _transport_errors(self, timeout: float, attempt: int) -> Iterator[_Refused]:
+        """Transport failures as BackendErrors; a refused connection before the last attempt is swallowed and
+        says how long to wait before the next one (the caller's loop retries)."""
+        refused = _Refused()
+        try:
+            yield refused
+        except httpx.ConnectError as exc:
+            if attempt >= CONNECT_ATTEMPTS:
                 raise BackendUnavailable(
-                    f"request to {self.url} for model {self.model!r} failed: {type(exc).__name__}: {exc}. "
-                    f"{START_HINT}"
+                    f"cannot connect to {self.url} for model {self.model!r} after {attempt} attempts "
+                    f"({exc}). {START_HINT}"
                 ) from None
+            refused.backoff_s = BACKOFF_S * attempt
+        except httpx.TimeoutException:
+            raise BackendTimeout(
+                f"{self.url} did not answer within {round(timeout, 3)} s for model {self.model!r}; the "
+                "server may be overloaded or still loading the model. Raise timeout_s or check its log."
+            ) from None
+        except httpx.HTTPError as exc:
+            raise BackendUnavailable(
+                f"request to {self.url} for model {self.model!r} failed: {type(exc).__name__}: {exc}. "
+                f"{START_HINT}"
+            ) from None
+
+
+class _Refused:
+    """How long to wait before retrying a refused connection (set by OpenAIBackend._transport_errors)."""
+
+    backoff_s: float = 0.0

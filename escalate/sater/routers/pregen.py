@@ -10,7 +10,7 @@ refusals for answers, where the greedy response alone (escalate.sater.routers.re
 
 The router needs the stage-II checkpoint (`model_dir`; a bundle re-points it at its own copy with
 `bind_slm`). Each distinct prompt is read once (escalate.routers.memo). A kept query whose answer is the
-refusal after all still escalates (routers.base.refused), as for every strategy.
+refusal after all still escalates (data.schema.is_refusal), as for every strategy.
 Run by name, like every router: `evaluation.strategies: [sater_pregen]` or `escalate sater train`.
 """
 

@@ -1,7 +1,7 @@
 """SATER's refusal router (arXiv 2510.05164): a SATER-trained SLM answers short or prints the refusal,
 and the refusal escalates at once, without a full generation.
 
-A refusal is what `escalate.routers.base.refused` says it is: the one definition every strategy uses.
+A refusal is what `escalate.data.schema.is_refusal` says it is: the one definition every strategy uses.
 Run by name, like every router: `evaluation.strategies: [sater_refusal]` or `escalate sater train`.
 """
 
@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from escalate.routers.base import Router, RouterInputs, refused
+from escalate.data.schema import is_refusal
+from escalate.routers.base import Router, RouterInputs
 
 
 class SaterRefusalRouter(Router):
@@ -28,6 +29,7 @@ class SaterRefusalRouter(Router):
     name = "sater_refusal"
     mode = "cascade"
     is_probability = False  # the probability of an answer prefix, not a calibrated P(correct)
+    cheap_to_score = True
 
     def __init__(self, prefix_tokens: int = 4) -> None:
         if prefix_tokens < 1:
@@ -35,9 +37,9 @@ class SaterRefusalRouter(Router):
         self.prefix_tokens = prefix_tokens
 
     def score(self, inputs: RouterInputs) -> np.ndarray:
-        greedy = inputs.greedy()
         scores = []
-        for lps, refuses in zip(greedy["token_logprobs"], refused(greedy)):
+        for lps, text in zip(inputs.greedy_column("token_logprobs"), inputs.greedy_column("text", None)):
+            refuses = is_refusal(text)
             head = list(lps)[: self.prefix_tokens]
             scores.append(0.0 if refuses or not head else math.exp(sum(head)))
         return np.asarray(scores, dtype=float)

@@ -8,9 +8,8 @@ Run by name, like every router: `evaluation.strategies: [sater_vote]` or `escala
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
-from escalate.routers.base import VotingRouter, refused
+from escalate.routers.base import VotingRouter, refused_row
 
 
 def weighted_vote(answers: list, weights: list[float]) -> tuple[object, float]:
@@ -42,9 +41,9 @@ class SaterVoteRouter(VotingRouter):
     mode = "cascade"
     is_probability = True
 
-    def vote(self, samples: pd.DataFrame) -> tuple[object, float]:
-        logps = np.array([float(np.sum(lps)) for lps in samples["token_logprobs"]])
+    def vote(self, samples: list[dict]) -> tuple[object, float]:
+        logps = np.array([float(np.sum(s["token_logprobs"])) for s in samples])
         top = logps.max()
         weights = (np.exp(logps - top) if np.isfinite(top) else np.zeros_like(logps)).tolist()
-        answers = [None if r else a for a, r in zip(samples["parsed_answer"], refused(samples))]
+        answers = [None if refused_row(s) else s["parsed_answer"] for s in samples]
         return weighted_vote(answers, weights)
