@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import aiohttp
 import httpx
 import numpy as np
 import orjson
@@ -50,6 +51,11 @@ START_HINT = (
     "--model <path> --port <port> --return-tokens-as-token-ids` (in .venv-serve), or fix base_url."
 )
 JSON_HEADERS = {"content-type": "application/json"}
+# The same failures from the blocking client (httpx) and the async one (aiohttp, which costs the gateway a
+# fraction of httpx's async client's CPU per request: bench/gateway_overhead.py).
+CONNECT_ERRORS = (httpx.ConnectError, aiohttp.ClientConnectorError)
+TIMEOUTS = (httpx.TimeoutException, asyncio.TimeoutError)
+TRANSPORT_ERRORS = (httpx.HTTPError, aiohttp.ClientError)
 # time.monotonic() after which no request of this context may wait for an answer (None: timeout_s only).
 _DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("openai_http_deadline", default=None)
 
@@ -107,11 +113,11 @@ def request_body(model: str, prompt: str, params: SamplingParams, top_logprobs: 
     return body
 
 
-def token_id(token: str) -> int:
-    """The id in a `token_id:<id>` token, else the placeholder that still counts as one token."""
-    if token.startswith(TOKEN_ID_PREFIX):
-        return int(token[len(TOKEN_ID_PREFIX) :])
-    return UNKNOWN_TOKEN_ID
+def token_ids(tokens: list[str]) -> list[int]:
+    """The ids in `token_id:<id>` tokens, else the placeholder that still counts as one token (one pass: the
+    gateway reads ~100 per request)."""
+    n = len(TOKEN_ID_PREFIX)
+    return [int(t[n:]) if t.startswith(TOKEN_ID_PREFIX) else UNKNOWN_TOKEN_ID for t in tokens]
 
 
 def top_k_entropies(steps: list[dict[str, float] | None], k: int) -> np.ndarray:
@@ -125,6 +131,8 @@ def top_k_entropies(steps: list[dict[str, float] | None], k: int) -> np.ndarray:
     width = max(widths, default=0)
     if width == 0:
         return np.full(len(steps), math.nan)
+    if k == 1:  # one alternative renormalised is certain: what a router that reads no entropy asks for
+        return np.where(np.asarray(widths) > 0, 0.0, math.nan)
     lps = np.full((len(steps), width), -np.inf)
     for row, (step, n) in enumerate(zip(steps, widths)):
         if n:
@@ -154,7 +162,7 @@ def choice_to_generation(
         raise ValueError("`tokens`, `token_logprobs` and `top_logprobs` differ in length")
     return Generation(
         text=str(choice["text"]),
-        token_ids=[token_id(t) for t in tokens],
+        token_ids=token_ids(tokens),
         token_logprobs=token_logprobs,
         token_entropies=top_k_entropies(steps, top_logprobs).tolist(),
         token_offsets=token_offsets(logprobs, tokens),
@@ -211,7 +219,7 @@ class OpenAIBackend(GenerationBackend):
 
     latency_s of each generation is the wall time of its prompt's request (the attempt that got an
     answer), so all n generations of a prompt share it. `generate` blocks on a thread pool; `agenerate`
-    (the gateway's) awaits an async client's pool, opened on first use in the caller's event loop.
+    (the gateway's) awaits an aiohttp session's pool, opened on first use in the caller's event loop.
     """
 
     name = "openai"
@@ -238,7 +246,7 @@ class OpenAIBackend(GenerationBackend):
         self._headers = {"Authorization": f"Bearer {read_api_key(api_key_env)}"} if api_key_env else {}
         self._client = httpx.Client(headers=self._headers, timeout=timeout_s,
                                     limits=httpx.Limits(max_connections=max_concurrency))
-        self._async: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._async: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         if not prompts:
@@ -259,71 +267,77 @@ class OpenAIBackend(GenerationBackend):
         return list(await asyncio.gather(*(self._acomplete(prompt, params) for prompt in prompts)))
 
     def close(self) -> None:
-        """Close the blocking pool; an async pool is closed here too when its loop is gone or idle, else by
-        `aclose` (the gateway's shutdown)."""
+        """Close both pools."""
         self._client.close()
+        self.close_async()
+
+    def close_async(self) -> None:
+        """Close the async pool: on its own loop while that runs, else at once (no loop is left to wait on)."""
         if self._async is not None:
-            loop, client = self._async
-            if loop.is_closed() or not loop.is_running():
-                self._async = None  # its loop cannot run aclose any more: drop the pool with the loop
-            else:
-                loop.call_soon_threadsafe(lambda: loop.create_task(client.aclose()))
+            (loop, session), self._async = self._async, None
+            if loop.is_running():
+                asyncio.run_coroutine_threadsafe(session.close(), loop)
+            elif session.connector is not None:
+                session.connector._close()  # the sync half of close(): drops the connections, awaits nothing
 
     def _complete(self, prompt: str, params: SamplingParams) -> list[Generation]:
-        response, latency_s = self._post(request_body(self.model, prompt, params, self.top_logprobs))
-        return self._generations(response, latency_s, params)
+        status, content, latency_s = self._post(request_body(self.model, prompt, params, self.top_logprobs))
+        return self._generations(status, content, latency_s, params)
 
     async def _acomplete(self, prompt: str, params: SamplingParams) -> list[Generation]:
-        response, latency_s = await self._apost(request_body(self.model, prompt, params, self.top_logprobs))
-        return self._generations(response, latency_s, params)
+        status, content, latency_s = await self._apost(request_body(self.model, prompt, params, self.top_logprobs))
+        return self._generations(status, content, latency_s, params)
 
-    def _async_client(self) -> httpx.AsyncClient:
-        """The async pool of the running event loop (an httpx.AsyncClient belongs to the loop that opened it)."""
+    def _session(self) -> aiohttp.ClientSession:
+        """The async pool of the running event loop (an aiohttp session belongs to the loop that opened it)."""
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
-            client = httpx.AsyncClient(headers=self._headers, timeout=self.timeout_s,
-                                       limits=httpx.Limits(max_connections=self.max_concurrency))
-            self._async = (loop, client)
+            self.close_async()
+            connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+            self._async = (loop, aiohttp.ClientSession(connector=connector, headers=self._headers))
         return self._async[1]
 
-    def _generations(self, response: httpx.Response, latency_s: float, params: SamplingParams) -> list[Generation]:
+    def _generations(self, status: int, content: bytes, latency_s: float, params: SamplingParams) -> list[Generation]:
         """A response's generations, or the BackendError that says what was wrong with it."""
-        if response.is_error:
-            message = (f"{self.url} answered HTTP {response.status_code} for model {self.model!r}: "
-                       f"{response.text[:300]!r}. {status_hint(response.status_code, self.api_key_env)}.")
-            if response.status_code < 500:
-                raise BackendRejected(message, response.status_code)
+        text = content[:300].decode("utf-8", "replace")
+        if status >= 400:
+            message = (f"{self.url} answered HTTP {status} for model {self.model!r}: "
+                       f"{text!r}. {status_hint(status, self.api_key_env)}.")
+            if status < 500:
+                raise BackendRejected(message, status)
             raise BackendUnavailable(message)
         try:
             # orjson: a full-vocabulary body is about a megabyte, which the standard parser takes ~5x longer to read.
-            return parse_completion(orjson.loads(response.content), params.n, self.top_logprobs, latency_s)
+            return parse_completion(orjson.loads(content), params.n, self.top_logprobs, latency_s)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # orjson.JSONDecodeError is a ValueError
             reason = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise BadCompletion(
                 f"{self.url} returned a body that is not an OpenAI completion with logprobs for model "
-                f"{self.model!r} ({reason}): {response.text[:300]!r}. "
+                f"{self.model!r} ({reason}): {text!r}. "
                 "Check that base_url points at an OpenAI-compatible server."
             ) from None
 
-    def _post(self, body: dict[str, Any]) -> tuple[httpx.Response, float]:
-        """POST with bounded retries on refused connections; transport failures become BackendErrors."""
+    def _post(self, body: dict[str, Any]) -> tuple[int, bytes, float]:
+        """POST with bounded retries on refused connections: (status, body, seconds); transport failures become
+        BackendErrors."""
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             start, timeout = time.perf_counter(), self._timeout()
             with self._transport_errors(timeout, attempt) as refused:
                 response = self._client.post(self.url, content=orjson.dumps(body), timeout=timeout,
                                              headers=JSON_HEADERS)
-                return response, time.perf_counter() - start
+                return response.status_code, response.content, time.perf_counter() - start
             time.sleep(refused.backoff_s)
         raise AssertionError("unreachable: the last attempt raises")
 
-    async def _apost(self, body: dict[str, Any]) -> tuple[httpx.Response, float]:
+    async def _apost(self, body: dict[str, Any]) -> tuple[int, bytes, float]:
         """_post on the async pool."""
         for attempt in range(1, CONNECT_ATTEMPTS + 1):
             start, timeout = time.perf_counter(), self._timeout()
             with self._transport_errors(timeout, attempt) as refused:
-                response = await self._async_client().post(self.url, content=orjson.dumps(body), timeout=timeout,
-                                                           headers=JSON_HEADERS)
-                return response, time.perf_counter() - start
+                async with self._session().post(self.url, data=orjson.dumps(body), headers=JSON_HEADERS,
+                                                timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+                    content = await response.read()
+                return response.status, content, time.perf_counter() - start
             await asyncio.sleep(refused.backoff_s)
         raise AssertionError("unreachable: the last attempt raises")
 
@@ -342,19 +356,19 @@ class OpenAIBackend(GenerationBackend):
         refused = _Refused()
         try:
             yield refused
-        except httpx.ConnectError as exc:
+        except CONNECT_ERRORS as exc:
             if attempt >= CONNECT_ATTEMPTS:
                 raise BackendUnavailable(
                     f"cannot connect to {self.url} for model {self.model!r} after {attempt} attempts "
                     f"({exc}). {START_HINT}"
                 ) from None
             refused.backoff_s = BACKOFF_S * attempt
-        except httpx.TimeoutException:
+        except TIMEOUTS:
             raise BackendTimeout(
                 f"{self.url} did not answer within {round(timeout, 3)} s for model {self.model!r}; the "
                 "server may be overloaded or still loading the model. Raise timeout_s or check its log."
             ) from None
-        except httpx.HTTPError as exc:
+        except TRANSPORT_ERRORS as exc:
             raise BackendUnavailable(
                 f"request to {self.url} for model {self.model!r} failed: {type(exc).__name__}: {exc}. "
                 f"{START_HINT}"
