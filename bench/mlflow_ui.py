@@ -5,8 +5,10 @@
 
 Starts `mlflow server` on 127.0.0.1 over an existing store (one `make demo` or the retrain test made),
 finds the newest retrain run and the registered model's @champion, opens each page in headless
-Chromium (Debian: `apt-get install chromium`) and writes bench/results/mlflow_ui_<tag>_<page>.png; the
-server is stopped by its process group id at the end, however the script ends.
+Chromium (Debian: `apt-get install chromium`) with a fresh browser profile and writes
+bench/results/mlflow_ui_<tag>_<page>.png; the server is stopped by its process group id at the end,
+however the script ends. Each URL carries ?workflowType=machine_learning, as the links escalate prints
+do: a fresh profile's MLflow 3.17 UI opens in its GenAI view otherwise (escalate.tracking.EXPERIMENT_KIND).
 """
 
 from __future__ import annotations
