@@ -94,7 +94,7 @@ def test_retrain_smoke_end_to_end(prefect_harness, mlflow_uri: str, smoke_projec
     outputs = client.get_run(run.info.run_id).outputs.model_outputs
     listed = {v["version"] for m in outputs
               for v in json.loads(client.get_logged_model(m.model_id).tags.get("mlflow.modelVersions", "[]"))}
-    assert listed == {v["version"] for v in registry.list_versions()} and first.version in listed
+    assert listed == {v["version"] for v in registry.list_versions()} and str(first.version) in listed
 
     # A second run with unchanged inputs reuses every stage (the checkpoint is not rewritten); its
     # candidates face a gate they cannot pass: registered, rejected with reasons, @champion stays. It and the
