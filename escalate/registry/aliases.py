@@ -540,8 +540,8 @@ class Registry:
         candidates'), besides the versions whose run_id is the run."""
         model = self.client.get_logged_model(model_id)
         linked = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
-        entry = {"name": self.name, "version": version}
-        if entry not in linked:
+        if not any((e.get("name"), str(e.get("version"))) == (self.name, version) for e in linked):  # a server's: int
+            entry = {"name": self.name, "version": version}
             self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*linked, entry])})
 
     def _report_link(self, run_id: str | None, model_id: str | None, report: str | None) -> str | None:
