@@ -5,8 +5,10 @@
 
 Starts `mlflow server` on 127.0.0.1 over an existing store (one `make demo` or the retrain test made),
 finds the newest retrain run and the registered model's @champion, opens each page in headless
-Chromium (Debian: `apt-get install chromium`) and writes bench/results/mlflow_ui_<tag>_<page>.png; the
-server is stopped by its process group id at the end, however the script ends.
+Chromium (Debian: `apt-get install chromium`) with a fresh browser profile and writes
+bench/results/mlflow_ui_<tag>_<page>.png; the server is stopped by its process group id at the end,
+however the script ends. Each URL carries ?workflowType=machine_learning, as the links escalate prints
+do: a fresh profile's MLflow 3.17 UI opens in its GenAI view otherwise (escalate.tracking.EXPERIMENT_KIND).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from escalate.registry.aliases import CHAMPION, DEFAULT_NAME
-from escalate.tracking import resolve_uri
+from escalate.tracking import MODEL_TRAINING_VIEW, resolve_uri, ui_route
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -62,9 +64,9 @@ def main() -> int:
                 out = RESULTS / f"mlflow_ui_{args.tag}_{page}.png"
                 subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                                 f"--user-data-dir={profile_dir}", "--window-size=1600,1400",
-                                f"--virtual-time-budget={args.wait_ms}", f"--screenshot={out}", f"{base}/#{route}"],
+                                f"--virtual-time-budget={args.wait_ms}", f"--screenshot={out}", f"{base}/{route}"],
                                check=True, capture_output=True, timeout=180)
-                print(f"{page}: {base}/#{route} -> {out.relative_to(ROOT)}")
+                print(f"{page}: {base}/{route} -> {out.relative_to(ROOT)}")
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the server and the workers it started, by its group id
         server.wait(timeout=30)
@@ -72,7 +74,9 @@ def main() -> int:
 
 
 def page_routes(client: MlflowClient, name: str) -> dict[str, str]:
-    """The UI routes to capture: the newest retrain run that registered versions, and @champion's version."""
+    """The UI routes to capture, in the model-training view (a fresh browser profile would open them in the GenAI
+    view: escalate.tracking.EXPERIMENT_KIND says why): the experiment, its newest retrain run that registered
+    versions, and @champion's version."""
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string="attributes.run_name LIKE 'retrain-%'", order_by=["attributes.start_time DESC"])
     registering = [r for r in runs if r.data.tags.get("escalate.registered")]
@@ -80,8 +84,8 @@ def page_routes(client: MlflowClient, name: str) -> dict[str, str]:
         raise SystemExit("no retrain run that registered versions in this store: run `make demo` first")
     run = registering[0].info
     champion = client.get_model_version_by_alias(name, CHAMPION)
-    return {"experiment": f"/experiments/{run.experiment_id}", "run": f"/experiments/{run.experiment_id}/runs/{run.run_id}",
-            "champion": f"/models/{name}/versions/{champion.version}"}
+    return {"experiment": ui_route(run.experiment_id), "run": ui_route(run.experiment_id, run.run_id),
+            "champion": f"#/models/{name}/versions/{champion.version}{MODEL_TRAINING_VIEW}"}
 
 
 def wait_healthy(base: str, server: subprocess.Popen, timeout_s: float = 120) -> None:

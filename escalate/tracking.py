@@ -1,11 +1,13 @@
 """MLflow tracking and lineage: one run per flow run, a nested run per stage.
 
 Runs are addressed by id through `MlflowClient`, never through the "active run" global, so logging
-works the same from any thread (Prefect runs tasks in worker threads). Lineage tags tie a run to its
-git commit and to the DVC hash of every dataset and checkpoint it read or wrote (from dvc.lock), and
+works the same from any thread (Prefect runs tasks in worker threads). Tags tie a run to its git
+commit (what a search filters on); the DVC hash of every dataset and checkpoint it read or wrote (from
+dvc.lock) goes to its params `dvc.<path>`, which the UI's compare view sets side by side, and
 every table a stage reads is logged as an MLflow dataset input (digest: its DVC or content hash), so
-the UI's run page and runs table list the data. The experiment is typed as model training, so the
-MLflow 3 UI opens it on runs and models rather than its GenAI (traces, evaluation) view.
+the UI's run page and runs table list the data. The experiment is typed as model training; the MLflow
+3.17 UI itself picks its GenAI or model-training view per browser, so the links escalate prints carry
+MODEL_TRAINING_VIEW (see there).
 """
 
 from __future__ import annotations
@@ -32,9 +34,15 @@ from mlflow.types.utils import _infer_schema
 from escalate.config import Profile, load_profile
 from escalate.telemetry import disable_telemetry
 
-# MLflow 3's UI picks an experiment's view from this tag; unset, it guesses, and a run without traces
-# opens on the GenAI "Evaluation runs" page.
+# The experiment's type, for the API and for UIs that read it. The MLflow 3.17 UI does not: with its
+# workflow-navigation flag hard-coded on, it derives the kind from a per-browser "workflow type" (the
+# URL's ?workflowType=, else localStorage `mlflow.workflowType_v1`, else "genai"), so a fresh browser
+# opens every experiment in the GenAI view (mlflow/server/js/build/static/js/main.c2f5f8d4.js: line 2,
+# the provider around column 111930 and flag Z0 `R=()=>!0` near column 116991; line 24 column 49326,
+# the kind hook that reads this tag only when Z0 is off). No server setting changes that default.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Appended to a UI route (`#/experiments/1/runs/<id>` + this), it opens the page in the model-training view.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
 TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 DATASET_CONTEXT = "mlflow.data.context"  # the input tag the UI shows beside a dataset
 _SCHEMA_ROWS = 100  # rows read to infer a table's schema for the UI
@@ -146,6 +154,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def ui_route(experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI's route (after the server's `/`) to an experiment or one of its runs, in the model-training view."""
+    return f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "") + MODEL_TRAINING_VIEW
 
 
 def git_commit(root: Path) -> dict[str, str]:

@@ -34,7 +34,7 @@ from escalate.registry.publish import link_run, rank_candidates  # noqa: E402
 from escalate.stages import cost_model, paths  # noqa: E402
 from escalate.stages.registry import enabled_stages, validation_reports  # noqa: E402
 from escalate.stages.results import candidate_sources, data_unchanged, results_table  # noqa: E402
-from escalate.tracking import Tracker, dvc_hashes, git_commit  # noqa: E402
+from escalate.tracking import Tracker, dvc_hashes, git_commit, ui_route  # noqa: E402
 from tasks.registry import ask_champion, bundle, load_gates, move_champion, register  # noqa: E402
 from tasks.stages import run_stage  # noqa: E402
 from tasks.tracking import log_stage  # noqa: E402
@@ -82,11 +82,12 @@ def run_locked(profile: str, cfg: Profile, root_path: Path, tracker: Tracker, re
             log_stage(tracker, run_id, stage.name, cfg, str(root_path))
             champion = registry.champion() if stage.name == "questions" and skip_if_unchanged else None
             if champion is not None and data_unchanged(registry.lineage(champion), root_path, profile):
-                tracker.tags(run_id, {"escalate.outcome": "no-change", **dvc_hashes(root_path, profile)})
+                tracker.tags(run_id, {"escalate.outcome": "no-change"})
+                tracker.params(run_id, dvc_hashes(root_path, profile))
                 print("no change: the data has the same DVC hash as the champion's; nothing retrained")
                 ok = True
                 return {"run_id": run_id, "outcome": "no-change"}
-        tracker.tags(run_id, dvc_hashes(root_path, profile))
+        tracker.params(run_id, dvc_hashes(root_path, profile))  # params, not tags: the Tags box stays readable
         candidates = register_all(cfg, tracker, registry, run_id, root_path)
         link_run(tracker, run_id, registry, candidates)
         ok = True
@@ -141,7 +142,7 @@ def finish(cfg: Profile, root: Path, run_id: str, registry: Registry, candidates
         print(f"\n{registry.name}@champion answering:\n{format_table(shown.to_dict('records'))}")
     print(
         f"\nreport:    {p['eval'] / 'report.md'}\n"
-        f"MLflow UI: make ui   (then open http://127.0.0.1:5000, run {run_id})"
+        f"MLflow UI: make ui, then http://127.0.0.1:5000/{ui_route(registry.client.get_run(run_id).info.experiment_id, run_id)}"
     )
     return {
         "run_id": run_id,

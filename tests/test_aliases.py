@@ -3,6 +3,7 @@ alias moves are compare-and-swap under the registry's lock, and a move commits w
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -292,3 +293,20 @@ def test_a_move_overwritten_outside_the_lock_is_detected_on_read_back(store: tup
     racing = Registry(store[0], "readback", client=Racing(tracking_uri=store[0], registry_uri=store[0]))
     with pytest.raises(AliasConflict, match=r"read back, @serving is at version 1 .*outside escalate's registry lock"):
         racing.move_alias(SERVING, "2", expected=None)
+
+
+def test_a_version_names_itself_once_in_its_logged_models_tag(store: tuple[str, Path]) -> None:
+    """The UI lists a run's "Registered models" from its models' mlflow.modelVersions tags: register writes it
+    (a database store does not), and leaves alone the entry an MLflow server already wrote (version as an int)."""
+    uri, _ = store
+    client = MlflowClient(tracking_uri=uri)
+    registry = Registry(uri, "linked")
+    experiment = client.get_experiment_by_name("registry").experiment_id
+    for version, preset in (("1", [{"name": "linked", "version": 1}]), ("2", None)):
+        source, run = candidate(store, f"v{version}", 0.85)
+        model = client.create_logged_model(experiment, source_run_id=run,
+                                           tags={"mlflow.modelVersions": json.dumps(preset)} if preset else None)
+        registration = registry.register(source, PASS, run_id=run, model_id=model.model_id)
+        assert registration.version == version
+        expected = preset or [{"name": "linked", "version": version}]
+        assert json.loads(client.get_logged_model(model.model_id).tags["mlflow.modelVersions"]) == expected

@@ -4,6 +4,7 @@ run's links to its versions, and the champion answering a plain list of question
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -137,6 +138,9 @@ def test_the_ui_shows_data_gates_metrics_and_links(smoke_pipeline: Path, tmp_pat
     assert run.data.tags["escalate.champion"] == f"escalate-cascade/{registration.version}"
     assert f"(#/models/escalate-cascade/versions/{registration.version})" in run.data.tags["mlflow.note.content"]
     assert [m.model_id for m in run.outputs.model_outputs] == [info.model_id]
+    # The UI's "Registered models" on the flow's run: the versions its output models' mlflow.modelVersions name.
+    linked_versions = json.loads(client.get_logged_model(info.model_id).tags["mlflow.modelVersions"])
+    assert linked_versions == [{"name": registry.name, "version": registration.version}]
     assert [str(v.version) for v in client.search_model_versions(f"run_id = '{info.run_id}'")] == [registration.version]
 
     # The champion answers a plain list of questions as it answers a DataFrame.

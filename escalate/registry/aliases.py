@@ -54,6 +54,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from escalate.config import Profile, load_profile
 from escalate.locks import Busy, FileLock
@@ -387,6 +388,9 @@ class Registry:
                                                         tags=version_tags, description=summary[:5000],
                                                         model_id=model_id)
         mv = self._write("create the model version (no alias moved)", create)
+        if model_id:
+            self._write(f"link version {mv.version} to its logged model {model_id} (the version exists; no alias "
+                        "moved)", lambda: self._link_model(model_id, str(mv.version)))
         moves = {CHALLENGER: mv.version, **({CHAMPION: mv.version} if takes_champion else {})}
         self._move(moves, before, f"register version {mv.version}")
         return Registration(version=str(mv.version), passed=passed,
@@ -528,6 +532,17 @@ class Registry:
         for key, value in figures.items():
             if value is not None and math.isfinite(float(value)):
                 self.client.log_metric(run_id, key, float(value), model_id=model_id)
+
+    def _link_model(self, model_id: str, version: str) -> None:
+        """Name the version in its logged model's `mlflow.modelVersions` tag, as MLflow's server and
+        `mlflow.register_model` do but a client writing to a database store does not: the UI lists a run's
+        "Registered models" from this tag of the models the run logged or output (the retrain run's, its
+        candidates'), besides the versions whose run_id is the run."""
+        model = self.client.get_logged_model(model_id)
+        linked = json.loads(model.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        if not any((e.get("name"), str(e.get("version"))) == (self.name, version) for e in linked):  # a server's: int
+            entry = {"name": self.name, "version": version}
+            self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*linked, entry])})
 
     def _report_link(self, run_id: str | None, model_id: str | None, report: str | None) -> str | None:
         """Markdown for the report: a link to the logged model's Artifacts tab in the UI, and its models:/ path."""

@@ -91,8 +91,8 @@ def champion_pick(ranked: Sequence[Candidate]) -> Candidate | None:
 def link_run(tracker: Tracker, run_id: str, registry: Registry, registered: Sequence[Candidate]) -> dict[str, str]:
     """Link the flow's run to what it registered: tags naming every `model/version` and the champion, a Markdown
     run description linking each version's page, and each candidate's logged model as an output of the run
-    (its page's "Logged models"; the versions hang off the candidate runs, whose pages list them under
-    "Registered models"). Returns the tags set."""
+    (its page's "Logged models", and through their `mlflow.modelVersions` tags, Registry._link_model, its
+    "Registered models"; each version's run_id stays its candidate run's). Returns the tags set."""
     champion = registry.aliases().get(CHAMPION)
     tags = {"escalate.registered": ", ".join(f"{registry.name}/{c.registration.version}" for c in registered),
             "escalate.champion": f"{registry.name}/{champion}" if champion else "none"}
