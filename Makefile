@@ -77,7 +77,7 @@ test-fast: setup  ## only the fast unit tests
 	$(BIN)/python -m pytest -m "not slow"
 
 ui: setup  ## the MLflow UI on the embedded store, http://127.0.0.1:5000
-	@echo "MLflow UI: http://127.0.0.1:5000   (Prefect UI: run 'prefect server start', then http://127.0.0.1:4200)"
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning   (the model-training view; Prefect UI: run 'prefect server start', then http://127.0.0.1:4200)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 lint: setup  ## ruff
