@@ -13,6 +13,10 @@ Each server is asked for only the log-probabilities the router reads (Router.top
 its top k, P(T) and the log-probability routers one); a deployment whose `logprobs` is "full" asks for all
 the server gives, so served entropy equals evaluated entropy (the top-k error: bench/results/gateway_overhead.md).
 
+`Engine.answer_async` (the gateway's path) awaits the servers on the event loop through each backend's
+aiohttp pool, running the cascade's plan (escalate.cascade) there when the router is cheap to score, else
+on a worker thread; `Engine.answer` runs the same plan blocking (the deploy probe, the shadow labeller).
+
 Each request has a Budget: the SLM may use its share of the request's deadline, after which the
 request escalates (a frozen SLM is bypassed like a dead one); the LLM may use what is left, after
 which DeadlineExceeded.

@@ -10,7 +10,9 @@ context), 408 for a body sent too slowly, 422 for schema violations, 404 for an 
 path, 413 for oversized bodies, 429 when the queue is full, 503 when the model a request needs is
 down (a down or frozen SLM is bypassed: its requests go to the LLM), 504 past the request's
 deadline; 429 and 503 say Retry-After.
-A token-level (CITER) deployment decodes in this process: `served_by` says "in-process", and the
+A query-level request is answered on the event loop (Engine.answer_async: no worker thread waits on a
+model server); at most max_concurrency answer at once and max_queue wait for a place.
+A token-level (CITER) deployment decodes in this process, on worker threads: `served_by` says "in-process", and the
 model-down handling does not apply (engine.InProcessEngine).
 
 Auth: /v1/* takes a client key ($ESCALATE_API_KEY). `POST /admin/deploy` takes an admin key
