@@ -2,7 +2,8 @@
 
     python bench/calibrate.py [--profile tiny] [--n 150] [--seed 0]
 
-Writes bench/results/calibrate_<profile>.md: this header, then the command's own report.md unchanged, so
+Writes bench/results/calibrate_<profile>.md: the command's own report.md unchanged, with the run's machine, load,
+time and commit after its title, so
 every figure in the file is the command's. Needs the questions and the zoo (`escalate data build`,
 `escalate zoo build`), as the command does.
 """
@@ -56,7 +57,8 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"calibrate_{args.profile}.md"
-    path.write_text("\n".join(header) + report)
+    title, body = report.split("\n", 1)  # the report's own title first, then where it was measured
+    path.write_text("\n".join([title, "", *header]) + body)
     print(f"wrote {path}")
 
 

@@ -310,3 +310,16 @@ def test_state_confidences_prompts_after_the_greedy_answer_and_the_router_reads_
     assert scores.tolist() == pytest.approx([0.0, 0.85])
     counts = verbalized.statement_counts(merged.loc[merged["sample_idx"] == 0, verbalized.STATEMENT])
     assert (counts["ok"], counts["malformed"], counts["distinct"]) == (1, 1, 1)
+
+
+def test_a_flat_score_meets_every_target_by_escalating_all_and_is_left_out_of_the_rates():
+    target, same, _ = synthetic()
+    flat = outcomes(np.zeros(200), target.slm_correct)
+    assert transfer.flat(flat) and not transfer.flat(same)
+    rows = transfer.transfer_rows("ranks", {"base": same}, same, {"t": target, "same": same}, 0.02, 101, 0)
+    flat_rows = transfer.transfer_rows("flat", {"base": flat}, flat, {"t": target, "same": flat}, 0.02, 101, 0)
+    on_t = [r for r in flat_rows if r["target"] == "t"]
+    assert all(r["met"] and r["call_rate"] == 1.0 and r["saving"] < 0 for r in on_t)
+    kept = transfer.ranking_rows(rows + flat_rows, {"flat"})
+    assert kept == rows
+    assert transfer.success_rates(kept) == transfer.success_rates(rows)

@@ -65,13 +65,15 @@ def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = 
     cost, latency = cost_model(profile, root), fit_latency_model(all_samples)
     set_inputs = {name: inputs_for(q, all_samples, q["split"].iloc[0]) for name, q in sets.items()}  # one split a set
 
-    rows, benchmark = [], []
+    rows, benchmark, flat = [], [], set()
     for name in settings.strategies:
         router = strategy_router(name, settings.seed).fit(set_inputs["calib"][0])
         records = {set_name: build_records(router, *pair, cost, latency) for set_name, pair in set_inputs.items()}
         outcomes = {set_name: Outcomes.from_records(r, router.mode) for set_name, r in records.items()}
         constructed = {p: outcomes[f"{CONSTRUCTED}/{p}"] for p in settings.parts}
         shifted = {s: outcomes[f"{TARGET}/{s}"] for s in settings.parts[1:]}
+        if transfer.flat(outcomes["calib"]):
+            flat.add(name)
         rows += transfer.transfer_rows(name, constructed, outcomes["calib"], shifted, ev.delta, ev.n_points,
                                        settings.seed)
         for shift in shifted:
@@ -85,10 +87,10 @@ def calibrate(profile: Profile, settings: CalibrateSettings, root: Path | str = 
     cells = transfer.per_target(rows)
     for row in benchmark:
         row.update(cells[(row["strategy"], row["target"])])
-    rates = transfer.success_rates(rows)
+    rates = transfer.success_rates(transfer.ranking_rows(rows, flat))
     context = {"profile": profile.name, "seed": settings.seed, "n_per_set": settings.n, "delta": ev.delta,
                "shifts": list(settings.shifts), "shift_config": asdict(settings.how),
-               "constructed_parts": list(settings.parts),
+               "constructed_parts": list(settings.parts), "flat_strategies": sorted(flat),
                "calib_n": len(calib_q), "cost_model": cost.describe(), "policy": "accuracy (cheapest within delta)"}
     # How often the base SLM stated a readable confidence, per set: the verbalized row's coverage.
     statements = [{"set": set_name, **statement_counts(pair[0].greedy()[STATEMENT])}
@@ -107,7 +109,7 @@ def write_report(path: Path, metrics: dict) -> None:
              f"profile {c['profile']}, seed {c['seed']}, {c['n_per_set']} questions per shifted set and in the "
              f"constructed set, calib split {c['calib_n']} questions, delta {c['delta']:g}, {c['cost_model']}; "
              f"shifts {', '.join(c['shifts'])} ({', '.join(f'{k} {v:g}' for k, v in c['shift_config'].items())}).", "",
-             GUIDE, "", "## Success rate per calibration source", "",
+             GUIDE, "", "## Success rate per calibration source", "", flat_note(c["flat_strategies"]), "",
              markdown_table(metrics["success_rates"], RATE_COLUMNS), "",
              "## Per strategy and source", "",
              markdown_table(metrics["success_rates_by_strategy"], ("strategy", *RATE_COLUMNS)), "",
@@ -119,11 +121,21 @@ def write_report(path: Path, metrics: dict) -> None:
     path.write_text("\n".join(lines))
 
 
+def flat_note(flat: list[str]) -> str:
+    """Which strategies the success rates leave out, and why (transfer.ranking_rows)."""
+    if not flat:
+        return "Every strategy's score ranks the calib split's queries: all are counted."
+    return (f"Left out: {', '.join(flat)}, whose score takes one value on the calib split: its threshold keeps "
+            "every query or escalates every one, and escalating all meets any accuracy target by paying the LLM "
+            "everywhere (its rows are in the tables below).")
+
+
 def summary_text(metrics: dict, out: Path) -> str:
     """What the command prints: the success rates and the strategy x target table."""
     statements = [format_table(metrics["verbalized_statements"], list(STATEMENT_COLUMNS)), ""] \
         if metrics["verbalized_statements"] else []
-    return "\n".join([format_table(metrics["success_rates"], list(RATE_COLUMNS)), "",
+    return "\n".join([flat_note(metrics["context"]["flat_strategies"]),
+                      format_table(metrics["success_rates"], list(RATE_COLUMNS)), "",
                       format_table(metrics["benchmark"], list(BENCHMARK_COLUMNS)), "", *statements,
                       f"report: {out / 'report.md'}", f"metrics: {out / 'metrics.json'}"])
 
