@@ -2,10 +2,9 @@
 
     python bench/calibrate.py [--profile tiny] [--n 150] [--seed 0]
 
-Writes bench/results/calibrate_<profile>.md: the command's own report.md unchanged, with the run's machine, load,
-time and commit after its title, so
-every figure in the file is the command's. Needs the questions and the zoo (`escalate data build`,
-`escalate zoo build`), as the command does.
+Writes bench/results/calibrate_<profile>.md: the command's own report.md unchanged, with the run's machine,
+load, time and commit after its title, so every figure in the file is the command's. Needs the questions and
+the zoo (`escalate data build`, `escalate zoo build`), as the command does.
 """
 
 from __future__ import annotations
