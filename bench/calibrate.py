@@ -17,17 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_model  # bench/ is the script's directory, so its sibling imports as a top-level module
+from machine import commit, cpu_model  # bench/ is the script's directory, so its sibling imports as a top-level module
 
 
 def load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
-    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
 
 
 def main() -> None:

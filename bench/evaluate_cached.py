@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from machine import cpu_model  # bench/machine.py: the script's own directory is on sys.path
+from machine import commit, cpu_model  # bench/machine.py: the script's own directory is on sys.path
 
 from escalate.evaluation.cached import (
     ANALYTIC_RANDOM,
@@ -130,6 +130,7 @@ def main() -> None:
         f"{','.join(args.routers)} --targets {','.join(args.targets)} --resamples {args.resamples} --rows {args.rows} "
         f"--folds {args.folds} --seed {args.seed}` -->",
         "",
+        f"- **commit:** {commit()}",
         f"- **folds:** {args.folds} (stratified, out-of-fold scores), **seed:** {args.seed}",
         "- **cost model:** unit costs, LLM 1, SLM 1/20; latencies 0",
         f"- **machine:** {cpu_model()}, {os.cpu_count()} CPUs visible, torch threads {torch.get_num_threads()}, load average "
