@@ -16,7 +16,9 @@ def cpu_model() -> str:
 
 
 def commit() -> str:
-    """The checkout's short commit, marked when tracked files differ from it (the figure is not that commit's)."""
+    """The checkout's short commit, marked when tracked files other than bench/results/ (outputs, not code) differ
+    from it: then the figure is not that commit's."""
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+                           capture_output=True, text=True)
     return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
