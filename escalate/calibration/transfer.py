@@ -104,8 +104,9 @@ def flat(outcomes: Outcomes) -> bool:
 
 
 def ranking_rows(rows: list[dict], flat_strategies: set[str]) -> list[dict]:
-    """The transfer rows of the strategies that rank. A flat score's threshold escalates every query, which
-    meets any accuracy target by paying the LLM everywhere: counting it would read as transfer that is not."""
+    """The transfer rows of the strategies that rank. A flat score's threshold keeps every query or escalates
+    every one, and escalating all meets any accuracy target by paying the LLM everywhere: counting it would
+    read as transfer that is not."""
     return [r for r in rows if r["strategy"] not in flat_strategies]
 
 
