@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +189,39 @@ def test_one_class_table_and_missing_columns_exit_2(tmp_path: Path, capsys: pyte
     assert "no column 'confidence'" in capsys.readouterr().err
     assert main(args) == 2
     assert "give a prompt column" in capsys.readouterr().err
+
+
+def bench_module():
+    """bench/evaluate_cached.py as a module (bench/ is scripts, not a package; its sibling machine.py on the path)."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_evaluate_cached", bench / "evaluate_cached.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+def test_bench_table_has_a_row_per_router_and_label_with_the_risk_violation_rate() -> None:
+    bench = bench_module()
+    df = toy_table(120)
+    table = CachedTable(df["prompt"], df["weak"].to_numpy(bool), df["strong"].to_numpy(bool))
+    policy = PolicySettings(resamples=20)
+    rows = bench.issue17_rows(table, ["prompt_length", "random"], ("slm_correct", "gain"), 3, 0, policy)
+    keys = [(r["router"], r["label"]) for r in rows]
+    # random takes no target: one row, label "-"; analytic random once, last
+    assert keys == [("prompt_length", "slm_correct"), ("random", "-"), ("prompt_length", "gain"),
+                    (ANALYTIC_RANDOM, "-")]
+    by = {k: r for k, r in zip(keys, rows)}
+    assert by[("prompt_length", "slm_correct")]["folds_chose"] == "slm_correct"
+    assert by[("prompt_length", "slm_correct")]["apgr"] > 0.9  # length explains every weak-model failure
+    # The risk policy's violation rate is the share of draws losing more than epsilon on the other half.
+    reference = evaluate_cached(table, ["prompt_length"], folds=3, target="slm_correct", policy=policy)
+    risk = next(p for p in reference.policies if p["policy"] == "risk")
+    assert by[("prompt_length", "slm_correct")]["risk_violated"] == pytest.approx(risk["violated"])
+    assert 0.0 <= risk["violated"] <= 1.0 and risk["splits"] == 20
+    assert by[(ANALYTIC_RANDOM, "-")]["apgr"] == pytest.approx(0.5) and "risk_violated" not in by[(ANALYTIC_RANDOM, "-")]
+    with pytest.raises(ValueError, match="choose from"):
+        bench.issue17_rows(table, ["random"], ("bogus",), 3, 0, policy)

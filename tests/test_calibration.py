@@ -14,12 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from escalate.calibration import construct, shifts, transfer
+from escalate.calibration import construct, shifts, transfer, verbalized
 from escalate.calibration.construct import CalibrateSettings, build_sets
 from escalate.cli import main
 from escalate.config import ArithConfig, ConfigError, load_profile
 from escalate.data import arith
+from escalate.evaluation.decision import escalates
 from escalate.evaluation.thresholds import Outcomes
+from escalate.models.backends import Generation, GenerationBackend, SamplingParams
+from escalate.prompts import format_prompt
+from escalate.routers.base import RouterInputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ArithConfig(n_train=10, n_calib=10, n_test=10, min_steps=1, max_steps=4, max_operand=9)
@@ -213,6 +217,8 @@ def test_calibrate_smoke_end_to_end(tmp_path):
         (s, t) for s in CalibrateSettings.strategies for t in ("names", "operands", "distractors")}
     assert all(r["target"] not in r["fitted_on"] for r in metrics["transfer"])
     assert metrics["context"]["calib_n"] == 24
+    statements = {r["set"]: r for r in metrics["verbalized_statements"]}
+    assert set(statements) >= {"calib", "target/names"} and statements["calib"]["n"] == 24
     assert "Success rate per calibration source" in (out / "report.md").read_text()
 
 
@@ -234,3 +240,86 @@ def test_calib_split_reuses_the_samples_stage_and_samples_what_it_lacks(tmp_path
     # A samples table missing a calib question is not reused.
     monkeypatch.setattr(construct, "load_samples", lambda p, root: stored.iloc[1:])
     assert construct.calib_split(profile, tmp_path, 0)[1].equals(fresh)
+
+
+STATED = {"high": "The answer is 7. Confidence: 0.90", "low": "The answer is 7. Confidence: 0.20",
+          "words": "The answer is 7. Confidence: Neo has 6 stamps", "percent": "The answer is 7. Confidence: 90",
+          "none": "The answer is 7.", "trailing": "The answer is 7. Confidence: 0.9 because"}
+
+
+def test_stated_confidence_orders_statements_and_reads_garbage_as_nan():
+    read = {k: verbalized.stated_confidence(v) for k, v in STATED.items()}
+    assert read["high"] == pytest.approx(0.9) and read["low"] == pytest.approx(0.2) and read["high"] > read["low"]
+    # COREA's rule: a probability in [0, 1] ending the response; a percentage or words are no statement.
+    assert all(np.isnan(read[k]) for k in ("words", "percent", "none", "trailing"))
+    assert np.isnan(verbalized.stated_confidence(None))
+
+
+def statement_inputs(texts: list[str]) -> RouterInputs:
+    ids = [f"q{i}" for i in range(len(texts))]
+    slm = pd.DataFrame({"id": ids * 2, "sample_idx": [0] * len(ids) + [1] * len(ids), "model": "slm",
+                        "correct": True, verbalized.STATEMENT: texts + [None] * len(ids),
+                        verbalized.STATEMENT_TOKENS: [5.0] * len(ids) + [None] * len(ids)})
+    return RouterInputs(pd.DataFrame({"id": ids[::-1]}), slm)  # question order differs from the samples'
+
+
+def test_verbalized_router_keeps_a_stated_90_over_a_stated_20_and_escalates_garbage():
+    router = verbalized.VerbalizedConfidenceRouter()
+    inputs = statement_inputs([STATED["high"], STATED["low"], STATED["words"]])
+    scores = router.score(inputs)  # questions q2, q1, q0
+    assert scores.tolist() == pytest.approx([0.0, 0.2, 0.9])
+    assert escalates(scores, 0.5).tolist() == [True, True, False]
+    assert escalates(scores, 0.1).tolist() == [True, False, False]  # garbage escalates where a stated 0.2 is kept
+    assert router.slm_reads(inputs).tolist() == [5.0, 5.0, 5.0]
+    assert router.is_probability and router.mode == "cascade"
+
+
+def test_verbalized_router_without_statements_names_the_fix():
+    inputs = statement_inputs([STATED["high"]])
+    inputs.slm_samples = inputs.slm_samples.drop(columns=[verbalized.STATEMENT])
+    with pytest.raises(ValueError, match="state_confidences"):
+        verbalized.VerbalizedConfidenceRouter().score(inputs)
+
+
+class ScriptedBackend(GenerationBackend):
+    """States a fixed continuation per prompt and records the prompts and params it was given."""
+
+    def __init__(self, continuations: list[str]) -> None:
+        self.continuations, self.prompts, self.params = continuations, [], None
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
+        self.prompts, self.params = prompts, params
+        return [[Generation(text, [1, 2], [0.0, 0.0], n_prompt_tokens=30)] for text in self.continuations]
+
+
+def test_state_confidences_prompts_after_the_greedy_answer_and_the_router_reads_it():
+    questions = pd.DataFrame({"id": ["a", "b"], "question": ["Ann has 2 cups. How many?", "Bo has 3. How many?"],
+                              "choices": [None, None]})
+    greedy = pd.DataFrame({"id": ["b", "a"], "text": [" 3. The answer is 3.", " The answer is 2. "],
+                           "n_prompt_tokens": [10, 10], "n_output_tokens": [12, 25]})
+    backend = ScriptedBackend([" 0.85", " Bo has 3"])
+    statements = verbalized.state_confidences(backend, questions, greedy)
+    assert backend.prompts[0] == format_prompt("Bo has 3. How many?") + " 3. The answer is 3. Confidence:"
+    assert backend.params.temperature == 0 and backend.params.max_new_tokens == verbalized.MAX_NEW_TOKENS
+    # added tokens: the prompt beyond the answer's (30 - 22 = 8; never below 0) plus the 2 generated
+    assert statements[verbalized.STATEMENT_TOKENS].tolist() == [10, 2]
+    samples = pd.DataFrame({"id": ["a", "b", "a"], "model": "slm", "sample_idx": [0, 0, 1], "correct": True})
+    merged = verbalized.with_statements(samples, statements)
+    assert merged[verbalized.STATEMENT].isna().tolist() == [False, False, True]
+    scores = verbalized.VerbalizedConfidenceRouter().score(RouterInputs(questions[["id"]], merged))
+    assert scores.tolist() == pytest.approx([0.0, 0.85])
+    counts = verbalized.statement_counts(merged.loc[merged["sample_idx"] == 0, verbalized.STATEMENT])
+    assert (counts["ok"], counts["malformed"], counts["distinct"]) == (1, 1, 1)
+
+
+def test_a_flat_score_meets_every_target_by_escalating_all_and_is_left_out_of_the_rates():
+    target, same, _ = synthetic()
+    flat = outcomes(np.zeros(200), target.slm_correct)
+    assert transfer.flat(flat) and not transfer.flat(same)
+    rows = transfer.transfer_rows("ranks", {"base": same}, same, {"t": target, "same": same}, 0.02, 101, 0)
+    flat_rows = transfer.transfer_rows("flat", {"base": flat}, flat, {"t": target, "same": flat}, 0.02, 101, 0)
+    on_t = [r for r in flat_rows if r["target"] == "t"]
+    assert all(r["met"] and r["call_rate"] == 1.0 and r["saving"] < 0 for r in on_t)
+    kept = transfer.ranking_rows(rows + flat_rows, {"flat"})
+    assert kept == rows
+    assert transfer.success_rates(kept) == transfer.success_rates(rows)

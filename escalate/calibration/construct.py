@@ -14,11 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from escalate.calibration.shifts import BASE, BUILDERS, SHIFTS, ShiftConfig, questions_table
+from escalate.calibration.verbalized import VERBALIZED, state_confidences, with_statements
 from escalate.config import ConfigError, Profile
+from escalate.models.backends import make_backend
 from escalate.stages.base import load_questions, load_samples, paths, question_rules, sample_once
 
 # Cascades on the SLM's own outputs: nothing is fitted beyond the SLM, so a threshold is all that transfers.
-STRATEGIES = ("p_true_token", "mean_logprob", "min_logprob", "entropy", "self_consistency")
+# The paper's UQ families: token probability, logit-based, entropy, answer agreement, verbalized confidence.
+STRATEGIES = ("p_true_token", "mean_logprob", "min_logprob", "entropy", "self_consistency", VERBALIZED)
 CONSTRUCTED, TARGET = "constructed", "target"
 
 
@@ -100,3 +103,14 @@ def calib_split(profile: Profile, root: Path | str, seed: int) -> tuple[pd.DataF
         if set(samples["id"]) == set(calib["id"]):
             return calib, samples.reset_index(drop=True)
     return calib, sample_sets(profile, calib, root, seed)
+
+
+def add_statements(profile: Profile, questions: pd.DataFrame, samples: pd.DataFrame, root: Path | str) -> pd.DataFrame:
+    """`samples` with the SLM's stated confidence after each of its greedy answers (verbalized.state_confidences)."""
+    greedy = samples[(samples["model"] == "slm") & (samples["sample_idx"] == 0)].reset_index(drop=True)
+    backend = make_backend(profile.models["slm"], "slm", zoo_dir(profile, root), profile.sampling.batch_size)
+    try:
+        statements = state_confidences(backend, questions, greedy)
+    finally:
+        backend.close()
+    return with_statements(samples, statements)

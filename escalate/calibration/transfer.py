@@ -98,6 +98,18 @@ def success_rates(rows: list[dict], by: tuple[str, ...] = ("kind",)) -> list[dic
              "informative_success_rate": _rate([r for r in groups[key] if not r["trivial"]])} for key in keys]
 
 
+def flat(outcomes: Outcomes) -> bool:
+    """Whether a score takes one value: no threshold falls between two queries, so it keeps or escalates all."""
+    return np.unique(np.asarray(outcomes.scores, float)).size < 2
+
+
+def ranking_rows(rows: list[dict], flat_strategies: set[str]) -> list[dict]:
+    """The transfer rows of the strategies that rank. A flat score's threshold keeps every query or escalates
+    every one, and escalating all meets any accuracy target by paying the LLM everywhere: counting it would
+    read as transfer that is not."""
+    return [r for r in rows if r["strategy"] not in flat_strategies]
+
+
 def per_target(rows: list[dict]) -> dict[tuple[str, str], dict[str, float]]:
     """Per (strategy, target): each kind's share of sources meeting the target and their mean saving."""
     table: dict[tuple[str, str], dict[str, float]] = {}
