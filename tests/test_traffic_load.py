@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,26 @@ def test_a_short_load_loses_nothing_on_sigterm_and_at_most_the_last_flush_on_sig
         with pytest.raises(ProcessLookupError):  # both servers stopped by PID, whatever happened
             os.kill(pid, 0)
     assert "| sigkill |" in (tmp_path / "load.md").read_text()
+
+
+def test_a_clean_stop_during_a_flush_still_writes_what_was_enqueued_after_that_flush_drained(tmp_path: Path) -> None:
+    """The SIGTERM phase's guarantee at its edge: the app closes the log while the writer is writing."""
+    writing, release = threading.Event(), threading.Event()
+
+    def slow(question: str) -> str:  # holds the writer inside a flush that has already drained the queue
+        if "t0x0" in question:
+            writing.set()
+            release.wait(10)
+        return question
+
+    traffic = TrafficLog(tmp_path, flush_s=0.01, redactor=slow)
+    traffic.log(**exchange(question("t0x0")))
+    assert writing.wait(10)
+    traffic.log(**exchange(question("t0x1")))  # the last request, answered while the writer writes
+    closer = threading.Thread(target=traffic.close)
+    closer.start()
+    while not traffic._stop.is_set():
+        time.sleep(0.001)
+    release.set()
+    closer.join(10)
+    assert sorted(read_log(tmp_path)[0]) == ["t0x0", "t0x1"]
