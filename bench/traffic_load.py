@@ -171,9 +171,9 @@ def phase(name: str, stub_url: str, clients: int, seconds: float, flush_s: float
                 gateway.wait(10)
         tags, folder = read_log(Path(tmp))
     result = check(load, tags, not folder["unreadable"], flush_s, margin_s, clean=name == "sigterm")
-    since = load.signalled_at - folder.pop("last_row_at")
+    newest = folder.pop("last_row_at") - load.signalled_at
     return {**result, **folder, "gateway_pid": gateway.pid, "gateway_exit": exit_code,
-            "last_row_before_signal_s": round(since, 3)}
+            "newest_row_from_signal_s": round(newest, 3)}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -181,7 +181,12 @@ def markdown(result: dict[str, Any]) -> str:
              f"`{result['command']}` on {result['machine']} (2 cores shared with other work; load average "
              "= 1 min, before → after each phase). Stub model server + real gateway process with the traffic log "
              f"on (flush every {result['flush_s']:g} s); {result['clients']} clients for {result['seconds']:g} s per "
-             "phase, then the signal while they still send. See the script's docstring for the checks.", "",
+             "phase, then the signal while they still send. See the script's docstring for the checks. missing: answered "
+             "requests not in the log, with the oldest one's age at the signal (since its client read the 200; in "
+             "brackets since it was sent). A gateway exit of -15 is a clean stop: uvicorn re-raises SIGTERM after its "
+             "graceful shutdown. A request the gateway had not begun to read at a SIGTERM ends in a connection error "
+             "(uvicorn stops accepting and closes idle connections at once, then finishes the requests it holds): "
+             "unanswered, so it must not be logged.", "",
              "| phase | sent | answered | rows logged | duplicates | rows not answered | missing | missing: max age "
              "s (since sent) | rps | p50 ms | p99 ms | part files | unreadable | temp files left | load avg | "
              "passed |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -194,7 +199,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append("")
     for name, p in result["phases"].items():
         lines.append(f"- {name}: statuses {p['statuses']}; gateway exit {p['gateway_exit']}; newest logged row "
-                     f"{p['last_row_before_signal_s']} s before the signal"
+                     f"{p['newest_row_from_signal_s']:+.3f} s from the signal"
                      + (f"; missing ages (s): {p['missing_age_s']}" if p["missing"] and len(p["missing_age_s"]) <= 40
                         else "") + ("; failures: " + "; ".join(p["failures"]) if p["failures"] else ""))
     return "\n".join(lines) + "\n"
