@@ -120,13 +120,19 @@ def check(load: Load, tags: list[str], files_ok: bool, flush_s: float, margin_s:
     missing = [answered[t] for t in answered if t not in counts]
     ages = sorted(load.signalled_at - s.answered_at for s in missing)
     sent_ages = sorted(load.signalled_at - s.sent_at for s in missing)
-    limit = 0.0 if clean else flush_s + margin_s
-    late = [a for a in ages if a > limit] if not clean else ages
-    failures = ([f"{len(duplicates)} requests logged more than once (first: {duplicates[0]})"] if duplicates else []) + \
-        ([f"{len(unanswered)} rows of requests that got no 200 (first: {unanswered[0]})"] if unanswered else []) + \
-        ([] if files_ok else ["a part file did not read on its own"]) + \
-        ([f"{len(late)} answered requests missing from the log"
-          + ("" if clean else f" answered over {limit:g} s before the kill (oldest {max(late):.3f} s)")] if late else [])
+    failures = []
+    if duplicates:
+        failures.append(f"{len(duplicates)} requests logged more than once (first: {duplicates[0]})")
+    if unanswered:
+        failures.append(f"{len(unanswered)} rows of requests that got no 200 (first: {unanswered[0]})")
+    if not files_ok:
+        failures.append("a part file did not read on its own")
+    if clean and missing:
+        failures.append(f"{len(missing)} answered requests missing from the log after a clean stop")
+    late = [a for a in ages if a > flush_s + margin_s]
+    if not clean and late:
+        failures.append(f"{len(late)} answered requests missing from the log answered over {flush_s + margin_s:g} s "
+                        f"before the kill (oldest {max(late):.3f} s)")
     walls = [s.wall_s for s in answered.values()]
     statuses = Counter(s.status for s in load.requests)
     return {"sent": len(load.requests), "answered": len(answered), "statuses": dict(statuses),
