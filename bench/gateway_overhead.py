@@ -121,8 +121,10 @@ def stub_app() -> Any:
 
 # ---- the gateway under test ------------------------------------------------------------------------------------
 
-def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -> Any:
-    """The real app over a real Engine and a query-level Cascade whose two models are the stub."""
+def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str,
+                settings: dict[str, Any] | None = None) -> Any:
+    """The real app over a real Engine and a query-level Cascade whose two models are the stub; `settings`:
+    more GatewaySettings fields (bench/traffic_load.py turns the traffic log on)."""
     router = make_router(strategy)
     if isinstance(router, ClassifierRouter):  # embedding and prompt-length routers: fitted on made-up labels
         router.fit(calibration(40))
@@ -134,7 +136,7 @@ def gateway_app(stub: str, strategy: str, threshold: float, top_logprobs: str) -
                             served_names={"slm": "slm", "llm": "llm"})
     holder = EngineHolder()
     holder.swap(Engine(deployment, cascade=cascade))
-    return create_app(GatewaySettings(api_keys=(KEY,), max_queue=128, deadline_s=120.0), holder)
+    return create_app(GatewaySettings(api_keys=(KEY,), max_queue=128, deadline_s=120.0, **(settings or {})), holder)
 
 
 def calibration(n: int) -> RouterInputs:
@@ -160,7 +162,7 @@ def serve(kind: str, port: int, argv: list[str]) -> int:
         app = stub_app()
     else:
         args = argparse.Namespace(**json.loads(argv[0]))
-        app = gateway_app(args.stub, args.strategy, args.threshold, args.top_logprobs)
+        app = gateway_app(args.stub, args.strategy, args.threshold, args.top_logprobs, getattr(args, "settings", None))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     return 0
 

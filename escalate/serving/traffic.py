@@ -148,6 +148,7 @@ class TrafficLog:
             if time.monotonic() - last_retention > 3600:  # partitions are days: hourly is often enough
                 self.apply_retention()
                 last_retention = time.monotonic()
+        self.flush()  # what was enqueued while the last flush wrote: close() may come mid-flush
 
     def flush(self) -> int:
         """Write what is queued, one part file per day it spans; returns how many rows were written."""
