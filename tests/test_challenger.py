@@ -12,23 +12,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from escalate.cascade import Cascade
+from escalate.cli import main
 from escalate.config import SamplingConfig
 from escalate.models.backends.openai_http import OpenAIBackend
+from escalate.registry import aliases
 from escalate.registry.aliases import REGISTRATION_DIR, Registry, RegistryError
 from escalate.registry.bundle import BundleError
 from escalate.routers.registry import make_router
+from escalate.serving import gateway as gateway_module
+from escalate.serving import promote
 from escalate.serving.challenger import Challenger, Counts
-from escalate.serving.deployment import Deployment
+from escalate.serving.deployment import GATEWAY_FILE, SERVING_DIR, Deployment, mark_current
 from escalate.serving.engine import Engine, EngineHolder
 from escalate.serving.gateway import GatewaySettings, create_app
 from escalate.serving.promote import SHADOW_FILE, shadow_report
 from tests.test_aliases import PASS, add
+from tests.test_drift_watch import gateway_on_loopback
 from tests.test_gateway import AUTH, KEY, StandInEngine, result, served
 from tests.test_gateway_engine import COST, SHORT
 from tests.test_openai_http import FakeServer, free_port, ok, serve
@@ -230,3 +237,76 @@ def test_the_report_lands_on_the_challengers_version(store: tuple[str, Path]) ->
         shadow_report(registry, {**status, "version": "99"})
     with pytest.raises(RegistryError, match="not 'shadowed'"):
         shadow_report(registry, {**status, "model": "other"})
+
+
+def bundled(root: Path, name: str, version: str, slm_digest: str, **fields: Any) -> Deployment:
+    """A deployment directory whose bundle is only what shadow_start reads: MLmodel and cascade.json."""
+    directory = root / SERVING_DIR / name
+    (directory / "bundle").mkdir(parents=True)
+    (directory / "bundle" / "MLmodel").write_text(yaml.safe_dump(
+        {"flavors": {"python_function": {"artifacts": {"cascade": {"path": "cascade.json"}}}}}))
+    (directory / "bundle" / "cascade.json").write_text(json.dumps(
+        {"checkpoint_files": {"slm": {"model.safetensors": {"size": 1, "sha256": slm_digest}}}}))
+    return Deployment("shadowed-cli", version, "champion", "bundle", **fields).save_to(directory)
+
+
+def test_promote_shadow_loads_reports_to_mlflow_and_stops(tmp_path: Path, store: tuple[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    registry = Registry(store[0], "shadowed-cli")
+    add(registry, store, "champion", 0.85, PASS)
+    assert add(registry, store, "challenger", 0.86, PASS).version == "2"  # @challenger moves to it
+    before = registry.aliases()
+    llm_server = FakeServer(ok)
+    with serve(FakeServer(ok)) as slm_url, serve(llm_server) as llm_url:
+        endpoints = {"endpoints": {"slm": slm_url, "llm": llm_url}, "served_names": {"slm": "slm", "llm": "llm"}}
+        live = bundled(tmp_path, "champ", "1", "same", **endpoints)
+        mark_current(tmp_path, Path(live.path).parent)
+        champion = engine(slm_url, llm_url, KEEPS)
+        holder = EngineHolder()
+        holder.swap(champion)
+        gateway_app = create_app(GatewaySettings(api_keys=(KEY,), admin_keys=(ADMIN,), serving_dir=str(tmp_path / SERVING_DIR)),
+                                 holder)
+
+        def exported(registry: Any, ref: str, root: Path) -> Deployment:
+            assert str(promote.resolve(registry, ref).version) == "2"
+            return bundled(root, "chall", "2", "same")
+
+        def opened(deployment: Deployment) -> Engine:  # the real engine over the deployment's (shared) servers
+            assert deployment.endpoints == endpoints["endpoints"]
+            mine = engine(deployment.endpoints["slm"], deployment.endpoints["llm"], ESCALATES, version="2")
+            mine.deployment = deployment
+            return mine
+
+        monkeypatch.setattr(promote, "export", exported)
+        monkeypatch.setattr(promote, "launch", lambda *a: pytest.fail("the champion's servers serve the same SLM"))
+        monkeypatch.setattr(gateway_module, "open_engine", opened)
+        monkeypatch.setattr(aliases, "profile_registry", lambda profile, root: registry)
+        monkeypatch.setenv("ESCALATE_ADMIN_KEY", ADMIN)
+        with gateway_on_loopback(gateway_app) as metrics_url:
+            url = metrics_url.removesuffix("/metrics")
+            (tmp_path / SERVING_DIR / GATEWAY_FILE).write_text(json.dumps({"url": url, "pid": 0, "log": "-"}))
+            args = ["promote", "--root", str(tmp_path)]
+            assert main([*args, "--shadow", "challenger"]) == 0
+            assert "challenger shadowed-cli v2 scores live traffic" in capsys.readouterr().out
+            for i in range(3):
+                r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=30, json={
+                    "model": "escalate", "messages": [{"role": "user", "content": f"{SHORT} ({i})"}]})
+                assert r.status_code == 200 and r.json()["escalate"]["model"] == "slm"
+            deadline = time.monotonic() + 10
+            while promote.shadow_status(tmp_path)["comparison"]["seen"] < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert main([*args, "--shadow-report", "--shadow-stop"]) == 0
+            out = capsys.readouterr().out
+            assert "wrote the comparison to shadowed-cli v2" in out and "unloaded the challenger" in out
+            assert httpx.get(f"{url}/admin/status", headers=ADMIN_AUTH).json()["challenger"] is None
+            assert main([*args, "--shadow-report"]) == 1
+            assert "no challenger is loaded" in capsys.readouterr().err
+        champion.close()
+    assert not llm_server.requests[1:]  # the challenger's load check asked one token; scoring asked none
+    client = MlflowClient(tracking_uri=store[0])
+    metrics = client.get_run(client.get_model_version("shadowed-cli", "2").run_id).data.metrics
+    assert metrics["shadow.seen"] == 3 and metrics["shadow.route_agreement"] == 0.0
+    assert metrics["shadow.challenger_escalation_rate"] == 1.0 and metrics["shadow.slm_reused"] == 3
+    assert registry.aliases() == before  # nothing moved an alias
+    assert main(["promote", "--root", str(tmp_path), "--shadow", "x", "--shadow-stop"]) == 2
