@@ -39,6 +39,7 @@ from tests.test_drift_watch import gateway_on_loopback
 from tests.test_gateway import AUTH, KEY, StandInEngine, result, served
 from tests.test_gateway_engine import COST, SHORT
 from tests.test_openai_http import FakeServer, free_port, ok, serve
+from tests.test_promote import alive, deployment_in
 
 ADMIN = "admin-key"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -288,6 +289,8 @@ def test_promote_shadow_loads_reports_to_mlflow_and_stops(tmp_path: Path, store:
             (tmp_path / SERVING_DIR / GATEWAY_FILE).write_text(json.dumps({"url": url, "pid": 0, "log": "-"}))
             args = ["promote", "--root", str(tmp_path)]
             assert main([*args, "--shadow", "challenger"]) == 0
+            assert json.loads((tmp_path / SERVING_DIR / promote.CHALLENGER_FILE).read_text())["deployment"].endswith(
+                "chall/deployment.json")
             assert "challenger shadowed-cli v2 scores live traffic" in capsys.readouterr().out
             for i in range(3):
                 r = httpx.post(f"{url}/v1/chat/completions", headers=AUTH, timeout=30, json={
@@ -300,6 +303,7 @@ def test_promote_shadow_loads_reports_to_mlflow_and_stops(tmp_path: Path, store:
             out = capsys.readouterr().out
             assert "wrote the comparison to shadowed-cli v2" in out and "unloaded the challenger" in out
             assert httpx.get(f"{url}/admin/status", headers=ADMIN_AUTH).json()["challenger"] is None
+            assert not (tmp_path / SERVING_DIR / promote.CHALLENGER_FILE).exists()
             assert main([*args, "--shadow-report"]) == 1
             assert "no challenger is loaded" in capsys.readouterr().err
         champion.close()
@@ -310,3 +314,16 @@ def test_promote_shadow_loads_reports_to_mlflow_and_stops(tmp_path: Path, store:
     assert metrics["shadow.challenger_escalation_rate"] == 1.0 and metrics["shadow.slm_reused"] == 3
     assert registry.aliases() == before  # nothing moved an alias
     assert main(["promote", "--root", str(tmp_path), "--shadow", "x", "--shadow-stop"]) == 2
+
+
+def test_a_challengers_own_servers_are_no_orphans_until_shadow_stop_even_without_a_gateway(tmp_path: Path) -> None:
+    served_now = deployment_in(tmp_path, "live")
+    mark_current(tmp_path, Path(served_now.path).parent)
+    shadowing = deployment_in(tmp_path, "shadowing")
+    left = deployment_in(tmp_path, "left")  # a killed promotion's
+    (tmp_path / SERVING_DIR / promote.CHALLENGER_FILE).write_text(json.dumps({"deployment": shadowing.path}))
+    assert promote.retire_orphans(tmp_path) == [left.label]
+    assert alive(served_now.pids["slm"]) and alive(shadowing.pids["slm"]) and not alive(left.pids["slm"])
+    assert promote.shadow_stop(tmp_path) is None  # no gateway runs: nothing to unload, its servers still stop
+    assert not alive(shadowing.pids["slm"]) and not (tmp_path / SERVING_DIR / promote.CHALLENGER_FILE).exists()
+    promote.retire(served_now)

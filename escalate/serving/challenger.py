@@ -90,7 +90,7 @@ def shares_slm(champion: Any, challenger: Engine) -> bool:
     return (mine.endpoints.get("slm") is not None and mine.endpoints.get("slm") == theirs.endpoints.get("slm")
             and mine.served_names.get("slm") == theirs.served_names.get("slm")
             and challenger.cascade.sampling == champion.cascade.sampling and challenger.cascade.seed == champion.cascade.seed
-            and logprobs_asked(router, "slm", theirs.top_logprobs.get("slm", 5), theirs.logprobs)
+            and logprobs_asked(router, "slm", theirs.top_logprobs.get("slm", 5), mine.logprobs)
             <= logprobs_asked(champion.cascade.router, "slm", theirs.top_logprobs.get("slm", 5), theirs.logprobs))
 
 
@@ -293,6 +293,11 @@ def register_gauges(registry: CollectorRegistry, current: Callable[[], Challenge
               ).set_function(figure(name))
     seen = Gauge("escalate_challenger_requests", "requests the challenger in shadow scored, skipped, dropped or "
                  "failed on", ["outcome"], registry=registry)
+    def count(outcome: str) -> Callable[[], float]:
+        def read() -> float:
+            challenger = current()
+            return getattr(challenger.snapshot(), outcome) if challenger else 0
+        return read
+
     for outcome in ("seen", "skipped", "dropped", "failed"):
-        seen.labels(outcome).set_function(
-            lambda outcome=outcome: getattr(current().snapshot(), outcome) if current() else 0)
+        seen.labels(outcome).set_function(count(outcome))

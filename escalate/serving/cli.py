@@ -102,8 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
         if gateway is not None:
             gateway.stop()
             print(f"stopped the gateway at {gateway.url} (pid {gateway.pid})")
-        from escalate.serving.promote import retire, sweep  # as above
+        from escalate.serving.promote import retire, shadow_stop, sweep  # as above
 
+        shadow_stop(root)  # the gateway is gone: only a challenger's own servers are left to stop
         deployment = current(root)
         retire(deployment)
         if deployment is not None:

@@ -70,6 +70,7 @@ SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva ha
 FULL_VOCAB_LOGPROBS_UP_TO = 4096
 DEFAULT_TOP_LOGPROBS = 20
 LOCK_FILE = "promote.lock"
+CHALLENGER_FILE = "challenger.json"  # the deployment loaded in shadow (shadow_start), whose servers are not orphans
 PENDING_FILE = "promote.pending.json"  # what the guard undoes if the promotion dies before its commit
 GUARD_LOG = "promote-guard.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this escalate package
@@ -248,11 +249,10 @@ def _runs_from(pid: int, directory: Path) -> bool:
 def retire_orphans(root: Path) -> list[str]:
     """Stop the servers of deployments nothing serves: left by a promotion killed (SIGKILL) before it
     could clean up. Run under the promotion lock, so no promotion in flight owns them; returns their labels."""
-    live = current(root)
-    keep = Path(live.path).resolve() if live else None
+    keep = {Path(d.path).resolve() for d in (current(root), _challenger(root)) if d is not None}
     orphans = []
     for path in sorted((root / SERVING_DIR).glob(f"*/{DEPLOYMENT_FILE}")):
-        if path.resolve() == keep:
+        if path.resolve() in keep:  # served, or scoring in shadow
             continue
         try:
             deployment = Deployment.load(path)
@@ -421,6 +421,10 @@ def shadow_start(registry: Registry, root: Path, ref: str, max_per_minute: int =
     if response.status_code != 200:
         retire(deployment)
         raise PromotionFailed(f"the gateway refused the challenger (HTTP {response.status_code}): {response.text[:500]}")
+    replaced = _challenger(root)
+    write_json(root / SERVING_DIR / CHALLENGER_FILE, {"deployment": deployment.path})
+    if replaced is not None and replaced.path != deployment.path:
+        retire(replaced)
     return response.json()
 
 
@@ -435,18 +439,27 @@ def shadow_status(root: Path) -> dict[str, Any]:
 
 
 def shadow_stop(root: Path) -> dict[str, Any] | None:
-    """Unload the challenger and stop the servers it was given (none when it shared the champion's)."""
+    """Unload the challenger (its final status; None when the gateway had none, or is not running) and stop
+    the servers shadow_start gave it (none when it shared the champion's), also once the gateway is gone."""
     root = root.resolve()
-    gateway = gateway_process.running(root)
-    if gateway is None:
-        return None
-    response = httpx.delete(f"{gateway.url}/admin/challenger", timeout=30.0,
-                            headers={"Authorization": f"Bearer {gateway_process.admin_key(root)}"})
-    response.raise_for_status()
-    final = response.json()["stopped"]
-    if final is not None:
-        retire(Deployment.load(Path(final["deployment"])))
+    gateway, final = gateway_process.running(root), None
+    if gateway is not None:
+        response = httpx.delete(f"{gateway.url}/admin/challenger", timeout=30.0,
+                                headers={"Authorization": f"Bearer {gateway_process.admin_key(root)}"})
+        response.raise_for_status()
+        final = response.json()["stopped"]
+    retire(_challenger(root))
+    (root / SERVING_DIR / CHALLENGER_FILE).unlink(missing_ok=True)
     return final
+
+
+def _challenger(root: Path) -> Deployment | None:
+    """The deployment shadow_start loaded last, if it is still there."""
+    path = root / SERVING_DIR / CHALLENGER_FILE
+    try:
+        return Deployment.load(Path(json.loads(path.read_text())["deployment"]))
+    except (OSError, ValueError, KeyError, BundleError):
+        return None
 
 
 def shadow_report(registry: Registry, challenger: dict[str, Any]) -> str:
