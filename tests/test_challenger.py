@@ -327,3 +327,13 @@ def test_a_challengers_own_servers_are_no_orphans_until_shadow_stop_even_without
     assert promote.shadow_stop(tmp_path) is None  # no gateway runs: nothing to unload, its servers still stop
     assert not alive(shadowing.pids["slm"]) and not (tmp_path / SERVING_DIR / promote.CHALLENGER_FILE).exists()
     promote.retire(served_now)
+
+
+def test_a_full_queue_drops_the_request_and_counts_it() -> None:
+    with serve(FakeServer(ok)) as slm_url, serve(FakeServer(ok)) as llm_url:
+        challenger = Challenger(engine(slm_url, llm_url, ESCALATES), max_queued=1, workers=0)  # nobody takes any
+        kept = served(result("slm"))
+        assert challenger.offer(SHORT, kept, None) is not None  # queued: the hook a shadow label calls
+        assert challenger.offer(SHORT, kept, None) is None
+        assert (challenger.snapshot().dropped, challenger.snapshot().seen) == (1, 0)
+        challenger.close()
