@@ -60,6 +60,19 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     promote.add_argument("--profile", default="tiny", help="profile whose tracking URI holds the registry")
     promote.add_argument("--root", type=Path, default=Path("."))
     promote.add_argument("--timeout", type=float, default=300.0, help="seconds each server may take to be healthy")
+    shadow = promote.add_argument_group("challenger in shadow", "compare a version with the served one on live "
+                                        "traffic, off the user's path, without moving any alias (no Prefect flow)")
+    shadow.add_argument("--shadow", metavar="ALIAS_OR_VERSION",
+                        help="load this alias (or version number) into the running gateway beside the served "
+                             "deployment: it scores every answered request, and /admin/status and /metrics compare")
+    shadow.add_argument("--shadow-max-per-minute", type=int, default=60,
+                        help="SLM calls the challenger may make of its own in any minute (none when it shares "
+                             "the champion's SLM: it reuses the champion's generation)")
+    shadow.add_argument("--shadow-report", action="store_true",
+                        help="write the comparison so far to MLflow on the challenger's version (metrics "
+                             "shadow.*, artifact registration/shadow_comparison.json)")
+    shadow.add_argument("--shadow-stop", action="store_true",
+                        help="unload the challenger (after --shadow-report when both are given)")
     promote.set_defaults(handler=_promote)
 
     export = sub.add_parser("export", help="write a deployment (bundle + deployment.json) for servers run elsewhere",
@@ -89,8 +102,9 @@ def _serve(args: argparse.Namespace) -> int:
         if gateway is not None:
             gateway.stop()
             print(f"stopped the gateway at {gateway.url} (pid {gateway.pid})")
-        from escalate.serving.promote import retire, sweep  # as above
+        from escalate.serving.promote import retire, shadow_stop, sweep  # as above
 
+        shadow_stop(root)  # the gateway is gone: only a challenger's own servers are left to stop
         deployment = current(root)
         retire(deployment)
         if deployment is not None:
@@ -162,6 +176,42 @@ def _export(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     """The flow lives in flows/ (escalate itself never imports Prefect): run it as its own process."""
+    if args.shadow or args.shadow_report or args.shadow_stop:
+        return _shadow(args)
     command = [sys.executable, "-m", "flows.promote", "--alias", args.alias, "--profile", args.profile,
                "--root", str(args.root), "--timeout", str(args.timeout)]
     return subprocess.call(command, env=os.environ.copy())
+
+
+def _shadow(args: argparse.Namespace) -> int:
+    """--shadow, --shadow-report, --shadow-stop: admin calls on the running gateway, and the registry."""
+    # MLflow and the gateway's engines: seconds to import; every `escalate` command builds this parser
+    from escalate.registry.aliases import RegistryError, profile_registry
+    from escalate.serving.promote import PromotionFailed, shadow_report, shadow_start, shadow_status, shadow_stop
+
+    if args.shadow and (args.shadow_report or args.shadow_stop):
+        print("escalate: error: --shadow loads a challenger; report on or stop it in a later call", file=sys.stderr)
+        return 2
+    if args.shadow_max_per_minute < 1:
+        print("escalate: error: --shadow-max-per-minute must be >= 1", file=sys.stderr)
+        return 2
+    root = args.root.resolve()
+    try:
+        if args.shadow:
+            loaded = shadow_start(profile_registry(args.profile, root), root, args.shadow, args.shadow_max_per_minute,
+                                  args.timeout)
+            print(f"challenger {loaded['challenger']['label']} scores live traffic in shadow; no alias moved"
+                  + (f" (replaced {loaded['previous']['label']})" if loaded["previous"] else ""))
+            return 0
+        if args.shadow_report:
+            status = shadow_status(root)
+            version = shadow_report(profile_registry(args.profile, root), status)
+            figures = {k: v for k, v in status["comparison"].items() if v is not None}
+            print(f"wrote the comparison to {status['model']} v{version}: {figures}")
+        if args.shadow_stop:
+            final = shadow_stop(root)
+            print(f"unloaded the challenger {final['label']}" if final else "no challenger was loaded")
+    except (PromotionFailed, RegistryError) as exc:
+        print(f"escalate: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -27,6 +27,10 @@ open; /docs and /openapi.json are off unless `docs` is set.
 With `shadow_fraction` set, that share of the answers the SLM kept is also asked of the LLM on
 background threads, within `shadow_max_per_minute` (escalate.serving.shadow): the response never waits
 on it, and the request's traffic row carries the label.
+
+`POST /admin/challenger` loads a second (query-level) deployment beside the served one, which scores each
+answered request off the user's path (escalate.serving.challenger); /admin/status and /metrics say how the
+two compare, and `DELETE /admin/challenger` unloads it, answering the final comparison.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from escalate.registry.bundle import DEFAULT_EXAMPLE, BundleError
 from escalate.serving import openai_api as api
+from escalate.serving.challenger import Challenger, register_gauges, tap
 from escalate.serving.deployment import SERVING_DIR, Deployment
 from escalate.serving.engine import (
     SLM_RETRY_AFTER_S,
@@ -128,6 +133,11 @@ class APIError(Exception):
 class DeployRequest(BaseModel):
     deployment: str = Field(max_length=4096)  # path of a deployment.json (or its directory) in the serving dir
     probe: str = Field(default=DEFAULT_EXAMPLE, min_length=1, max_length=api.MAX_QUESTION_CHARS)
+
+
+class ChallengerRequest(BaseModel):
+    deployment: str = Field(max_length=4096)  # as DeployRequest's: a deployment in the serving dir
+    max_per_minute: int = Field(default=60, ge=1)  # SLM calls of its own (not the champion's, reused) a minute
 
 
 def key_matches(header: str, keys: tuple[str, ...]) -> bool:
@@ -211,6 +221,8 @@ class Gateway:
         self.shadow = Shadow(Sampler(settings.shadow_fraction, settings.shadow_max_per_minute), self.shadow_ask,
                              self.traffic.log, lambda outcome: self.metrics.shadow_requests.labels(outcome).inc(),
                              self.metrics.acceptance)
+        self.challenger: Challenger | None = None  # a second deployment scoring requests in shadow
+        register_gauges(self.metrics.registry, lambda: self.challenger)
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await `fn(*args)` once one of max_concurrency places is free; 429 once max_concurrency answer and
@@ -251,6 +263,7 @@ class Gateway:
 
     def close(self) -> None:
         """Finish the queued shadow calls (they log their rows), then flush the traffic log."""
+        self.stop_challenger()
         self.shadow.close()
         self.traffic.close()
 
@@ -284,7 +297,41 @@ class Gateway:
         engine = self.holder.engine
         return {"serving": _described(engine.deployment) if engine else None,
                 "draining": [{**_described(e.deployment), "in_flight": n} for e, n in self.holder.draining()],
-                "drain_s": self.settings.deadline_s + DEADLINE_GRACE_S}
+                "drain_s": self.settings.deadline_s + DEADLINE_GRACE_S,
+                "challenger": self.challenger.status() if self.challenger else None}
+
+    def compare(self, question: str, answer: Answer, deployment: Deployment) -> Any:
+        """Offer an answered request to the challenger, if one is loaded; the hook for its shadow label."""
+        if self.challenger is None:
+            return None
+        engine = self.holder.engine
+        return self.challenger.offer(question, answer, engine if engine and engine.deployment is deployment else None)
+
+    def admin_challenger(self, request: ChallengerRequest) -> dict[str, Any]:
+        """Load a challenger from the serving directory (replacing one loaded before), once its models answer."""
+        engine = open_engine(Deployment.load_within(request.deployment, Path(self.settings.serving_dir)))
+        try:
+            engine.check()
+            challenger = Challenger(engine, request.max_per_minute)
+        except Exception:
+            engine.close()
+            raise
+        return {"challenger": challenger.status(), "previous": self.set_challenger(challenger)}
+
+    def set_challenger(self, challenger: Challenger) -> dict[str, Any] | None:
+        """Score requests with `challenger` from the next one on; the final status of the one it replaces."""
+        tap(self.holder.engine)  # the champion records its SLM generations for it from now on
+        previous = self.stop_challenger()
+        self.challenger = challenger
+        return previous
+
+    def stop_challenger(self) -> dict[str, Any] | None:
+        """Unload the challenger; its final status (None when none was loaded)."""
+        challenger, self.challenger = self.challenger, None
+        if challenger is None:
+            return None
+        challenger.close()
+        return challenger.status()
 
     def admin_deploy(self, request: DeployRequest) -> dict[str, Any]:
         """A deployment a client named: from the serving directory only."""
@@ -428,7 +475,7 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         cut = limit if finish == "length" else None
         meta = escalate_object(answer, deployment, time.perf_counter() - start)
         headers = api.route_headers(meta)
-        job = Job(question, result, meta, raw.headers, time.time())
+        job = Job(question, result, meta, raw.headers, time.time(), gateway.compare(question, answer, deployment))
         if not gateway.shadow.offer(job, shadowable(result, answer.fallback, answer.served_by)):
             gateway.traffic.log(question, result, meta, raw.headers)  # else the shadow worker logs it, labelled
         gateway.metrics.latency.labels(route).observe(time.perf_counter() - start)
@@ -493,6 +540,25 @@ def create_app(settings: GatewaySettings, holder: EngineHolder | None = None) ->
         log.warning("admin: undeploy by key %s: serving nothing (was %s)",
                     fingerprint(raw.headers.get("authorization", "")), result["previous"])
         return result
+
+    @app.post("/admin/challenger", dependencies=[Depends(authorize_admin)])
+    async def challenger(request: ChallengerRequest, raw: Request) -> dict[str, Any]:
+        who = fingerprint(raw.headers.get("authorization", ""))
+        try:
+            result = await anyio.to_thread.run_sync(gateway.admin_challenger, request)
+        except (BundleError, ModelDown, RequestRejected, DeadlineExceeded) as exc:
+            log.warning("admin: challenger %r by key %s refused: %s %s", request.deployment, who, exc,
+                        getattr(exc, "detail", ""))
+            raise APIError(409, f"challenger refused: {exc}", "invalid_request_error", "challenger_refused") from None
+        log.warning("admin: challenger %s loaded in shadow by key %s", result["challenger"]["label"], who)
+        return result
+
+    @app.delete("/admin/challenger", dependencies=[Depends(authorize_admin)])
+    async def challenger_stop(raw: Request) -> dict[str, Any]:
+        final = await anyio.to_thread.run_sync(gateway.stop_challenger)
+        log.warning("admin: challenger unloaded by key %s: %s", fingerprint(raw.headers.get("authorization", "")),
+                    final and final["label"])
+        return {"stopped": final}
 
     @app.get("/admin/status", dependencies=[Depends(authorize_admin)])
     async def status() -> dict[str, Any]:

@@ -17,6 +17,11 @@ before its commit (serving/current.json naming the new deployment), the guard sw
 back, stops the new servers and puts @serving back. The record step is a compare-and-swap of @serving
 from the version it pointed at when the promotion began (Registry.mark_serving), tags and alias together.
 
+A challenger in shadow (`shadow_start`, `shadow_report`, `shadow_stop`; `escalate promote --shadow`) moves
+no alias: it is loaded beside the served deployment (on the champion's servers when its SLM is the same
+files, else on servers of its own), scores live requests off the user's path (serving.challenger), and
+its comparison is written to MLflow on its own version.
+
 Kill drills (tests/test_promote_kill.py) use one test-only hook: $ESCALATE_PROMOTE_PAUSE_AT=<step>
 makes the promotion say `promote: paused at <step>` on stderr as that step starts and wait there until
 a signal ends it.
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -39,8 +45,9 @@ import httpx
 
 from escalate.kinds import KINDS
 from escalate.locks import Busy
-from escalate.registry.aliases import SERVING, Registry, who
+from escalate.registry.aliases import REGISTRATION_DIR, SERVING, Registry, RegistryError, _model_id, who
 from escalate.registry.bundle import BundleError, read_bundle
+from escalate.registry.files import SPEC_FILE
 from escalate.serving import gateway_process
 from escalate.serving.deployment import (
     DEPLOYMENT_FILE,
@@ -63,6 +70,7 @@ SMOKE_QUESTIONS = ("Eva has 7 cups. Then gives away 1. How many cups does Eva ha
 FULL_VOCAB_LOGPROBS_UP_TO = 4096
 DEFAULT_TOP_LOGPROBS = 20
 LOCK_FILE = "promote.lock"
+CHALLENGER_FILE = "challenger.json"  # the deployment loaded in shadow (shadow_start), whose servers are not orphans
 PENDING_FILE = "promote.pending.json"  # what the guard undoes if the promotion dies before its commit
 GUARD_LOG = "promote-guard.log"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the directory holding this escalate package
@@ -101,6 +109,16 @@ class Promotion:
         return "\n".join(lines)
 
 
+def resolve(registry: Registry, ref: str) -> Any:
+    """The model version an alias names, or a version number itself."""
+    if not ref.isdigit():
+        return registry.resolve(ref)
+    mv = registry.version(ref)
+    if mv is None:
+        raise RegistryError(f"{registry.name} has no version {ref}; `escalate registry list` shows them")
+    return mv
+
+
 def top_logprobs(checkpoint: Path) -> int:
     vocab = int(json.loads((checkpoint / "config.json").read_text()).get("vocab_size", 0))
     return vocab if 0 < vocab <= FULL_VOCAB_LOGPROBS_UP_TO else DEFAULT_TOP_LOGPROBS
@@ -112,7 +130,7 @@ def export(registry: Registry, alias: str, root: Path, directory: Path | None = 
     serving/). `endpoints` names servers started elsewhere (Kubernetes, compose): then a query-level
     bundle needs one for each self-hosted model, and a token-level one, decoded in the gateway's
     process, takes none. None: `launch` starts the servers (none for a token-level bundle)."""
-    mv = registry.resolve(alias)
+    mv = resolve(registry, alias)
     directory = directory or new_deployment_dir(root, registry.name, str(mv.version))
     bundle = export_bundle(registry.uri, registry.name, str(mv.version), directory)
     deployment = Deployment(model_name=registry.name, version=str(mv.version), alias=alias,
@@ -231,11 +249,10 @@ def _runs_from(pid: int, directory: Path) -> bool:
 def retire_orphans(root: Path) -> list[str]:
     """Stop the servers of deployments nothing serves: left by a promotion killed (SIGKILL) before it
     could clean up. Run under the promotion lock, so no promotion in flight owns them; returns their labels."""
-    live = current(root)
-    keep = Path(live.path).resolve() if live else None
+    keep = {Path(d.path).resolve() for d in (current(root), _challenger(root)) if d is not None}
     orphans = []
     for path in sorted((root / SERVING_DIR).glob(f"*/{DEPLOYMENT_FILE}")):
-        if path.resolve() == keep:
+        if path.resolve() in keep:  # served, or scoring in shadow
             continue
         try:
             deployment = Deployment.load(path)
@@ -375,3 +392,98 @@ def _roll_back(exc: BaseException, root: Path, gateway: GatewayProcess | None, s
     except Exception as back:  # say so: the operator must know the gateway is not as it was
         exc.add_note(f"putting the gateway at {gateway.url} back to {previous.label if previous else 'nothing'} "
                      f"failed too: {back}")
+
+
+SHADOW_FILE = "shadow_comparison.json"  # under the version's run's registration/ artifacts
+SHADOW_METRIC = "shadow."  # each comparison figure is the metric shadow.<figure> of the version's run
+
+
+def shadow_start(registry: Registry, root: Path, ref: str, max_per_minute: int = 60,
+                 timeout_s: float = 300.0) -> dict[str, Any]:
+    """Load @ref (or version ref) into the running gateway as a challenger in shadow. It shares the
+    champion's servers when its SLM is the same files (cascade.json's digests), so its SLM generations are
+    the champion's; else its models get servers of their own, stopped by `shadow_stop`."""
+    root = root.resolve()
+    gateway, live = gateway_process.running(root), current(root)
+    if gateway is None or live is None:
+        raise PromotionFailed("a challenger scores a served deployment's traffic: run `escalate promote` first")
+    deployment = export(registry, ref, root)
+    slm = _slm_files(deployment)
+    if live.endpoints and slm is not None and slm == _slm_files(live):
+        deployment.endpoints, deployment.served_names = dict(live.endpoints), dict(live.served_names)
+        deployment.top_logprobs, deployment.api_key_env = dict(live.top_logprobs), dict(live.api_key_env)
+        deployment = deployment.save_to(Path(deployment.path).parent)
+    else:
+        deployment = launch(deployment, root, timeout_s)
+    response = httpx.post(f"{gateway.url}/admin/challenger", timeout=timeout_s,
+                          json={"deployment": deployment.path, "max_per_minute": max_per_minute},
+                          headers={"Authorization": f"Bearer {gateway_process.admin_key(root)}"})
+    if response.status_code != 200:
+        retire(deployment)
+        raise PromotionFailed(f"the gateway refused the challenger (HTTP {response.status_code}): {response.text[:500]}")
+    replaced = _challenger(root)
+    write_json(root / SERVING_DIR / CHALLENGER_FILE, {"deployment": deployment.path})
+    if replaced is not None and replaced.path != deployment.path:
+        retire(replaced)
+    return response.json()
+
+
+def shadow_status(root: Path) -> dict[str, Any]:
+    """The challenger the gateway has loaded and its comparison so far."""
+    root = root.resolve()
+    gateway = gateway_process.running(root)
+    status = gateway_process.status(gateway.url, gateway_process.admin_key(root)) if gateway else None
+    if not status or not status.get("challenger"):
+        raise PromotionFailed("no challenger is loaded in shadow: `escalate promote --shadow ALIAS` loads one")
+    return status["challenger"]
+
+
+def shadow_stop(root: Path) -> dict[str, Any] | None:
+    """Unload the challenger (its final status; None when the gateway had none, or is not running) and stop
+    the servers shadow_start gave it (none when it shared the champion's), also once the gateway is gone."""
+    root = root.resolve()
+    gateway, final = gateway_process.running(root), None
+    if gateway is not None:
+        response = httpx.delete(f"{gateway.url}/admin/challenger", timeout=30.0,
+                                headers={"Authorization": f"Bearer {gateway_process.admin_key(root)}"})
+        response.raise_for_status()
+        final = response.json()["stopped"]
+    retire(_challenger(root))
+    (root / SERVING_DIR / CHALLENGER_FILE).unlink(missing_ok=True)
+    return final
+
+
+def _challenger(root: Path) -> Deployment | None:
+    """The deployment shadow_start loaded last, if it is still there."""
+    path = root / SERVING_DIR / CHALLENGER_FILE
+    try:
+        return Deployment.load(Path(json.loads(path.read_text())["deployment"]))
+    except (OSError, ValueError, KeyError, BundleError):
+        return None
+
+
+def shadow_report(registry: Registry, challenger: dict[str, Any]) -> str:
+    """Write a challenger's comparison (its /admin/status entry) to MLflow on its model version: each figure a
+    metric shadow.<figure> of the version's run and logged model (step: requests compared, so reports made
+    over time are a series), the whole entry as registration/shadow_comparison.json. Returns the version."""
+    version = str(challenger["version"])
+    if challenger["model"] != registry.name:
+        raise RegistryError(f"the challenger is a version of {challenger['model']!r}, not {registry.name!r}")
+    mv = registry.version(version)
+    if mv is None or not mv.run_id:
+        raise RegistryError(f"{registry.name} v{version} {'has no run' if mv else 'does not exist'}: "
+                            "the comparison has nowhere to go")
+    comparison, model_id = challenger["comparison"], _model_id(mv)
+    registry.client.log_dict(mv.run_id, challenger, f"{REGISTRATION_DIR}/{SHADOW_FILE}")
+    for key, value in comparison.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            registry.client.log_metric(mv.run_id, f"{SHADOW_METRIC}{key}", float(value), step=int(comparison["seen"]),
+                                       model_id=model_id)
+    return version
+
+
+def _slm_files(deployment: Deployment) -> Any:
+    """The SLM checkpoint's files (sizes and SHA-256) that the deployment's cascade.json lists."""
+    spec = Path(deployment.artifacts()["cascade"])
+    spec = spec / SPEC_FILE if spec.is_dir() else spec
+    return json.loads(spec.read_text()).get("checkpoint_files", {}).get("slm")

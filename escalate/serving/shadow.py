@@ -152,6 +152,7 @@ class Job:
     meta: dict[str, Any]
     headers: Mapping[str, str] | None
     at: float  # when it was answered (time.time()): the row's time, not the label's
+    then: Callable[[Mapping[str, Any]], None] | None = None  # given the label (a challenger in shadow grades by it)
 
 
 class Shadow:
@@ -205,7 +206,13 @@ class Shadow:
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
-            self.log_row(job.question, job.result, {**job.meta, "shadow": self.label(job)}, job.headers, job.at)
+            label = self.label(job)
+            self.log_row(job.question, job.result, {**job.meta, "shadow": label}, job.headers, job.at)
+            if job.then is not None:
+                try:
+                    job.then(label)
+                except Exception:  # the row is logged; a hook's failure must not stop this worker
+                    log.exception("a shadow label's hook failed")
 
     def label(self, job: Job) -> dict[str, Any]:
         """Ask the LLM and grade its answer against the kept one; a failed call is a "failed" label."""
