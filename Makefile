@@ -65,7 +65,7 @@ stop-serving: setup  ## stop the gateway and the vLLM servers it uses
 	$(BIN)/escalate serve --stop
 
 # Test files run in TEST_WORKERS processes (pytest-xdist, one file per worker at a time, so a module's
-# fixtures are built once); 2 workers: 1,020 tests in 10 min 47 s on two cores (2026-12-03; most of a
+# fixtures are built once); 2 workers: 1,094 tests in 12 min 37 s on two cores (2026-12-03; most of a
 # run waits on servers starting and subprocess imports). TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 2
 
