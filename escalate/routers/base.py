@@ -101,9 +101,14 @@ class RowInputs(RouterInputs):
     def question_texts(self) -> list[str]:
         return [str(q["question"]) for q in self.rows]
 
-    def greedy_column(self, name: str, default: Any = REQUIRED) -> list:
+    @cached_property
+    def _greedy_rows(self) -> list[dict]:
+        """The greedy sample row per question, in question order (read by every greedy_column call)."""
         greedy = {r["id"]: r for r in self.sample_rows if r["sample_idx"] == 0}
-        rows = [greedy[q["id"]] for q in self.rows]
+        return [greedy[q["id"]] for q in self.rows]
+
+    def greedy_column(self, name: str, default: Any = REQUIRED) -> list:
+        rows = self._greedy_rows
         return [row[name] for row in rows] if default is REQUIRED else [row.get(name, default) for row in rows]
 
     def samples_by_question(self) -> list[tuple[str, list[dict]]]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
@@ -32,6 +31,7 @@ from escalate.models.backends.base import Generation, GenerationBackend, Samplin
 from escalate.registry.bundle import BundleError
 from escalate.serving.engine import IN_PROCESS, Answer, Engine, logprobs_asked
 from escalate.serving.shadow import Sampler, agrees
+from escalate.serving.workers import WorkQueue
 
 log = logging.getLogger("escalate.challenger")
 
@@ -180,11 +180,8 @@ class Challenger:
         self.engine, self.budget = engine, Sampler(1.0, max_per_minute)
         self.counts = Counts()
         self._lock = threading.Lock()
-        self._queue: queue.Queue[tuple[Pending, dict[Key, Any]] | None] = queue.Queue(max_queued)
-        self._threads = [threading.Thread(target=self._run, name=f"challenger-{i}", daemon=True)
-                         for i in range(workers)]
-        for thread in self._threads:
-            thread.start()
+        self._work: WorkQueue[tuple[Pending, dict[Key, Any]]] = WorkQueue(self._handle, "challenger", workers,
+                                                                         max_queued)
 
     def offer(self, question: str, answer: Answer, champion: Any) -> Callable[[Mapping[str, Any]], None] | None:
         """Queue the request for the challenger (never waits); the hook a shadow label of it should call,
@@ -194,9 +191,7 @@ class Challenger:
             return None
         tap(champion)
         pending = Pending(self, question, answer)
-        try:
-            self._queue.put_nowait((pending, taped() if shares_slm(champion, self.engine) else {}))
-        except queue.Full:
+        if not self._work.offer((pending, taped() if shares_slm(champion, self.engine) else {})):
             self.count(dropped=1)
             return None
         return pending.label
@@ -222,15 +217,7 @@ class Challenger:
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Drop what is queued, let the requests in flight finish, stop the workers, close the engine."""
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout_s)
+        self._work.close(timeout_s=timeout_s)
         self.engine.close()
 
     def score(self, question: str, tape: Mapping[Key, list[list[Generation]]]) -> Verdict:
@@ -252,26 +239,25 @@ class Challenger:
         row = drive(cascade.plan([question]), generate)[0]
         return Verdict(bool(row["escalated"]), float(row["score"]), None if row["escalated"] else row["parsed_answer"])
 
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            pending, tape = item
-            try:
-                verdict = self.score(pending.question, tape)
-            except Skipped:
-                self.count(skipped=1)
-                continue
-            except Exception as exc:  # a down server, a router's bug: counted, never the user's
-                log.warning("challenger %s failed on a request: %s: %s", self.engine.deployment.label,
-                            type(exc).__name__, exc)
-                self.count(failed=1)
-                continue
-            both_kept = not verdict.escalated and not pending.champion_escalated
-            self.count(seen=1, routes_agree=int(verdict.escalated == pending.champion_escalated),
-                       champion_escalated=int(pending.champion_escalated),
-                       challenger_escalated=int(verdict.escalated), both_kept=int(both_kept),
-                       answers_agree=int(both_kept and verdict.parsed_answer is not None
-                                         and str(verdict.parsed_answer) == str(pending.champion_answer)))
-            pending.scored(verdict)
+    def _handle(self, item: tuple[Pending, dict[Key, Any]]) -> None:
+        pending, tape = item
+        try:
+            verdict = self.score(pending.question, tape)
+        except Skipped:
+            self.count(skipped=1)
+            return
+        except Exception as exc:  # a down server, a router's bug: counted, never the user's
+            log.warning("challenger %s failed on a request: %s: %s", self.engine.deployment.label,
+                        type(exc).__name__, exc)
+            self.count(failed=1)
+            return
+        both_kept = not verdict.escalated and not pending.champion_escalated
+        self.count(seen=1, routes_agree=int(verdict.escalated == pending.champion_escalated),
+                   champion_escalated=int(pending.champion_escalated),
+                   challenger_escalated=int(verdict.escalated), both_kept=int(both_kept),
+                   answers_agree=int(both_kept and verdict.parsed_answer is not None
+                                     and str(verdict.parsed_answer) == str(pending.champion_answer)))
+        pending.scored(verdict)
 
 
 GAUGES = ("route_agreement", "champion_escalation_rate", "challenger_escalation_rate", "answer_agreement",

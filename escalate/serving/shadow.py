@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
 import random
 import threading
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 from escalate.data.graders import EXTRACTORS, GRADERS
 from escalate.serving.engine import IN_PROCESS
+from escalate.serving.workers import WorkQueue
 
 log = logging.getLogger("escalate.shadow")
 
@@ -167,23 +167,15 @@ class Shadow:
                  count: Callable[[str], None], acceptance: LiveAcceptance, max_queued: int = MAX_QUEUED,
                  workers: int = WORKERS) -> None:
         self.sampler, self.ask, self.log_row, self.count, self.acceptance = sampler, ask, log_row, count, acceptance
-        self._queue: queue.Queue[Job | None] = queue.Queue(max_queued)
-        self._threads = [threading.Thread(target=self._run, name=f"shadow-{i}", daemon=True)
-                         for i in range(workers if sampler.fraction > 0 else 0)]
-        for thread in self._threads:
-            thread.start()
+        self._work = WorkQueue(self._handle, "shadow", workers if sampler.fraction > 0 else 0, max_queued)
 
     def offer(self, job: Job, kept: bool) -> bool:
         """Queue a shadow call for a kept answer if it is drawn, the budget allows and the queue has room;
         True when the shadow worker will log the request's row (the caller logs it otherwise)."""
         if not kept or not self.sampler.draw():
             return False
-        if self._queue.full() or not self.sampler.spend():
-            self.count("dropped")
-            return False
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:  # another request took the last place since full() was asked
+        # full() first, so a full queue spends no budget; offer() still fails if another request took the last place
+        if self._work.full() or not self.sampler.spend() or not self._work.offer(job):
             self.count("dropped")
             return False
         return True
@@ -191,28 +183,20 @@ class Shadow:
     def close(self, timeout_s: float = 10.0) -> None:
         """Log the rows still queued without a label (counted as dropped: a gateway shutting down should not
         wait on LLM calls), let the calls in flight log theirs, then stop the workers."""
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self.count("dropped")
-                self.log_row(job.question, job.result, job.meta, job.headers, job.at)
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout_s)
+        def unlabelled(job: Job) -> None:
+            self.count("dropped")
+            self.log_row(job.question, job.result, job.meta, job.headers, job.at)
 
-    def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            label = self.label(job)
-            self.log_row(job.question, job.result, {**job.meta, "shadow": label}, job.headers, job.at)
-            if job.then is not None:
-                try:
-                    job.then(label)
-                except Exception:  # the row is logged; a hook's failure must not stop this worker
-                    log.exception("a shadow label's hook failed")
+        self._work.close(unlabelled, timeout_s)
+
+    def _handle(self, job: Job) -> None:
+        label = self.label(job)
+        self.log_row(job.question, job.result, {**job.meta, "shadow": label}, job.headers, job.at)
+        if job.then is not None:
+            try:
+                job.then(label)
+            except Exception:  # the row is logged; a hook's failure must not stop this worker
+                log.exception("a shadow label's hook failed")
 
     def label(self, job: Job) -> dict[str, Any]:
         """Ask the LLM and grade its answer against the kept one; a failed call is a "failed" label."""
