@@ -27,14 +27,15 @@ import numpy as np
 from escalate.serving import gateway_process
 from escalate.serving.deployment import current
 
+OWN_SHARE_TARGET = 0.05
 PROMPTS = ["Ben has 3 pens. Then gets 4 more. How many pens does Ben have now?",
            "Eva has 7 cups. Then gives away 1. How many cups does Eva have now?",
            "Tom has 12 apples. Then buys 9 more. Then gives away 4. How many apples does Tom have now?"]
 
 
-async def client_loop(i: int, gateway: str, direct: str, slm_name: str, key: str, model: str, max_tokens: int,
-                      stop_at: float, out: dict[str, list]) -> None:
-    headers = {"Authorization": f"Bearer {key}"}
+async def client_loop(i: int, gateway: str, direct: str, slm_name: str, key: str, vllm_key: str, model: str,
+                      max_tokens: int, stop_at: float, out: dict[str, list]) -> None:
+    headers, direct_headers = {"Authorization": f"Bearer {key}"}, {"Authorization": f"Bearer {vllm_key}"}
     async with httpx.AsyncClient(timeout=120) as http:
         n = 0
         while time.monotonic() < stop_at:
@@ -56,13 +57,13 @@ async def client_loop(i: int, gateway: str, direct: str, slm_name: str, key: str
                 out["errors"].append(f"gateway {type(exc).__name__}")
             start = time.perf_counter()
             try:
-                r = await http.post(f"{direct}/v1/completions", json={
+                r = await http.post(f"{direct}/v1/completions", headers=direct_headers, json={
                     "model": slm_name, "prompt": f"Question: {prompt}\nAnswer:", "max_tokens": max_tokens,
                     "temperature": 0, "logprobs": 5})
                 if r.status_code == 200:
                     out["direct"].append(time.perf_counter() - start)
                 else:
-                    out["errors"].append(f"direct {r.status_code}")
+                    out["errors"].append(f"direct {r.status_code}: {r.text[:200]}")
             except httpx.HTTPError as exc:
                 out["errors"].append(f"direct {type(exc).__name__}")
 
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         await asyncio.gather(*(client_loop(i, gateway.url, deployment.endpoints["slm"], deployment.served_names["slm"],
-                                           gateway_process.api_key(root), deployment.model_name,
+                                           gateway_process.api_key(root), gateway_process.vllm_key(root),
+                                           deployment.model_name,
                                            spec.sampling.max_new_tokens, stop_at, out) for i in range(args.clients)))
 
     asyncio.run(run())
@@ -104,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {len(values)} | {pct(values, 50):.2f} | {pct(values, 90):.2f} | {pct(values, 99):.2f} "
                      f"| {statistics.fmean(values) * 1000 if values else float('nan'):.2f} |")
     escalated = float(np.mean(out["escalated"])) if out["escalated"] else float("nan")
+    share = pct(out["added"], 50) / pct(out["gateway"], 50)
     lines += ["", f"- throughput through the gateway: {len(out['gateway']) / elapsed:.1f} requests/s; "
                   f"escalated: {escalated:.1%}",
+              f"- the gateway's own p50 is {share:.1%} of its end-to-end p50",
               f"- errors: {len(out['errors'])}" + (f" (first: {out['errors'][0]})" if out["errors"] else ""),
-              "- targets: added p50 <= 1 ms, p99 <= 5 ms, 0 errors: "
-              + ("met" if pct(out["added"], 50) <= 1 and pct(out["added"], 99) <= 5 and not out["errors"] else "missed")]
+              f"- target (issue 21, real model servers): own time <= {OWN_SHARE_TARGET:.0%} of the end-to-end p50, "
+              "0 errors: " + ("met" if share <= OWN_SHARE_TARGET and not out["errors"] else "missed")]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from escalate.models.backends import openai_http
-from escalate.models.backends.base import BackendError, SamplingParams, entropy_from_logprobs
+from escalate.models.backends.base import BackendError, Generation, SamplingParams, entropy_from_logprobs
 from escalate.models.backends.openai_http import OpenAIBackend
 
 # Each step's alternatives hold three tokens, as vLLM returns k=2 plus a sampled token outside the top 2.
@@ -343,6 +343,22 @@ def test_async_generation_equals_blocking_and_keeps_the_bound() -> None:
     assert strip == [[(g.text, g.token_ids, g.token_logprobs, g.token_entropies, g.n_prompt_tokens) for g in gens]
                      for gens in awaited]
     assert fake.max_in_flight == 2
+
+
+def test_separate_async_calls_do_not_wait_on_each_other_for_a_connection() -> None:
+    """The gateway bounds requests in flight; the async pool adds no bound of its own, so no request's
+    reported model latency hides a wait for a connection."""
+    fake = FakeServer(ok, delay_s=0.2)
+    with serve(fake) as url:
+        backend = OpenAIBackend(url, "tiny-slm", max_concurrency=1)
+
+        async def six_requests() -> list[list[list[Generation]]]:
+            return await asyncio.gather(*(backend.agenerate([f"p{i}"], SamplingParams()) for i in range(6)))
+
+        answers = asyncio.run(six_requests())
+        backend.close()
+    assert fake.max_in_flight == 6
+    assert max(gens[0][0].latency_s for gens in answers) < 0.2 * 3
 
 
 def test_async_failures_are_sorted_as_blocking_ones() -> None:

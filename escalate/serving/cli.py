@@ -27,7 +27,8 @@ def add_serving_commands(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--detach", action="store_true", help="start in the background; serving/gateway.json says where")
     serve.add_argument("--stop", action="store_true",
                        help="stop the background gateway and the vLLM servers of the current deployment")
-    serve.add_argument("--max-concurrency", type=int, default=8, help="requests answered at once")
+    serve.add_argument("--max-concurrency", type=int, default=64,
+                       help="requests answered at once (each mostly awaits its model servers, which batch them)")
     serve.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond that before 429s")
     serve.add_argument("--max-body-bytes", type=int, default=64_000, help="larger bodies get 413")
     serve.add_argument("--deadline", type=float, default=30.0,

@@ -91,7 +91,7 @@ class GatewaySettings:
 
     api_keys: tuple[str, ...]
     max_body_bytes: int = 64_000
-    max_concurrency: int = 8  # requests answered at once (awaiting their models, or decoding in process)
+    max_concurrency: int = 64  # requests answered at once (awaiting their models, or decoding in process)
     max_queue: int = 64  # requests waiting for a worker before new ones get 429
     admin_keys: tuple[str, ...] = ()  # none: /admin/deploy does not exist
     metrics_keys: tuple[str, ...] = ()  # besides loopback clients, who may read /metrics

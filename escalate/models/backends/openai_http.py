@@ -215,11 +215,13 @@ def read_api_key(api_key_env: str) -> str:
 
 
 class OpenAIBackend(GenerationBackend):
-    """Sends one request per prompt, up to max_concurrency at once, over a shared connection pool.
+    """Sends one request per prompt, up to max_concurrency at once per call, over a shared connection pool.
 
     latency_s of each generation is the wall time of its prompt's request (the attempt that got an
     answer), so all n generations of a prompt share it. `generate` blocks on a thread pool; `agenerate`
     (the gateway's) awaits an aiohttp session's pool, opened on first use in the caller's event loop.
+    That pool has no limit of its own: the gateway already bounds the requests in flight, and a second
+    bound here would make a request wait for a connection inside what is reported as the model's latency.
     """
 
     name = "openai"
@@ -264,7 +266,13 @@ class OpenAIBackend(GenerationBackend):
     async def agenerate(self, prompts: list[str], params: SamplingParams) -> list[list[Generation]]:
         if len(prompts) == 1:
             return [await self._acomplete(prompts[0], params)]
-        return list(await asyncio.gather(*(self._acomplete(prompt, params) for prompt in prompts)))
+        places = asyncio.Semaphore(self.max_concurrency)
+
+        async def bounded(prompt: str) -> list[Generation]:
+            async with places:
+                return await self._acomplete(prompt, params)
+
+        return list(await asyncio.gather(*(bounded(prompt) for prompt in prompts)))
 
     def close(self) -> None:
         """Close both pools."""
@@ -293,7 +301,7 @@ class OpenAIBackend(GenerationBackend):
         loop = asyncio.get_running_loop()
         if self._async is None or self._async[0] is not loop:
             self.close_async()
-            connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+            connector = aiohttp.TCPConnector(limit=0)  # unbounded: see the class docstring
             self._async = (loop, aiohttp.ClientSession(connector=connector, headers=self._headers))
         return self._async[1]
 
